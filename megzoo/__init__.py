@@ -10,5 +10,7 @@ from . import init  # noqa: F401
 from .models import *  # noqa: F401,F403
 from .models import __all__ as _models_all
 from .registry import UnknownModelError, get_model, list_models
+from .weights import LoadReport, Weights, get_weights, list_weights, model_info
 
-__all__ = ["__version__", "init", "get_model", "list_models", "UnknownModelError", *_models_all]
+__all__ = ["__version__", "init", "get_model", "list_models", "UnknownModelError", "model_info", "get_weights",
+           "list_weights", "Weights", "LoadReport", *_models_all]

@@ -118,11 +118,11 @@ def check_input(x, in_channels: int, model_name: str, min_size: int = 1) -> None
             f"got shape {shape}; add a batch axis with x[None] for one image"
         )
     if shape[1] != in_channels:
-        hint = " (channels-last? transpose to N, C, H, W)" if shape[3] == in_channels else ""
-        raise ValueError(
-            f"{model_name} expects {in_channels} input channels (N, {in_channels}, H, W), "
-            f"got shape {shape}{hint}; build the model with in_channels={shape[1]} to accept it"
-        )
+        if shape[3] == in_channels:  # (N, H, W, C): rebuilding with in_channels=H would be wrong advice
+            hint = " (channels-last? transpose to N, C, H, W)"
+        else:
+            hint = f"; build the model with in_channels={shape[1]} to accept it"
+        raise ValueError(f"{model_name} expects {in_channels} input channels (N, {in_channels}, H, W), got shape {shape}{hint}")
     if min(shape[2:]) < min_size:
         raise ValueError(
             f"{model_name} needs inputs of at least {min_size}x{min_size} pixels, got {shape[2]}x{shape[3]}"

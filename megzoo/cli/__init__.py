@@ -8,9 +8,10 @@ import sys
 from typing import List, Optional
 
 from . import models as _models
+from . import weights as _weights
 
 #: modules contributing subcommands, in ``--help`` order
-COMMAND_MODULES = [_models]
+COMMAND_MODULES = [_models, _weights]
 
 
 class CLIError(Exception):
@@ -30,10 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from ..weights.errors import WeightsError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (CLIError, ValueError, FileNotFoundError, PermissionError) as exc:
+    except (CLIError, ValueError, FileNotFoundError, PermissionError, WeightsError) as exc:
         print(f"megzoo {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,115 @@
+"""``megzoo info``, ``megzoo download``, ``megzoo convert`` and ``megzoo verify``."""
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("info", help="architecture facts and its pretrained weights")
+    p.add_argument("model", help="model name, e.g. resnet50")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_info)
+
+    p = subparsers.add_parser(
+        "download", help="pre-fetch weights into the cache, or into DIR for an offline machine",
+        description="Download and verify weights. With --to DIR the files are laid out as a megzoo cache "
+                    "(DIR/weights/...): copy DIR to the offline machine and set MEGZOO_HOME=DIR there.")
+    p.add_argument("names", nargs="+", metavar="NAME", help="model (its default weights), ARCH.TAG, or 'all'")
+    p.add_argument("--to", metavar="DIR", help="cache root to fill instead of $MEGZOO_HOME")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=cmd_download)
+
+    p = subparsers.add_parser("convert", help="convert a torchvision .pth (or BaseCls .pkl) into a megzoo checkpoint")
+    p.add_argument("file", help="input checkpoint (.pth zip file, or .pkl)")
+    p.add_argument("--arch", required=True, help="megzoo model name the checkpoint is for")
+    p.add_argument("-o", "--output", required=True, help="output .pkl (MegEngine pickle of numpy arrays)")
+    p.set_defaults(handler=cmd_convert)
+
+    p = subparsers.add_parser("verify", help="re-check every cached weight file against its recorded sha256")
+    p.set_defaults(handler=cmd_verify)
+
+
+def _fmt(value, spec=".3f", none="n/a"):
+    return none if value is None else format(value, spec)
+
+
+def cmd_info(args) -> int:
+    from ..weights import model_info
+
+    info = model_info(args.model)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['name']}  ({info['family']})  {info['summary']}")
+    print(f"params {info['params']:,}   GMACs {info['gmacs']:.3f} at 224x224")
+    if not info["weights"]:
+        print("no registered pretrained weights")
+        return 0
+    print(f"\n{'weights':<28} {'top-1':>7} {'top-5':>7}  {'resize/crop':<11} source")
+    for w in info["weights"]:
+        mark = " (default)" if w["name"] == info["default_weights"] else ""
+        pre = w["preprocess"]
+        print(f"{w['name'] + mark:<28} {_fmt(w['top1']):>7} {_fmt(w['top5']):>7}  "
+              f"{pre['resize_size']}/{pre['input_size']:<7} {w['urls'][0]}")
+    pre = info["weights"][0]["preprocess"]
+    print(f"\ninput: {pre['color_order']} 0-255, mean {list(pre['mean'])}, std {list(pre['std'])}, "
+          f"{pre['interpolation']} resize")
+    return 0
+
+
+def _selected(names):
+    from ..registry import list_models
+    from ..weights import get_weights, weights_for
+
+    if names == ["all"]:
+        return [w for arch in list_models(pretrained=True) for w in weights_for(arch)]
+    return [get_weights(n) for n in names]
+
+
+def cmd_download(args) -> int:
+    from ..weights import fetch_weights
+
+    if args.to:
+        os.environ["MEGZOO_HOME"] = str(Path(args.to).expanduser().resolve())
+    for weights in _selected(args.names):
+        path = fetch_weights(weights, progress=not args.no_progress)
+        print(f"{weights.name}: {path}")
+    if args.to:
+        print(f"\nCopy {os.environ['MEGZOO_HOME']} to the offline machine and set MEGZOO_HOME to it there "
+              "(with MEGZOO_OFFLINE=1 to never touch the network).")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    import megengine
+
+    from ..registry import get_model
+    from ..weights import load_pretrained
+
+    source = Path(args.file)
+    model = get_model(args.arch)
+    report = load_pretrained(model, args.arch, source, progress=False)
+    output = Path(args.output)
+    tmp = output.with_name(output.name + ".tmp")
+    with open(tmp, "wb") as f:
+        megengine.save(model.state_dict(), f)
+    os.replace(tmp, output)
+    print(report, file=sys.stderr)
+    print(f"wrote {output} ({output.stat().st_size:,} bytes); load it with "
+          f"megzoo.{args.arch}(pretrained={str(output)!r})")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from ..weights.cache import verify_cache
+
+    results = verify_cache()
+    bad = 0
+    for result in results:
+        ok = getattr(result, "ok", None)
+        bad += not ok
+        print(f"{'ok ' if ok else 'BAD'} {result.path}" + ("" if ok else f"  ({result.reason}; removed)"))
+    print(f"{len(results)} files checked, {bad} bad")
+    return 1 if bad else 0

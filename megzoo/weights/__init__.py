@@ -1,0 +1,164 @@
+"""Pretrained weights: catalogue, verified downloads, safe deserialisation, layout conversion.
+
+``load_pretrained(model, "resnet50", pretrained)`` is what ``megzoo.resnet50(pretrained=...)``
+calls. ``pretrained`` may be ``True`` (the default weight of the architecture), a tag
+(``"tv2_in1k"``, ``"resnet50.tv2_in1k"``, ``"IMAGENET1K_V2"``), a URL (http, https, file) or a
+local path of a MegEngine ``.pkl`` or torchvision ``.pth``.
+
+A cached file that fails its hash, fails to deserialise or does not fit the architecture is
+reported with its path, removed and fetched once more; nothing is unpickled with plain pickle.
+"""
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+from .catalog import WEIGHTS, Preprocess, Weights, default_weights, find_weights, weights_for
+from .convert import ArchitectureMismatchError, LoadReport, detect_layout, load_into, to_megzoo_layout
+from .errors import WeightsError
+
+__all__ = ["load_pretrained", "resolve_weights", "get_weights", "model_info", "list_weights", "fetch_weights",
+           "Weights", "Preprocess", "LoadReport", "WEIGHTS", "WeightsError", "ArchitectureMismatchError"]
+
+logger = logging.getLogger("megzoo.weights")
+
+_URL_SCHEMES = ("http://", "https://", "file://")
+
+
+def _is_url(text: str) -> bool:
+    return text.lower().startswith(_URL_SCHEMES)
+
+
+def resolve_weights(arch: str, pretrained) -> Union[Weights, str, Path]:
+    """Turn a ``pretrained=`` value into a registered :class:`Weights`, a URL string or a local Path."""
+    if pretrained is True:
+        weights = default_weights(arch)
+        if weights is None:
+            raise WeightsError(f"{arch} has no registered pretrained weights; pass pretrained=PATH_OR_URL "
+                               "to load a checkpoint of your own")
+        return weights
+    if isinstance(pretrained, os.PathLike):
+        return _existing_path(Path(pretrained))
+    if not isinstance(pretrained, str) or not pretrained:
+        raise WeightsError(f"pretrained must be True, a weight tag, a URL or a path, got {pretrained!r}")
+    weights = find_weights(arch, pretrained)
+    if weights is not None:
+        return weights
+    if _is_url(pretrained):
+        return pretrained
+    looks_like_path = os.sep in pretrained or pretrained.endswith((".pkl", ".pth", ".pt", ".mge")) or os.path.exists(pretrained)
+    if looks_like_path:
+        return _existing_path(Path(pretrained).expanduser())
+    tags = ", ".join(w.tag for w in weights_for(arch)) or "none"
+    raise WeightsError(f"unknown weight tag {pretrained!r} for {arch}; available tags: {tags} "
+                       "(or pass a path or URL of a checkpoint)")
+
+
+def _existing_path(path: Path) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file not found: {path}")
+    return path
+
+
+def _url_filename(url: str) -> str:
+    """Cache name of an ad-hoc URL: ``url-<12 hex of sha256(url)>-<basename>`` (no collisions)."""
+    base = url.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "weights"
+    return f"url-{hashlib.sha256(url.encode()).hexdigest()[:12]}-{base}"
+
+
+def fetch_weights(source: Union[Weights, str], progress: bool = True) -> Path:
+    """Download (or find in the cache) a registered weight or URL; returns the verified local file.
+    A torchvision weight is checked against the sha256 prefix its file name carries."""
+    from .download import fetch
+
+    if isinstance(source, Weights):
+        return fetch(list(source.urls), source.filename, sha256=source.sha256 or source.sha256_prefix,
+                     size=source.size, progress=progress, name=source.name)
+    return fetch([source], _url_filename(source), progress=progress)
+
+
+def _read_state_dict(path: Path):
+    from .serialization import extract_state_dict, load_checkpoint
+
+    return extract_state_dict(load_checkpoint(path))
+
+
+def _is_torch_file(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def _load_file(model, path: Path, source: str, layout: Optional[str]) -> LoadReport:
+    state_dict = _read_state_dict(path)
+    layout = layout or detect_layout(state_dict, model, _is_torch_file(path))
+    report = load_into(model, to_megzoo_layout(state_dict, model, layout), source)
+    report.file = str(path)
+    return report
+
+
+def load_pretrained(model, arch: str, pretrained, progress: bool = True) -> LoadReport:
+    """Load ``pretrained`` (see module docstring) into ``model`` (built as ``arch``) and return the report."""
+    from .errors import CorruptCheckpointError, UnsafeCheckpointError
+
+    source = resolve_weights(arch, pretrained)
+    if isinstance(source, Path):
+        return _load_file(model, source, str(source), None)
+    label = source.name if isinstance(source, Weights) else source
+    layout = source.layout if isinstance(source, Weights) else None
+    for attempt in (1, 2):
+        path = fetch_weights(source, progress=progress)
+        try:
+            return _load_file(model, path, label, layout)
+        except UnsafeCheckpointError:
+            from .cache import evict
+
+            evict(path, "it contains code or objects a checkpoint must not have")
+            raise
+        except (CorruptCheckpointError, ArchitectureMismatchError) as exc:
+            from .cache import evict
+
+            evict(path, str(exc))
+            if attempt == 2:
+                raise WeightsError(f"{label}: the downloaded file is still unusable after a fresh download "
+                                   f"({exc}); it was removed from the cache") from exc
+            logger.warning("%s: cached file %s was unusable (%s); removed it, downloading again", label, path, exc)
+    raise AssertionError("unreachable")
+
+
+def get_weights(name: str) -> Weights:
+    """A registered weight by ``ARCH.TAG`` (or ``ARCH`` for its default)."""
+    from ..registry import get_model_entry
+
+    arch, _, tag = name.partition(".")
+    get_model_entry(arch)  # unknown arch -> UnknownModelError with close names
+    weights = find_weights(arch, tag or "default")
+    if weights is None:
+        tags = ", ".join(w.tag for w in weights_for(arch)) or "none"
+        raise WeightsError(f"no weights {name!r}; {arch} has: {tags}")
+    return weights
+
+
+def list_weights(pattern: Optional[str] = None):
+    """Registered weight names ``ARCH.TAG`` matching the glob ``pattern``, sorted."""
+    import fnmatch
+
+    return sorted(n for n in WEIGHTS if pattern is None or fnmatch.fnmatchcase(n, pattern))
+
+
+def model_info(name: str) -> dict:
+    """Everything known about a model: family, params, GMACs at 224, summary and its weights
+    (default first) with accuracy, source, hash, preprocessing."""
+    from ..registry import get_model_entry
+
+    entry = get_model_entry(name)
+    weights = weights_for(entry.name)
+    return {
+        "name": entry.name,
+        "family": entry.family,
+        "summary": entry.summary,
+        "params": entry.params,
+        "gmacs": entry.gmacs,
+        "default_weights": weights[0].name if weights else None,
+        "weights": [w.as_dict() for w in weights],
+    }
