@@ -1,7 +1,7 @@
 """Small building blocks shared by the model families: norm-layer factory, frozen BN, exact
 adaptive average pooling and input checks."""
 import functools
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Sequence, Union
 
 import megengine
 import megengine.functional as F

@@ -7,7 +7,7 @@ checked against the built models by the test suite.
 import difflib
 import fnmatch
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Union
+from typing import Callable, Dict, Iterable, List, Union
 
 __all__ = ["ModelEntry", "UnknownModelError", "register_model", "list_models", "get_model",
            "get_model_entry", "model_entries"]

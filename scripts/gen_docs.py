@@ -12,6 +12,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def models_table() -> str:
+    """docs/models.md: every registered model with its params and GMACs (data the tests check)."""
+    from megzoo.registry import model_entries
+
+    rows = ["| model | family | description | params | GMACs |", "| --- | --- | --- | ---: | ---: |"]
+    rows += [f"| `{e.name}` | {e.family} | {e.summary} | {e.params:,} | {e.gmacs:.3f} |" for e in model_entries()]
+    return "\n".join(rows)
+
+
 def weights_table() -> str:
     from megzoo.registry import list_models
     from megzoo.weights.catalog import weights_for
@@ -26,7 +35,7 @@ def weights_table() -> str:
     return "\n".join(rows)
 
 
-TABLES = {"docs/weights.md": {"weights-table": weights_table}}
+TABLES = {"docs/models.md": {"models-table": models_table}, "docs/weights.md": {"weights-table": weights_table}}
 
 
 def render(text: str, tables) -> str:

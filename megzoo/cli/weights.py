@@ -1,7 +1,6 @@
 """``megzoo info``, ``megzoo download``, ``megzoo convert`` and ``megzoo verify``."""
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 

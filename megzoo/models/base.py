@@ -49,8 +49,9 @@ class FeatureInfo(list):
 
 class ZooModel(M.Module):
     """Base class of megzoo classifiers. Input (N, in_channels, H, W) float32 of any H, W >=
-    ``min_input_size``; output logits (N, num_classes), or pooled features (N, num_features)
-    when ``num_classes == 0``."""
+    ``min_input_size``; output logits (N, num_classes), or when ``num_classes == 0`` the
+    pre-logits features, ``forward_head(x, pre_logits=True)`` (ResNet: the pooled
+    (N, num_features); VGG: the (N, 4096) output of the hidden head layers)."""
 
     #: smallest input side the architecture accepts
     min_input_size = 1
@@ -100,7 +101,7 @@ class ZooModel(M.Module):
         ``{"stem", "res2", "res3", "res4", "res5"}`` (see ``feature_info``)."""
         self._check(x)
         outputs = {}
-        for index, level in enumerate(self.feature_info):
+        for index, level in enumerate(self._all_levels()):  # level indices, also after as_features
             if not self._has_level(index):
                 break
             x = self._run_level(index, x)
@@ -108,9 +109,12 @@ class ZooModel(M.Module):
         return outputs
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """The last feature map (N, C, H/32, W/32) (stride 16 or 8 with dilation)."""
+        """The last feature map (N, C, H/32, W/32) (stride 16 or 8 with dilation); for a backbone
+        (``features_only``), the last map it still computes."""
         self._check(x)
-        for index in range(len(self.feature_info)):
+        for index in range(len(self._all_levels())):
+            if not self._has_level(index):
+                break
             x = self._run_level(index, x)
         return x
 
@@ -127,7 +131,7 @@ class ZooModel(M.Module):
         return self.forward_head(self.forward_features(x))
 
     def _has_level(self, index: int) -> bool:
-        return all(getattr(self, name, None) is not None for name in self.feature_info[index].modules)
+        return all(getattr(self, name, None) is not None for name in self._all_levels()[index].modules)
 
     # --- backbone mode ------------------------------------------------------------------------
     def as_features(self, out_indices: Optional[Sequence[int]] = None) -> "ZooModel":

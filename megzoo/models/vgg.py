@@ -115,6 +115,8 @@ class VGG(ZooModel):
         return self.head(x, pre_logits=pre_logits)
 
     def get_classifier(self) -> Optional[M.Linear]:
+        if self.head is None:  # removed by as_features
+            return None
         return self.head.classifier[6] if len(self.head.classifier) == 7 else None
 
     def reset_classifier(self, num_classes: int) -> None:

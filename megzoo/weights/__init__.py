@@ -12,7 +12,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Optional, Union
 
 from .catalog import WEIGHTS, Preprocess, Weights, default_weights, find_weights, weights_for
 from .convert import ArchitectureMismatchError, LoadReport, detect_layout, load_into, to_megzoo_layout
