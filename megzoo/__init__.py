@@ -11,6 +11,12 @@ from .models import *  # noqa: F401,F403
 from .models import __all__ as _models_all
 from .registry import UnknownModelError, get_model, list_models
 from .weights import LoadReport, Weights, get_weights, list_weights, model_info
+from .images import read_image
+from .transforms import EvalPreprocessor, eval_transform, train_transform
+from .predict import Classifier, predict  # megzoo.predict / megzoo.evaluate name the functions, not the modules
+from .evaluate import evaluate
 
 __all__ = ["__version__", "init", "get_model", "list_models", "UnknownModelError", "model_info", "get_weights",
            "list_weights", "Weights", "LoadReport", *_models_all]
+__all__ += ["read_image", "eval_transform", "train_transform", "EvalPreprocessor", "Classifier", "predict", "evaluate"]
+__all__ += ["TrainConfig", "TrainResult"]

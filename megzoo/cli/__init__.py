@@ -8,10 +8,11 @@ import sys
 from typing import List, Optional
 
 from . import models as _models
+from . import predict as _predict
 from . import weights as _weights
 
 #: modules contributing subcommands, in ``--help`` order
-COMMAND_MODULES = [_models, _weights]
+COMMAND_MODULES = [_models, _weights, _predict]
 
 
 class CLIError(Exception):

@@ -1,0 +1,141 @@
+"""``megzoo predict`` and ``megzoo eval``."""
+import json
+import sys
+
+_WEIGHTS_HELP = ("weights: a tag (megengine, tv_in1k, tv2_in1k, ...; `megzoo info MODEL` lists them), "
+                 "ARCH.TAG, or a checkpoint path/URL (default: the model's default weights)")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict", help="classify images with a pretrained model (top-k ImageNet classes)",
+        description="Print the top-k classes and probabilities of each IMAGE (JPEG, PNG, BMP, WebP, TIFF...).")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    _model_options(p)
+    p.add_argument("--topk", type=_positive, default=5, metavar="K", help="classes per image (default 5)")
+    p.add_argument("--batch-size", type=_positive, default=16, metavar="N", help="images per model call (default 16)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_predict)
+
+    p = subparsers.add_parser(
+        "eval", help="top-1/top-5 accuracy on an image folder (ImageNet-val layout)",
+        description="Accuracy of a model on DIR/CLASS/IMAGE files. Class folders are ImageNet WordNet ids "
+                    "(n01440764 ...), class indices (0 ... 999), or any names taken in sorted order.")
+    p.add_argument("--data", required=True, metavar="DIR", help="folder with one sub-folder per class")
+    _model_options(p)
+    p.add_argument("--batch-size", type=_positive, default=32, metavar="N", help="images per model call (default 32)")
+    p.add_argument("--workers", type=_non_negative, default=None, metavar="N",
+                   help="decode threads (default: one per core, up to 8; 0: decode in the main thread)")
+    p.add_argument("--limit", type=_positive, default=None, metavar="N",
+                   help="evaluate N images spread evenly over the folder (default: all)")
+    p.add_argument("--labels", choices=("auto", "wnid", "index", "sorted"), default="auto",
+                   help="how class folders map to classes (default auto: wnid, else index, else sorted "
+                        "when there are as many folders as classes)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_eval)
+
+
+def _model_options(p) -> None:
+    p.add_argument("--model", default="resnet50", help="model name (default resnet50; `megzoo list --pretrained`)")
+    p.add_argument("--weights", metavar="TAG|FILE", default=None, help=_WEIGHTS_HELP)
+    p.add_argument("--num-classes", type=_positive, default=None, metavar="N",
+                   help="classes of a checkpoint of your own (default 1000)")
+    p.add_argument("--device", default=None,
+                   help="cpu, gpu, or a MegEngine device name (default: $MEGZOO_DEVICE, else the GPU if usable, "
+                        "else cpu)")
+
+
+def _positive(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _weights_name(model: str, weights):
+    """The registered weight name ``--weights`` designates, or None (a file, URL or unknown)."""
+    from ..weights import Weights, resolve_weights
+
+    try:
+        source = resolve_weights(model, True if weights is None else weights)
+    except Exception:  # reported properly when the model is built
+        return None
+    return source.name if isinstance(source, Weights) else None
+
+
+def _classifier(args, **kwargs):
+    """Build the Classifier, or print a one-line weights error and the pre-fetch hint (None)."""
+    from ..device import select_device
+    from ..predict import Classifier
+    from ..registry import get_model_entry
+    from ..weights.errors import DownloadError, OfflineError, WeightsError
+
+    get_model_entry(args.model)  # unknown model: the usual error, before anything else
+    select_device(args.device)
+    name = _weights_name(args.model, args.weights)
+    try:
+        return Classifier(args.model, args.weights, num_classes=args.num_classes,
+                          progress=not getattr(args, "no_progress", False), **kwargs)
+    except WeightsError as exc:
+        message = " ".join(str(exc).split())
+        print(f"megzoo {args.command}: error: {message}", file=sys.stderr)
+        if name and isinstance(exc, (OfflineError, DownloadError)) and "megzoo download" not in message:
+            print(f"hint: on a machine with network, run `megzoo download {name} --to DIR`, copy DIR here and "
+                  "set MEGZOO_HOME=DIR (and MEGZOO_OFFLINE=1 to never try the network)", file=sys.stderr)
+        return None
+
+
+def cmd_predict(args) -> int:
+    classifier = _classifier(args, batch_size=args.batch_size, workers=None)
+    if classifier is None:
+        return 2
+    with classifier:
+        if args.json:
+            results = classifier.predict(args.images, topk=args.topk)
+            print(json.dumps({"model": classifier.model_name, "weights": classifier.weights,
+                              "results": [r.as_dict() for r in results]}, indent=2))
+            return 0
+        for start in range(0, len(args.images), args.batch_size):
+            for result in classifier.predict(args.images[start:start + args.batch_size], topk=args.topk):
+                print(result.image)
+                for score in result.topk:
+                    print(f"  {score.probability:8.4f}  {score.name} ({score.index})")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from ..evaluate import evaluate
+
+    classifier = _classifier(args, batch_size=args.batch_size, workers=args.workers)
+    if classifier is None:
+        return 2
+    with classifier:
+        result = evaluate(args.data, classifier=classifier, limit=args.limit, labels=args.labels,
+                          progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+        return 0
+    how = {"wnid": "named by WordNet id", "index": "named by class index", "sorted": "in sorted order"}[result.labels]
+    print(f"{result.model} ({result.weights}) on {result.data}: {result.images} images in {result.classes} "
+          f"classes (folders {how})")
+    print(result)
+    print(f"{result.images_per_second:.1f} images/s ({result.seconds:.1f} s)")
+    return 0

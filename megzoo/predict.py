@@ -1,0 +1,217 @@
+"""Classify images with a pretrained megzoo model: :class:`Classifier` and :func:`predict`.
+
+    import megzoo
+    for p in megzoo.predict(["cat.jpg", "dog.png"], model="resnet50", topk=3):
+        print(p.image, [(s.name, round(s.probability, 3)) for s in p.topk])
+
+    clf = megzoo.Classifier("resnet50", weights="tv2_in1k")   # its preprocessing: resize 232, crop 224
+    clf.predict(bgr_array)[0].top.name
+
+Images follow :mod:`megzoo.images` (paths, encoded bytes, BGR uint8 arrays). Preprocessing is
+the weights' own evaluation preset (:func:`megzoo.eval_transform`), run by the fast batch path
+(:class:`megzoo.transforms.EvalPreprocessor`). The network itself is called through one function,
+the *runner*: ``runner(batch)`` takes a float32 (N, 3, H, W) numpy array and returns the logits
+as an (N, num_classes) array. The default, :func:`eager_runner`, runs the MegEngine module
+eagerly; any callable with that contract (e.g. an optimised inference engine) can replace it.
+"""
+from dataclasses import asdict, dataclass, field
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+
+from .images import describe_source
+from .transforms import EvalPreprocessor, as_image_list, resolve_preprocess
+
+__all__ = ["Runner", "eager_runner", "ClassScore", "Prediction", "Classifier", "predict", "softmax",
+           "class_names"]
+
+#: ``runner(batch)``: float32 (N, 3, H, W) numpy array -> (N, num_classes) logits (numpy array)
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+def eager_runner(model) -> Runner:
+    """The default runner: ``model`` (a MegEngine module, put in eval mode) called eagerly, its
+    input placed on the device of the model's parameters (whatever the default device is now)."""
+    import megengine
+
+    model.eval()
+    first = next(iter(model.parameters()), None)
+    device = first.device if first is not None else None
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return model(megengine.Tensor(batch, device=device)).numpy()
+
+    run.model = model  # type: ignore[attr-defined]
+    return run
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 (stable: the row maximum is subtracted first)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def class_names(num_classes: int):
+    """(names, wnids) for ``num_classes`` outputs: ImageNet-1k's for 1000, else ``"class N"`` and None."""
+    if num_classes == 1000:
+        from .data import imagenet1k_categories, imagenet1k_wnids
+
+        return imagenet1k_categories(), imagenet1k_wnids()
+    return [f"class {i}" for i in range(num_classes)], None
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    index: int  #: class index (classifier output)
+    name: str  #: e.g. "tabby"
+    probability: float  #: softmax probability
+    wnid: Optional[str] = None  #: WordNet id for ImageNet-1k classes, e.g. "n02123045"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    image: str  #: the path, or "<bytes #i>" / "<array #i>"
+    topk: List[ClassScore] = field(default_factory=list)  #: best first
+
+    @property
+    def top(self) -> ClassScore:
+        return self.topk[0]
+
+    def as_dict(self) -> dict:
+        return {"image": self.image, "topk": [s.as_dict() for s in self.topk]}
+
+
+class Classifier:
+    """A model, its evaluation preprocessing and its class names, ready to classify images.
+
+    Args:
+        model: a registered model name (e.g. ``"resnet50"``) or a built megzoo model.
+        weights: for a model name: None (its default pretrained weights), a tag (``"tv2_in1k"``),
+            ``"ARCH.TAG"``, a path/URL of a checkpoint, or False (random initialisation); ignored
+            for a built model.
+        num_classes: classifier size for a checkpoint of your own (default 1000).
+        preprocess: None (the weights' record; megzoo's defaults for checkpoint files), or what
+            :func:`megzoo.transforms.resolve_preprocess` takes (name, Weights, Preprocess, dict).
+        runner: the function computing logits (see the module docstring); default
+            :func:`eager_runner` of the model.
+        categories: class names, index -> name (default: ImageNet-1k's for 1000 classes).
+        workers: decode threads (0: none; None: one per core, up to 8).
+        batch_size: images per runner call.
+        device: where a model built from its name goes (``"cpu"``, ``"gpu0"``, ...); None:
+            ``$MEGZOO_DEVICE``, else a default device set by the program, else the GPU when usable
+            and the CPU otherwise, chosen without MegEngine's CUDA probing messages (see
+            :func:`megzoo.device.quiet_device`). MegEngine's default device is left as it is; a
+            built model stays where it is, and inputs go to the device of its parameters.
+        progress: show the weights download progress bar.
+    """
+
+    def __init__(self, model="resnet50", weights=None, *, num_classes: Optional[int] = None, preprocess=None,
+                 runner: Optional[Runner] = None, categories: Optional[Sequence[str]] = None,
+                 workers: Optional[int] = 0, batch_size: int = 32, device: Optional[str] = None,
+                 progress: bool = True):
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.batch_size = batch_size
+        if isinstance(model, str):
+            from .device import quiet_device, using_device
+
+            with using_device(quiet_device(device)):
+                self.model = _build(model, weights, num_classes, progress)
+        else:
+            self.model = model
+        report = getattr(self.model, "load_report", None)
+        #: where the weights came from (registered name, path or URL), None for untrained models
+        self.weights = getattr(report, "source", None)
+        self.num_classes = int(getattr(self.model, "num_classes", 0) or 0)
+        self.preprocess = resolve_preprocess(self.model if preprocess is None else preprocess)
+        self.preprocessor = EvalPreprocessor(self.preprocess, workers=workers)
+        self.runner: Runner = runner if runner is not None else eager_runner(self.model)
+        names, wnids = class_names(self.num_classes)
+        if categories is not None:
+            names, wnids = list(categories), None
+        self.categories: List[str] = list(names)
+        self.wnids: Optional[List[str]] = wnids
+
+    @property
+    def model_name(self) -> str:
+        return getattr(self.model, "model_name", type(self.model).__name__)
+
+    def __repr__(self) -> str:
+        return f"Classifier({self.model_name!r}, weights={self.weights!r}, {self.preprocessor!r})"
+
+    def logits(self, images) -> np.ndarray:
+        """Logits (N, num_classes) of ``images`` (one image or a list)."""
+        chunks = [self.run(batch) for batch in self.preprocessor.batches(as_image_list(images), self.batch_size)]
+        if not chunks:
+            return np.zeros((0, self.num_classes), dtype=np.float32)
+        return np.concatenate(chunks)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """The runner on one preprocessed batch, checked: (N, C) logits as a numpy array."""
+        logits = np.asarray(self.runner(batch))
+        if logits.ndim != 2 or logits.shape[0] != batch.shape[0]:
+            raise ValueError(f"the runner returned shape {logits.shape} for a batch of {batch.shape[0]}; "
+                             "it must return (N, num_classes) logits")
+        return logits
+
+    def probabilities(self, images) -> np.ndarray:
+        """Softmax probabilities (N, num_classes), float64."""
+        return softmax(self.logits(images))
+
+    def predict(self, images, topk: int = 5) -> List[Prediction]:
+        """The ``topk`` classes of each image (one image or a list), best first; ties keep the
+        lower class index first. Always returns a list, one :class:`Prediction` per image."""
+        items = as_image_list(images)
+        if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
+            raise ValueError(f"topk must be a positive int, got {topk!r}")
+        probs = self.probabilities(items)
+        k = min(topk, probs.shape[1])
+        results = []
+        for i, (item, row) in enumerate(zip(items, probs)):
+            order = np.argsort(-row, kind="stable")[:k]
+            scores = [ClassScore(int(c), self._name(int(c)), float(row[c]), self.wnids[c] if self.wnids else None)
+                      for c in order]
+            results.append(Prediction(describe_source(item, i), scores))
+        return results
+
+    __call__ = predict
+
+    def _name(self, index: int) -> str:
+        return self.categories[index] if index < len(self.categories) else f"class {index}"
+
+    def close(self) -> None:
+        self.preprocessor.close()
+
+    def __enter__(self) -> "Classifier":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _build(name: str, weights, num_classes: Optional[int], progress: bool):
+    from .registry import get_model
+    from .weights.errors import WeightsError
+
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    pretrained = True if weights is None else weights
+    model = get_model(name, pretrained=pretrained, progress=progress, **kwargs)
+    report = model.load_report
+    if report is not None and report.reinitialized:
+        raise WeightsError(f"{report.source}: the checkpoint's classifier does not fit {name} with "
+                           f"num_classes={model.num_classes} ({', '.join(report.reinitialized)} would be random); "
+                           "give the number of classes it was trained with (num_classes=N, --num-classes N)")
+    return model
+
+
+def predict(images, model="resnet50", weights=None, topk: int = 5, **kwargs) -> List[Prediction]:
+    """Classify ``images`` (one image or a list: paths, bytes, BGR uint8 arrays) with ``model``
+    and ``weights`` (see :class:`Classifier`, which takes the other keywords); returns one
+    :class:`Prediction` per image with the ``topk`` classes and their probabilities."""
+    with Classifier(model, weights, **kwargs) as classifier:
+        return classifier.predict(images, topk=topk)
+
