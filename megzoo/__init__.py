@@ -15,8 +15,12 @@ from .images import read_image
 from .transforms import EvalPreprocessor, eval_transform, train_transform
 from .predict import Classifier, predict  # megzoo.predict / megzoo.evaluate name the functions, not the modules
 from .evaluate import evaluate
+from .train import TrainConfig, TrainResult  # megzoo.train is the training subpackage
 
 __all__ = ["__version__", "init", "get_model", "list_models", "UnknownModelError", "model_info", "get_weights",
            "list_weights", "Weights", "LoadReport", *_models_all]
 __all__ += ["read_image", "eval_transform", "train_transform", "EvalPreprocessor", "Classifier", "predict", "evaluate"]
 __all__ += ["TrainConfig", "TrainResult"]
+from . import inference  # noqa: E402  (fast inference: megzoo.compile, megzoo.inference.export/load)
+from .inference import CompiledModel, compile  # noqa: E402,A001  (megzoo.compile; kept out of __all__ so
+__all__ += ["inference", "CompiledModel"]  # that `from megzoo import *` does not shadow the builtin compile)

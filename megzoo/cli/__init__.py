@@ -7,12 +7,14 @@ import argparse
 import sys
 from typing import List, Optional
 
+from . import deploy as _deploy
 from . import models as _models
 from . import predict as _predict
+from . import train as _train
 from . import weights as _weights
 
 #: modules contributing subcommands, in ``--help`` order
-COMMAND_MODULES = [_models, _weights, _predict]
+COMMAND_MODULES = [_models, _weights, _predict, _deploy, _train]
 
 
 class CLIError(Exception):

@@ -1,0 +1,149 @@
+"""Training checkpoints: written atomically, read back with megzoo's safe loader.
+
+A run folder holds
+
+* ``last.pkl``: the full training state after the latest finished epoch (see
+  :func:`training_state`): model state dict, optimizer state (momentum buffers), epochs done,
+  step, best accuracy, RNG state, config, class names, history. Rewritten every epoch;
+* ``best.pkl``: the model with the best validation top-1 so far, as a plain state dict
+  (``{name: numpy array}``), loadable by ``megzoo.<arch>(pretrained="best.pkl", num_classes=N)``,
+  ``megzoo.get_model(...)`` and ``megzoo predict --weights``;
+* ``best.json``: what is needed to use ``best.pkl``: model name, number of classes, class names,
+  evaluation preprocessing, accuracy.
+
+Everything saved is numpy arrays and builtins (dicts, lists, tuples, str, int, float, bool,
+None), so megzoo's allow-list unpickler (:mod:`megzoo.weights.serialization`) reads it: loading a
+checkpoint never runs code from the file. Files are written to a temporary name in the same folder,
+flushed to disk and renamed over the old one, so a crash leaves the previous file intact.
+"""
+import json
+import os
+import random
+import tempfile
+from collections import OrderedDict
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+__all__ = ["atomic_save", "atomic_write_text", "load_training_state", "save_weights", "rng_state",
+           "set_rng_state", "state_dict_numpy", "optimizer_state_numpy", "LAST", "BEST", "BEST_META"]
+
+LAST = "last.pkl"
+BEST = "best.pkl"
+BEST_META = "best.json"
+FORMAT = "megzoo-train-checkpoint"
+VERSION = 1
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - not possible on some platforms
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic(path: str, write) -> str:
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+    return path
+
+
+def atomic_save(obj: Any, path: str) -> str:
+    """``megengine.save(obj, path)`` atomically (temporary file, fsync, rename)."""
+    import megengine
+
+    return _atomic(path, lambda f: megengine.save(obj, f))
+
+
+def atomic_write_text(text: str, path: str) -> str:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return _atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _plain(value):
+    """``value`` with Tensors as numpy arrays and numpy scalars as Python numbers."""
+    from megengine import Tensor
+
+    if isinstance(value, Tensor):
+        return value.numpy()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (dict, OrderedDict)):
+        return type(value)((k, _plain(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def state_dict_numpy(model) -> "OrderedDict[str, np.ndarray]":
+    """``model.state_dict()`` as an OrderedDict of numpy arrays (copies)."""
+    return OrderedDict((k, np.array(v.numpy() if hasattr(v, "numpy") else v, copy=True))
+                       for k, v in model.state_dict().items())
+
+
+def optimizer_state_numpy(optimizer) -> dict:
+    """``optimizer.state_dict()`` with numpy arrays and Python numbers only."""
+    return _plain(optimizer.state_dict())
+
+
+def rng_state() -> Dict[str, Any]:
+    """The global NumPy and Python ``random`` generator states, as arrays and ints."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {
+        "numpy": {"name": str(name), "keys": np.asarray(keys, dtype=np.uint32).copy(), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": int(version), "state": np.asarray(internal, dtype=np.int64), "gauss": gauss},
+    }
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    n = state["numpy"]
+    np.random.set_state((n["name"], np.asarray(n["keys"], dtype=np.uint32), int(n["pos"]), int(n["has_gauss"]),
+                         float(n["cached_gaussian"])))
+    p = state["python"]
+    random.setstate((int(p["version"]), tuple(int(v) for v in p["state"]), p["gauss"]))
+
+
+def load_training_state(path: str) -> dict:
+    """Read a ``last.pkl`` written by the trainer (with the safe loader); checks its format."""
+    from ..weights.serialization import load_megengine_pickle
+
+    state = load_megengine_pickle(path)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a megzoo training checkpoint (no format={FORMAT!r} record); "
+                         "to start from weights only, use pretrained=PATH")
+    if int(state.get("version", 0)) > VERSION:
+        raise ValueError(f"{path}: checkpoint version {state['version']} is newer than this megzoo reads ({VERSION})")
+    return state
+
+
+def save_weights(model, path: str, meta: Optional[dict] = None) -> str:
+    """Save ``model``'s state dict as a plain ``{name: array}`` pickle at ``path`` (atomically)
+    and, with ``meta``, the JSON sidecar next to it (``path`` with ``.json``)."""
+    atomic_save(state_dict_numpy(model), path)
+    if meta is not None:
+        atomic_write_text(json.dumps(meta, indent=2) + "\n", os.path.splitext(path)[0] + ".json")
+    return path

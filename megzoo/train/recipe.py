@@ -1,0 +1,180 @@
+"""The training recipe as data: :class:`TrainConfig` and the learning-rate schedule.
+
+The defaults are MegEngine's reference ImageNet recipe for ResNet
+(``MegEngine/Models``, ``official/vision/classification/resnet/train.py``): 90 epochs, batch 64
+per GPU, SGD with momentum 0.9 and weight decay 1e-4, learning rate 0.025 per GPU (so 0.2 on 8
+GPUs, batch 512), 5 warm-up epochs rising linearly from 0, then x0.1 at epochs 30, 60 and 80;
+``RandomResizedCrop(224)`` + horizontal flip (+ colour jitter 0.4 for the models bigger than
+ResNet-34); evaluation on the 224 centre crop of a 256 resize. The reference sums gradients
+over GPUs and multiplies the weight decay by the number of GPUs; megzoo averages them and
+multiplies the learning rate by the number of GPUs instead, which is the same update.
+"""
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Optional, Tuple, Union
+
+__all__ = ["TrainConfig", "REFERENCE_TOP1", "imagenet_recipe", "learning_rate"]
+
+#: top-1 accuracy (%) on ImageNet-1k val of MegEngine's reference training of each architecture
+#: (MegEngine/Models, official/vision/classification/resnet), the target of the recipe
+REFERENCE_TOP1 = {
+    "resnet18": 70.312,
+    "resnet34": 73.960,
+    "resnet50": 76.254,
+    "resnet101": 77.944,
+    "resnet152": 78.582,
+    "resnext50_32x4d": 77.592,
+    "resnext101_32x8d": 79.520,
+}
+
+SCHEDULES = ("step", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (saved in the run folder as ``config.json``).
+
+    Data: ``data`` is a folder holding ``train/`` and ``val/`` (one sub-folder per class in each,
+    as ``megengine.data.dataset.ImageFolder`` reads them), or a folder of class sub-folders split
+    into training and validation images by ``val_split``; ``train_dir``/``val_dir`` name the two
+    folders directly.
+    """
+
+    # -- model
+    model: str = "resnet50"  #: registered model name
+    num_classes: Optional[int] = None  #: default: the number of class folders
+    pretrained: Union[bool, str, None] = None  #: True, a weight tag, or a path/URL (``pretrained=``)
+    freeze_stages: Optional[int] = None  #: freeze the stem and the first N stages (None: nothing)
+    backbone_lr_mult: float = 1.0  #: backbone learning rate = this x the head's (fine-tuning: 0.1)
+    model_kwargs: dict = field(default_factory=dict)  #: more builder keywords (e.g. drop_rate)
+
+    # -- data
+    data: Optional[str] = None
+    train_dir: Optional[str] = None
+    val_dir: Optional[str] = None
+    val_split: float = 0.0  #: fraction held out when ``data`` has no train/val folders
+    input_size: int = 224
+    resize_size: Optional[int] = None  #: evaluation resize (default: input_size / 0.875)
+    crop_scale: Tuple[float, float] = (0.08, 1.0)  #: RandomResizedCrop area range
+    hflip: float = 0.5  #: horizontal flip probability (0 for digits, text ...)
+    color_jitter: Optional[float] = None  #: default: 0.4 for models bigger than ResNet-34, else 0
+    workers: int = 2  #: DataLoader worker processes (0: load in the training process)
+    eval_batch_size: int = 100
+
+    # -- optimisation
+    epochs: int = 90
+    batch_size: int = 64  #: per worker (GPU or CPU process)
+    lr: float = 0.025  #: per worker; the run uses lr x number of workers
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    no_bn_decay: bool = False  #: exempt BatchNorm weights/biases and all biases from weight decay
+    schedule: str = "step"  #: "step" or "cosine"
+    milestones: Tuple[int, ...] = (30, 60, 80)  #: epochs of the step schedule
+    gamma: float = 0.1  #: step schedule factor
+    warmup_epochs: float = 5.0  #: linear warm-up from 0 (may be fractional, 0: none)
+    min_lr: float = 0.0  #: floor of the cosine schedule (absolute, after scaling)
+    label_smoothing: float = 0.0
+    steps_per_epoch: Optional[int] = None  #: cap (smoke tests, benchmarks); default: the whole data
+
+    # -- run
+    output: str = "runs/train"  #: run folder: checkpoints, log, history, plot, best model
+    resume: bool = True  #: continue from ``output/last.pkl`` when it exists
+    seed: int = 0
+    device: Optional[str] = None  #: "cpu", "gpu", a MegEngine name; default GPU if any, else CPU
+    gpus: int = 1  #: processes (GPUs) for distributed training
+    fast_conv: str = "auto"  #: CPU convolution backward: auto (= blas), blas, swap, gemm, im2col, off
+    fast_conv_forward: str = "blas"  #: CPU training forward: blas (fast, equal to rounding) or native (MegEngine's)
+    cpu_threads: Optional[int] = None  #: CPU threads (multithread comp node); default: all cores
+    dtr: bool = False  #: dynamic tensor rematerialisation (less memory, more compute)
+    dtr_threshold: Optional[str] = None  #: DTR eviction threshold, e.g. "4GB"
+    eval_every: int = 1  #: epochs between evaluations (the last epoch is always evaluated)
+    progress: bool = True  #: tqdm progress bars
+    plot: bool = True  #: write curves.png at the end
+    log_every: int = 0  #: also log every N steps (0: per epoch only)
+
+    def __post_init__(self):
+        self.crop_scale = tuple(float(v) for v in self.crop_scale)  # type: ignore[assignment]
+        self.milestones = tuple(int(v) for v in self.milestones)
+        if self.color_jitter is None:
+            self.color_jitter = 0.0 if self.model in ("resnet18", "resnet34") or self.input_size < 64 else 0.4
+        self.validate()
+
+    def validate(self) -> None:
+        def positive_int(name, minimum=1):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+        for name in ("epochs", "batch_size", "input_size", "gpus", "eval_batch_size", "eval_every"):
+            positive_int(name)
+        positive_int("workers", 0)
+        positive_int("log_every", 0)
+        for name in ("num_classes", "steps_per_epoch", "resize_size", "cpu_threads"):
+            if getattr(self, name) is not None:
+                positive_int(name)
+        if self.freeze_stages is not None:
+            positive_int("freeze_stages", 0)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "min_lr", "backbone_lr_mult"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if not 0.0 <= self.val_split < 1.0:
+            raise ValueError(f"val_split must be in [0, 1), got {self.val_split!r}")
+        if not 0.0 <= self.hflip <= 1.0:
+            raise ValueError(f"hflip is a probability, got {self.hflip!r}")
+        lo, hi = self.crop_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"crop_scale must be (min, max) with 0 < min <= max <= 1, got {self.crop_scale!r}")
+        if self.nesterov and self.momentum <= 0:
+            raise ValueError("nesterov needs momentum > 0")
+        from .fast_conv import FORWARDS, METHODS
+
+        if self.fast_conv not in METHODS + ("off",):
+            raise ValueError(f"fast_conv must be one of {', '.join(METHODS + ('off',))}, got {self.fast_conv!r}")
+        if self.fast_conv_forward not in FORWARDS:
+            raise ValueError(f"fast_conv_forward must be one of {', '.join(FORWARDS)}, got {self.fast_conv_forward!r}")
+
+    @property
+    def eval_resize(self) -> int:
+        return self.resize_size or max(self.input_size, int(round(self.input_size / 0.875)))
+
+    def as_dict(self) -> dict:
+        """JSON-friendly dict (tuples become lists)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+def imagenet_recipe(model: str, data: Optional[str] = None, **overrides) -> TrainConfig:
+    """MegEngine's reference ImageNet recipe for ``model`` (see the module docstring), with
+    ``overrides``. ``data`` is the ImageNet folder with ``train/`` and ``val/``."""
+    return TrainConfig(model=model, data=data, **overrides)
+
+
+def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int, world_size: int = 1) -> float:
+    """Learning rate (of the head; the backbone gets ``x backbone_lr_mult``) before ``step``
+    (0-based, counted over the whole run): ``lr x world_size``, warmed up linearly from 0 over
+    ``warmup_epochs``, then the step or cosine schedule over the epochs."""
+    base = config.lr * world_size
+    total = config.epochs * steps_per_epoch
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    if warmup > 0 and step < warmup:
+        return base * step / warmup
+    if config.schedule == "step":
+        drops = sum(1 for m in config.milestones if step >= m * steps_per_epoch)
+        return base * config.gamma ** drops
+    span = max(1, total - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    floor = min(config.min_lr, base)
+    return floor + (base - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+

@@ -1,0 +1,319 @@
+"""megzoo.compile / export / load and the ``megzoo export`` / ``megzoo benchmark`` commands.
+
+Small inputs (32-64 px), narrow models and few iterations keep this fast; nothing here asserts on
+timings. Algorithm profiling is exercised on a tiny network so it takes seconds."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import megengine
+import megengine.module as M
+import numpy as np
+import pytest
+
+import megzoo
+from megzoo import inference
+from megzoo.inference import ParityError, check_parity, compile, default_threads, export, load
+from megzoo.models.vgg import VGG
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _megzoo_home(tmp_path, monkeypatch):
+    """Every test gets its own empty $MEGZOO_HOME (the algorithm cache lives there)."""
+    monkeypatch.setenv("MEGZOO_HOME", str(tmp_path / "home"))
+
+
+def _rel_err(got, ref):
+    return float(np.max(np.abs(got - ref)) / np.max(np.abs(ref)))
+
+
+def _eager(model, x):
+    return model(megengine.tensor(x)).numpy()
+
+
+def _randomise_bn(model, seed=0):
+    """Non-trivial BatchNorm statistics, so folding BN into the convolutions is really tested."""
+    rng = np.random.RandomState(seed)
+    for m in model.modules():
+        if isinstance(m, M.BatchNorm2d):
+            c = m.num_features
+            m.running_mean[...] = megengine.tensor(rng.uniform(-0.2, 0.2, (1, c, 1, 1)).astype("float32"))
+            m.running_var[...] = megengine.tensor(rng.uniform(0.5, 2.0, (1, c, 1, 1)).astype("float32"))
+            m.weight[...] = megengine.tensor(rng.uniform(0.5, 1.5, (1, c, 1, 1)).astype("float32"))
+            m.bias[...] = megengine.tensor(rng.uniform(-0.2, 0.2, (1, c, 1, 1)).astype("float32"))
+    return model
+
+
+#: a Conv-BN-ReLU, global pool, Linear network that profiles in seconds (source shared with a subprocess)
+TINY_SRC = """
+import megengine.functional as F
+import megengine.module as M
+
+class Tiny(M.Module):
+    def __init__(self, num_classes=5):
+        super().__init__()
+        self.conv = M.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = M.BatchNorm2d(8)
+        self.fc = M.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.fc(F.mean(F.relu(self.bn(self.conv(x))), axis=(2, 3)))
+"""
+exec(TINY_SRC)
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    model = _randomise_bn(megzoo.resnet18())
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def narrow_vgg():
+    """VGG-11 layout (AdaptiveAvgPool2d(7), flatten, 3 Linear) with narrow convolutions."""
+    model = VGG((1, 1, 2, 2, 2), widths=(8, 16, 16, 32, 32), num_classes=10, norm_layer="bn")
+    model.head.classifier[0] = M.Linear(32 * 49, 64)
+    model.head.classifier[3] = M.Linear(64, 64)
+    model.head.classifier[6] = M.Linear(64, 10)
+    model.eval()
+    return _randomise_bn(model, seed=1)
+
+
+# --- exactness -------------------------------------------------------------------------------
+def test_resnet18_compiled_matches_eager(resnet18):
+    x = np.random.RandomState(0).standard_normal((2, 3, 64, 64)).astype("float32")
+    compiled = compile(resnet18, input_shape=x.shape, algo="heuristic")
+    out = compiled(x)
+    assert isinstance(out, np.ndarray) and out.shape == (2, 1000) and out.dtype == np.float32
+    assert _rel_err(out, _eager(resnet18, x)) < 1e-4
+    assert resnet18.training is False
+
+
+def test_vgg_compiled_matches_eager_and_restores_train_mode(narrow_vgg):
+    x = np.random.RandomState(1).standard_normal((1, 3, 64, 64)).astype("float32")
+    narrow_vgg.train()
+    try:
+        compiled = compile(narrow_vgg, input_shape=x.shape, algo="heuristic")
+        assert narrow_vgg.training  # compile traced in eval mode and put train mode back
+    finally:
+        narrow_vgg.eval()
+    assert _rel_err(compiled(x), _eager(narrow_vgg, x)) < 1e-4
+    # a spatial size that is not a multiple of 7 (the exact adaptive pooling matmul path)
+    y = np.random.RandomState(2).standard_normal((2, 3, 50, 50)).astype("float32")
+    assert _rel_err(compiled(y), _eager(narrow_vgg, y)) < 1e-4
+
+
+def test_accepts_megengine_tensor_and_lazy_shape(resnet18):
+    compiled = compile(resnet18, algo="heuristic")  # compiled on the first call
+    assert compiled.cached_shapes == []
+    x = np.random.RandomState(3).standard_normal((1, 3, 32, 32)).astype("float32")
+    out = compiled(megengine.tensor(x))
+    assert compiled.input_shape == (1, 3, 32, 32)
+    assert _rel_err(out, _eager(resnet18, x)) < 1e-4
+
+
+def _has_nchw88():
+    import platform
+
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    return platform.machine() in ("x86_64", "AMD64") and " avx2" in flags and " fma" in flags
+
+
+@pytest.mark.parametrize("layout", ["nchw", pytest.param("nchw88", marks=pytest.mark.skipif(
+    not _has_nchw88(), reason="NCHW88 kernels need x86 with AVX2 + FMA"))])
+def test_layouts_match_eager_for_backbone_outputs(layout):
+    """A features_only ResNet returns 5 maps; they come back in NCHW whatever the internal layout."""
+    model = _randomise_bn(megzoo.resnet18(features_only=True, out_indices=(1, 3)), seed=3)
+    model.eval()
+    x = np.random.RandomState(9).standard_normal((2, 3, 64, 64)).astype("float32")
+    compiled = compile(model, input_shape=x.shape, layout=layout, algo="heuristic")
+    assert compiled.layout == layout
+    outs = compiled(x)
+    refs = [t.numpy() for t in model(megengine.tensor(x))]
+    assert isinstance(outs, list) and [o.shape for o in outs] == [r.shape for r in refs]
+    for out, ref in zip(outs, refs):
+        assert _rel_err(out, ref) < 1e-4
+
+
+def test_best_layout_probe_is_recorded(tmp_path, monkeypatch):
+    monkeypatch.setattr(inference, "_best_layout", None)
+    layout = inference.best_layout()
+    if _has_nchw88():
+        records = list((tmp_path / "home" / "algo_cache").glob("layout-probe-*.json"))
+        assert len(records) == 1 and json.loads(records[0].read_text())["nchw88"]["ok"] is (layout == "nchw88")
+    else:
+        assert layout == "nchw"
+    monkeypatch.setenv("MEGZOO_LAYOUT", "nchw")
+    assert inference.best_layout() == "nchw"
+    with pytest.raises(ValueError, match="layout"):
+        compile(Tiny(), layout="nhwc")
+
+
+# --- batch sizes and the shape cache -----------------------------------------------------------
+def test_dynamic_batch_reuses_one_graph(narrow_vgg):
+    compiled = compile(narrow_vgg, input_shape=(2, 3, 64, 64), algo="heuristic")
+    rng = np.random.RandomState(4)
+    for n in (1, 5, 2):
+        x = rng.standard_normal((n, 3, 64, 64)).astype("float32")
+        out = compiled(x)
+        assert out.shape == (n, 10)
+        assert _rel_err(out, _eager(narrow_vgg, x)) < 1e-4
+    assert compiled.cached_shapes == [(3, 64, 64)]
+    assert len(compiled.compile_log) == 1
+
+
+def test_shape_cache_is_bounded_lru():
+    model = Tiny()
+    model.eval()
+    compiled = compile(model, algo="heuristic", max_shapes=2)
+    rng = np.random.RandomState(5)
+    for side in (16, 24, 16, 32):
+        x = rng.standard_normal((1, 3, side, side)).astype("float32")
+        assert _rel_err(compiled(x), _eager(model, x)) < 1e-4
+    assert compiled.cached_shapes == [(3, 16, 16), (3, 32, 32)]  # 24 least recently used, dropped
+    assert len(compiled.compile_log) == 3
+
+
+def test_static_batch_compiles_each_shape():
+    model = Tiny()
+    model.eval()
+    compiled = compile(model, input_shape=(1, 3, 16, 16), algo="heuristic", dynamic_batch=False)
+    compiled(np.zeros((3, 3, 16, 16), "float32"))
+    assert compiled.cached_shapes == [(1, 3, 16, 16), (3, 3, 16, 16)]
+
+
+# --- threads -------------------------------------------------------------------------------------
+def test_thread_count_defaults_to_affinity(monkeypatch):
+    model = Tiny()
+    model.eval()
+    compiled = compile(model, input_shape=(1, 3, 16, 16), algo="heuristic")
+    assert compiled.threads == len(os.sched_getaffinity(0)) == default_threads()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert default_threads() == 1
+    assert compile(model, algo="heuristic").threads == 1
+    with pytest.raises(ValueError, match="threads"):
+        compile(model, threads=0)
+
+
+# --- the persistent algorithm cache --------------------------------------------------------------------
+def test_algo_cache_persisted_and_reused(tmp_path):
+    model = Tiny()
+    model.eval()
+    x = np.random.RandomState(6).standard_normal((1, 3, 16, 16)).astype("float32")
+    compiled = compile(model, input_shape=x.shape, threads=1, algo="profile")
+    cache = compiled.algo_cache_file
+    assert cache.parent == tmp_path / "home" / "algo_cache"
+    assert cache.is_file() and cache.stat().st_size > 0
+    assert b"ConvBias" in cache.read_bytes()  # the profiled convolution's algorithm ranking
+    assert compiled.compile_log[0].algo_cache_existed is False and compiled.compile_log[0].algo_cache_hit is False
+    assert _rel_err(compiled(x), _eager(model, x)) < 1e-4
+    before = cache.stat().st_size
+
+    # a fresh process reuses the file: it finds it, and has nothing new to add to it
+    code = TINY_SRC + (
+        "\nimport megzoo.inference as I\nm = Tiny()\nm.eval()\n"
+        "c = I.compile(m, (1, 3, 16, 16), threads=1, algo='profile')\n"
+        "print('EXISTED', c.compile_log[0].algo_cache_existed, c.compile_log[0].algo_cache_hit, c.algo_cache_file)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ), cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"EXISTED True True {cache}" in proc.stdout
+    assert cache.stat().st_size == before  # rewritten with the same entries
+
+
+def test_heuristic_has_no_cache():
+    model = Tiny()
+    model.eval()
+    compiled = compile(model, input_shape=(1, 3, 16, 16), algo="heuristic")
+    assert compiled.algo_cache_file is None
+    with pytest.raises(ValueError, match="algo"):
+        compile(model, algo="fastest")
+
+
+# --- export, load and the parity check -----------------------------------------------------------------
+def test_export_writes_mge_and_metadata_and_loads(tmp_path, narrow_vgg):
+    path = tmp_path / "out" / "vgg.mge"
+    report = export(narrow_vgg, path, (1, 3, 64, 64), metadata={"class_names": [str(i) for i in range(10)]})
+    assert path.is_file() and path.stat().st_size > 0
+    meta = json.loads((tmp_path / "out" / "vgg.mge.json").read_text())
+    for key in ("input_name", "input_shape", "mean", "std", "color_order", "class_names", "output_names",
+                "megengine_version", "parity", "fused"):
+        assert key in meta, key
+    assert meta["input_shape"] == [1, 3, 64, 64] and meta["color_order"] == "BGR" and meta["fused"] is True
+    assert set(report.parity["inputs"]) == {"random normal batch", "generated test image"}
+    assert meta["parity"]["max_rel"] < 1e-4
+
+    loaded = load(path, algo="heuristic")
+    assert loaded.metadata["class_names"][3] == "3"
+    x = np.random.RandomState(7).standard_normal((3, 3, 64, 64)).astype("float32")
+    assert _rel_err(loaded(x), _eager(narrow_vgg, x)) < 1e-4  # batch 3 from a graph traced at 1
+    with pytest.raises(ValueError, match="compiled for inputs"):
+        loaded(np.zeros((1, 3, 32, 32), "float32"))
+
+
+def test_export_no_fuse_also_matches(tmp_path):
+    model = _randomise_bn(Tiny())
+    model.eval()
+    report = export(model, tmp_path / "tiny.mge", (2, 3, 16, 16), fuse=False)
+    assert report.metadata["fused"] is False and report.parity["max_rel"] < 1e-4
+
+
+def test_parity_check_fails_loudly(tmp_path, resnet18):
+    compiled = compile(resnet18, input_shape=(1, 3, 32, 32), algo="heuristic")
+    perturbed = megzoo.resnet18()
+    perturbed.load_state_dict(resnet18.state_dict())
+    perturbed.fc.bias[...] = perturbed.fc.bias + 0.01
+    perturbed.eval()
+    x = np.random.RandomState(8).standard_normal((1, 3, 32, 32)).astype("float32")
+    with pytest.raises(ParityError) as info:
+        check_parity(perturbed, compiled, {"random batch": x}, tolerance=0.0)
+    message = str(info.value)
+    assert "parity check failed" in message and "above the tolerance 0" in message
+    assert "random batch: max |exported - eager|" in message and "relative" in message
+    # the unperturbed model passes the same check at the documented tolerance
+    assert check_parity(resnet18, compiled, {"random batch": x})["max_rel"] < 1e-4
+
+
+def test_cli_export_fails_with_impossible_tolerance(tmp_path):
+    from megzoo.cli import main
+
+    out = tmp_path / "r18.mge"
+    ok = main(["export", "resnet18", "-o", str(out), "--input-shape", "1,3,32,32"])
+    assert ok == 0 and out.is_file() and (tmp_path / "r18.mge.json").is_file()
+    meta = json.loads((tmp_path / "r18.mge.json").read_text())
+    assert meta["model"] == "resnet18" and len(meta["class_names"]) == 1000
+
+    bad = tmp_path / "bad.mge"
+    proc = subprocess.run([sys.executable, "-m", "megzoo.cli", "export", "resnet18", "-o", str(bad),
+                           "--input-shape", "1,3,32,32", "--tolerance", "0"],
+                          capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert proc.returncode == 1
+    assert "parity check failed" in proc.stderr and "above the tolerance 0" in proc.stderr
+    assert not bad.exists() and not (tmp_path / "bad.mge.json").exists()
+
+
+# --- megzoo benchmark ------------------------------------------------------------------------------------
+def test_cli_benchmark_json_keys():
+    from megzoo.cli.deploy import RESULT_KEYS
+
+    proc = subprocess.run([sys.executable, "-m", "megzoo.cli", "benchmark", "--models", "resnet18", "--batch", "1",
+                           "--json", "--input-size", "32", "--repeats", "2", "--min-repeats", "1", "--warmup", "0",
+                           "--time-budget", "0", "--algo", "heuristic"],
+                          capture_output=True, text=True, timeout=600, cwd=str(REPO))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert {"cpu", "cores", "flop_per_cycle", "clock_ghz", "peak_gflops"} <= set(report["machine"])
+    rows = report["results"]
+    assert [r["mode"] for r in rows] == ["eager", "optimised"]
+    for row in rows:
+        assert set(row) == set(RESULT_KEYS)
+        assert row["error"] is None and row["model"] == "resnet18" and row["batch"] == 1
+        assert row["images_per_s"] > 0 and row["latency_p90_ms"] >= row["latency_p50_ms"] > 0
+        assert row["peak_rss_mib"] > 0 and 0 < row["peak_fraction"] < 1
+        assert row["gmacs"] == pytest.approx(1.814 * (32 / 224) ** 2, rel=1e-2)
+    assert report["compile"][0]["compile_s"] > 0

@@ -1,0 +1,258 @@
+"""megzoo.train: the loop learns, checkpoints round-trip bit for bit, an interrupted run resumed
+ends with the same weights as an uninterrupted one, and the pieces around them (schedule,
+parameter groups, freezing, data folders, best model for pretrained=PATH, CLI, plot)."""
+import json
+import os
+import re
+
+import cv2
+import numpy as np
+import pytest
+
+import megengine
+import megengine.functional as F
+import megengine.module as M
+
+import megzoo
+from megzoo.models.base import FeatureInfo, FeatureLevel, ZooModel
+from megzoo.train import TrainConfig, Trainer, learning_rate, param_groups, train
+from megzoo.train import checkpoint as ckpt
+from megzoo.train.data import build_folder_data, eval_loader, train_loader
+
+CLASSES = ("circle", "hbar", "vbar")
+
+
+@pytest.fixture(autouse=True)
+def _restore_default_device():
+    """The trainer sets MegEngine's (process-wide) default device; later test modules expect theirs."""
+    device = megengine.get_default_device()
+    yield
+    megengine.set_default_device(device)
+
+
+class TinyNet(ZooModel):
+    """A two-stage ZooModel small enough for fast tests (freeze, classifier, feature levels)."""
+
+    def __init__(self, num_classes=3):
+        super().__init__(3, num_classes)
+        self.conv1 = M.Conv2d(3, 8, 3, 1, 1, bias=False)
+        self.bn1 = M.BatchNorm2d(8)
+        self.layer1 = M.Sequential(M.Conv2d(8, 12, 3, 2, 1, bias=False), M.BatchNorm2d(12), M.ReLU())
+        self.layer2 = M.Sequential(M.Conv2d(12, 16, 3, 2, 1, groups=2), M.BatchNorm2d(16), M.ReLU())
+        self.feature_info = FeatureInfo([FeatureLevel("stem", 8, 1, ("conv1", "bn1"), is_stem=True),
+                                         FeatureLevel("res2", 12, 2, ("layer1",)),
+                                         FeatureLevel("res3", 16, 4, ("layer2",))])
+        self.num_features = 16
+        self.fc = M.Linear(16, num_classes)
+
+    def _run_level(self, index, x):
+        if index == 0:
+            return F.relu(self.bn1(self.conv1(x)))
+        return getattr(self, f"layer{index}")(x)
+
+    def forward_head(self, x, pre_logits=False):
+        x = F.mean(x, axis=(2, 3))
+        return x if pre_logits else self.fc(x)
+
+    def get_classifier(self):
+        return self.fc
+
+    def reset_classifier(self, num_classes):
+        self.fc = M.Linear(16, num_classes)
+
+
+def _tiny(seed=0) -> TinyNet:
+    """A TinyNet with a reproducible initialisation."""
+    np.random.seed(seed)
+    megengine.random.seed(seed)
+    return TinyNet()
+
+
+def _draw(kind: str, rng, size=16) -> np.ndarray:
+    image = np.full((size, size), 30, np.uint8)
+    c, r = size // 2 + rng.randint(-2, 3), size // 2 + rng.randint(-2, 3)
+    if kind == "circle":
+        cv2.circle(image, (c, r), size // 4, 230, 2)
+    elif kind == "hbar":
+        cv2.line(image, (2, r), (size - 3, r), 230, 2)
+    else:
+        cv2.line(image, (c, 2), (c, size - 3), 230, 2)
+    noisy = np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype(np.uint8)
+    return cv2.cvtColor(noisy, cv2.COLOR_GRAY2BGR)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """train/ (10 per class) and val/ (4 per class) folders of 16x16 shapes."""
+    root = tmp_path_factory.mktemp("shapes")
+    rng = np.random.RandomState(0)
+    for split, n in (("train", 10), ("val", 4)):
+        for kind in CLASSES:
+            os.makedirs(root / split / kind)
+            for i in range(n):
+                cv2.imwrite(str(root / split / kind / f"{i:02d}.png"), _draw(kind, rng))
+    return str(root)
+
+
+def _config(shapes, out, **kw) -> TrainConfig:
+    values = dict(model="tinynet", data=shapes, output=str(out), input_size=16, resize_size=16, crop_scale=(0.6, 1.0),
+                  hflip=0.0, epochs=3, batch_size=6, lr=0.05, warmup_epochs=0.5, schedule="cosine", workers=0,
+                  eval_batch_size=8, progress=False, plot=False, seed=3, device="cpu", cpu_threads=1)
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+def _params(model):
+    return {k: np.array(v) for k, v in model.state_dict().items()}
+
+
+def _assert_same(a, b):
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_steps_reduce_the_loss(shapes, tmp_path):
+    trainer = Trainer(_config(shapes, tmp_path, warmup_epochs=0, lr=0.1, schedule="step"), module=_tiny())
+    batch = np.stack([trainer.train_transform.apply(trainer.data.train[i])[0] for i in range(12)])
+    labels = np.array([int(trainer.data.train[i][1]) for i in range(12)], np.int32)
+    trainer.set_lr(0)
+    losses = [trainer.train_step(batch, labels)[0] for _ in range(8)]
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_checkpoint_round_trip_and_resume_is_exact(shapes, tmp_path):
+    # uninterrupted: 3 epochs
+    full = Trainer(_config(shapes, tmp_path / "full", workers=1), module=_tiny())
+    result = full.fit()
+    assert result.epochs == 3 and len(full.history) == 3
+    # interrupted after 2 epochs, then resumed by a new Trainer (a new process would do the same)
+    first = Trainer(_config(shapes, tmp_path / "cut", workers=1), module=_tiny())
+    first.fit(until_epoch=2)
+    saved = ckpt.load_training_state(str(tmp_path / "cut" / ckpt.LAST))
+    assert saved["epoch"] == 2 and saved["step"] == first.step
+    # round trip: a Trainer resuming from last.pkl holds exactly the saved weights and momentum
+    resumed = Trainer(_config(shapes, tmp_path / "cut", workers=1), module=_tiny())
+    assert resumed.epoch == 2 and resumed.step == first.step and resumed.history == first.history
+    _assert_same(_params(resumed.model), _params(first.model))
+    moments = lambda opt: [opt._state[p]["momentum_buffer"].numpy() for g in opt.param_groups for p in g["params"]]
+    for a, b in zip(moments(resumed.optimizer), moments(first.optimizer)):
+        np.testing.assert_array_equal(a, b)
+    resumed.fit()
+    _assert_same(_params(resumed.model), _params(full.model))
+    assert resumed.history[-1]["val_top1"] == full.history[-1]["val_top1"]
+    # a finished run resumed again does nothing
+    again = Trainer(_config(shapes, tmp_path / "cut", workers=1), module=_tiny())
+    assert again.fit().epochs == 3
+    _assert_same(_params(again.model), _params(full.model))
+
+
+def test_run_folder_contents(shapes, tmp_path):
+    result = train(_config(shapes, tmp_path, epochs=2, plot=True, label_smoothing=0.1, no_bn_decay=True),
+                   module=_tiny())
+    names = set(os.listdir(tmp_path))
+    assert {"last.pkl", "best.pkl", "best.json", "history.json", "log.txt", "config.json", "curves.png"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    with open(result.plot_path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [r["epoch"] for r in history["epochs"]] == [1, 2] and history["classes"] == list(CLASSES)
+    for key in ("train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "lr", "images_per_second"):
+        assert key in history["epochs"][-1]
+    meta = json.loads((tmp_path / "best.json").read_text())
+    assert meta["classes"] == list(CLASSES) and meta["num_classes"] == 3
+    assert meta["preprocess"]["input_size"] == 16 and meta["preprocess"]["resize_size"] == 16
+    # best.pkl is a plain state dict; last.pkl only arrays and builtins: both pass the safe loader
+    from megzoo.weights.serialization import load_checkpoint, load_megengine_pickle
+
+    best = load_checkpoint(result.best_path)
+    assert set(best) == set(TinyNet().state_dict())
+    state = load_megengine_pickle(result.last_path)
+    assert state["format"] == ckpt.FORMAT and isinstance(state["rng"]["numpy"]["keys"], np.ndarray)
+    assert re.search(r"epoch +2/2 +train loss", (tmp_path / "log.txt").read_text())
+
+
+def test_best_weights_load_with_pretrained_path(tmp_path):
+    model = megzoo.resnet18(num_classes=3)
+    path = ckpt.save_weights(model, str(tmp_path / "best.pkl"), {"model": "resnet18", "num_classes": 3})
+    loaded = megzoo.resnet18(pretrained=path, num_classes=3)
+    assert not loaded.load_report.reinitialized and not loaded.load_report.unused
+    _assert_same(_params(loaded), _params(model))
+    assert json.loads((tmp_path / "best.json").read_text())["num_classes"] == 3
+
+
+def test_learning_rate_schedule():
+    c = TrainConfig(lr=0.1, epochs=10, warmup_epochs=2, milestones=(5, 8), gamma=0.1)
+    assert learning_rate(c, 0, 10) == 0.0
+    assert learning_rate(c, 10, 10) == pytest.approx(0.05)
+    assert learning_rate(c, 20, 10) == pytest.approx(0.1)
+    assert learning_rate(c, 50, 10) == pytest.approx(0.01)
+    assert learning_rate(c, 85, 10) == pytest.approx(0.001)
+    assert learning_rate(c, 20, 10, world_size=8) == pytest.approx(0.8)  # scaled by the number of workers
+    cos = TrainConfig(lr=0.1, epochs=10, warmup_epochs=0, schedule="cosine")
+    assert learning_rate(cos, 0, 10) == pytest.approx(0.1)
+    assert learning_rate(cos, 50, 10) == pytest.approx(0.05)
+    assert learning_rate(cos, 100, 10) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="linear")
+
+
+def test_param_groups_freeze_and_decay():
+    model = TinyNet()
+    model.freeze(1)  # stem + first stage: their BN in inference mode, parameters left out
+    config = TrainConfig(model="tinynet", no_bn_decay=True, backbone_lr_mult=0.1, weight_decay=1e-4)
+    groups = {g["name"]: g for g in param_groups(model, config)}
+    assert set(groups) == {"backbone", "backbone/no_decay", "head", "head/no_decay"}
+    assert groups["backbone"]["lr_mult"] == 0.1 and groups["head"]["lr_mult"] == 1.0
+    assert groups["backbone/no_decay"]["weight_decay"] == 0.0 and groups["head"]["weight_decay"] == 1e-4
+    chosen = {id(p) for g in groups.values() for p in g["params"]}
+    assert chosen == {id(p) for p in model.trainable_parameters()}
+    assert {id(p) for p in model.layer2.parameters()} <= chosen
+    frozen = {id(p) for m in (model.conv1, model.bn1, model.layer1) for p in m.parameters()}
+    assert frozen and not chosen & frozen
+    assert groups["head"]["params"] == [model.fc.weight] and groups["head/no_decay"]["params"] == [model.fc.bias]
+    assert model.bn1.freeze and model.layer1[1].freeze and not model.layer2[1].freeze
+
+
+def test_fine_tuning_keeps_frozen_layers(shapes, tmp_path):
+    model = TinyNet()
+    before = _params(model)
+    trainer = Trainer(_config(shapes, tmp_path, epochs=1, freeze_stages=1, backbone_lr_mult=0.1), module=model)
+    trainer.fit()
+    after = _params(model)
+    for key in before:  # stem and first stage (weights and BN statistics) untouched, the rest trained
+        frozen = key.startswith(("conv1", "bn1", "layer1"))
+        assert np.array_equal(before[key], after[key]) == frozen, key
+
+
+def test_folder_data_and_sharding(shapes, tmp_path):
+    data = build_folder_data(shapes)
+    assert data.classes == list(CLASSES) and len(data.train) == 30 and len(data.val) == 12
+    split = build_folder_data(os.path.join(shapes, "train"), val_split=0.2, seed=1)
+    assert len(split.train) == 24 and len(split.val) == 6
+    assert {int(split.val[i][1]) for i in range(6)} == {0, 1, 2}  # stratified
+    # the distributed samplers: each rank gets its own share of every epoch
+    seen = []
+    for r in range(2):
+        loader = train_loader(data.train, None, 5, 0, world_size=2, rank=r)
+        seen.append({int(i) for batch in loader.sampler for i in batch})
+    assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 30
+    shares = [eval_loader(data.val, None, 4, 0, world_size=3, rank=r).sampler.indices for r in range(3)]
+    assert sorted(i for s in shares for i in s) == list(range(12))
+    with pytest.raises(ValueError, match="batch"):
+        train_loader(data.train, None, 64, 0)
+
+
+def test_cli_train(shapes, tmp_path):
+    from megzoo.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", "--data", shapes, "--model", "resnet18", "--input-size", "16", "--resize-size", "16",
+                 "--epochs", "1", "--batch-size", "4", "--steps-per-epoch", "2", "--workers", "0", "--lr", "0.01",
+                 "--hflip", "0", "--no-progress", "--no-plot", "--device", "cpu", "--output", str(out), "--json"])
+    assert code == 0
+    meta = json.loads((out / "best.json").read_text())
+    assert meta["model"] == "resnet18" and meta["classes"] == list(CLASSES)
+    model = megzoo.resnet18(pretrained=str(out / "best.pkl"), num_classes=3)
+    assert not model.load_report.reinitialized
+    assert main(["train", "--model", "resnet18"]) == 2  # no data: a one-line error
