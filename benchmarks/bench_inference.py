@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megzoo.cli.deploy import cpu_peak_gflops, format_table, run_benchmark  # noqa: E402
+from megzoo.cli.deploy import format_table, run_benchmark  # noqa: E402
 from megzoo.inference import default_threads  # noqa: E402
 from megzoo.registry import get_model_entry  # noqa: E402
 

@@ -101,13 +101,18 @@ def megengine_worker(arch: str, size: int, batch: int, steps: int, warmup: int, 
         opt.step().clear_grad()
         return loss.item()
 
+    seconds = seconds_per_step(step, warmup, steps)
+    return {"device": device, "images_per_second": batch / seconds, "seconds_per_step": seconds}
+
+
+def seconds_per_step(step, warmup: int, steps: int) -> float:
+    """Mean wall time of ``step()`` over ``steps`` calls after ``warmup`` untimed ones."""
     for _ in range(warmup):
         step()
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    seconds = (time.perf_counter() - start) / steps
-    return {"device": device, "images_per_second": batch / seconds, "seconds_per_step": seconds}
+    return (time.perf_counter() - start) / steps
 
 
 def torch_worker(arch: str, size: int, batch: int, steps: int, warmup: int) -> dict:
@@ -130,12 +135,7 @@ def torch_worker(arch: str, size: int, batch: int, steps: int, warmup: int) -> d
         opt.step()
         return loss.item()
 
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    seconds = (time.perf_counter() - start) / steps
+    seconds = seconds_per_step(step, warmup, steps)
     return {"device": f"cpu, {threads} threads, torch {torch.__version__}", "images_per_second": batch / seconds,
             "seconds_per_step": seconds}
 

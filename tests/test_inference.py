@@ -63,7 +63,9 @@ class Tiny(M.Module):
     def forward(self, x):
         return self.fc(F.mean(F.relu(self.bn(self.conv(x))), axis=(2, 3)))
 """
-exec(TINY_SRC)
+_namespace: dict = {}
+exec(TINY_SRC, _namespace)
+Tiny = _namespace["Tiny"]
 
 
 @pytest.fixture(scope="module")
