@@ -216,8 +216,6 @@ def components(paths, repeat: int) -> dict:
 def model_side(name: str, paths, directory: str, batch_size: int, threads: int) -> dict:
     """Images/s of the eager model alone (on preprocessed batches) and of megzoo.evaluate end to end
     (decode threads and model sharing the cores), with randomly initialised weights."""
-    import megengine
-
     import megzoo
     from megzoo.data import imagenet1k_wnids
 
@@ -234,10 +232,11 @@ def model_side(name: str, paths, directory: str, batch_size: int, threads: int) 
         classifier.run(batch)
         model_rate = batch_size / (time.perf_counter() - start)
         result = megzoo.evaluate(folder, classifier=classifier, limit=min(len(paths), 2 * batch_size))
+        device = str(next(iter(classifier.model.parameters())).device)
         classifier.close()
     return {"mode": f"model:{name}", "model_images_per_s": model_rate, "evaluate_images_per_s":
             result.images_per_second, "evaluated": result.images, "batch_size": batch_size,
-            "device": megengine.get_default_device(), "cores": sorted(os.sched_getaffinity(0))}
+            "device": device, "cores": sorted(os.sched_getaffinity(0))}
 
 
 def measure(mode: str, cores, directory: str, args) -> dict:
