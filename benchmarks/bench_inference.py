@@ -46,6 +46,34 @@ def run_torch(python, cfg, timeout):
     return {"error": f"exit {proc.returncode}: {tail}"}
 
 
+SGEMM_CODE = """
+import sys, time
+import numpy as np
+n = 2048
+a = np.random.RandomState(0).rand(n, n).astype(np.float32)
+b = np.random.RandomState(1).rand(n, n).astype(np.float32)
+a @ b
+times = []
+for _ in range(8):
+    t = time.perf_counter()
+    a @ b
+    times.append(time.perf_counter() - t)
+print(2 * n ** 3 / min(times) / 1e9)
+"""
+
+
+def measure_sgemm_gflops(threads: int):
+    """GFLOP/s of a 2048 x 2048 float32 matrix product with NumPy's BLAS on ``threads`` threads
+    (best of 8): a practical fp32 ceiling of this machine *now*, taken in the same run."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads))
+    try:
+        out = subprocess.run([sys.executable, "-c", SGEMM_CODE], capture_output=True, text=True, env=env, timeout=300)
+        return float(out.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, ValueError, IndexError, OSError):
+        return None
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="resnet18,resnet50,vgg16")
@@ -61,9 +89,14 @@ def main(argv=None):
     p.add_argument("--no-eager", action="store_true", help="skip MegEngine eager (slow at batch 16)")
     p.add_argument("--layout", choices=("auto", "nchw", "nchw88"), default="auto",
                    help="internal convolution layout of megzoo's optimised path")
+    p.add_argument("--no-split-batch", dest="split_batch", action="store_false",
+                   help="run every batch on one network using all threads (megzoo.compile(split_batch=False))")
     p.add_argument("--cold", action="store_true", help="also time the first compile with an empty algorithm cache")
     p.add_argument("--ceiling-gflops", type=float, default=None,
                    help="measured fp32 ceiling of the machine (GFLOP/s, all threads) for a second %% column")
+    p.add_argument("--no-measure-ceiling", dest="measure_ceiling", action="store_false",
+                   help="skip timing NumPy's float32 matrix product before and after the run (the "
+                        "same-run ceiling used for the %% column when --ceiling-gflops is not given)")
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--json", metavar="FILE", help="also write everything as JSON to FILE")
     p.add_argument("--markdown", action="store_true", help="print the summary as a Markdown table")
@@ -75,29 +108,42 @@ def main(argv=None):
     load_before = os.getloadavg()
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     log(f"load average before: {load_before}")
-    report = run_benchmark(models, batches, threads=threads, input_size=args.input_size,
-                           modes=("optimised",) if args.no_eager else ("eager", "optimised"),
+    ceiling_before = measure_sgemm_gflops(threads) if args.measure_ceiling else None
+    if ceiling_before:
+        log(f"sgemm ceiling ({threads} threads, NumPy's BLAS): {ceiling_before:.1f} GFLOP/s")
+    torch_modes = [m for m in args.torch_modes.split(",") if m] if args.torch_python else []
+    report, rows = None, []
+    for name in models:  # megzoo and PyTorch back to back per configuration, so drifting load hits both alike
+        gmacs = get_model_entry(name).gmacs * (args.input_size / 224) ** 2
+        for batch in batches:
+            part = run_benchmark([name], [batch], threads=threads, input_size=args.input_size,
+                                 modes=("optimised",) if args.no_eager else ("eager", "optimised"),
+                                 repeats=args.repeats, min_repeats=args.min_repeats, warmup=args.warmup,
+                                 time_budget=args.time_budget, layout=args.layout, cold=args.cold,
+                                 timeout=args.timeout, split_batch=args.split_batch, log=log)
+            if report is None:
+                report = {**part, "results": [], "compile": []}
+            report["compile"] += part["compile"]
+            rows += part["results"]
+            for mode in torch_modes:
+                log(f"{name} batch {batch}: torch {mode} ...")
+                cfg = dict(model=name, batch=batch, input_size=args.input_size, threads=threads, mode=mode,
                            repeats=args.repeats, min_repeats=args.min_repeats, warmup=args.warmup,
-                           time_budget=args.time_budget, layout=args.layout, cold=args.cold, timeout=args.timeout,
-                           log=log)
-    rows = report["results"]
-    if args.torch_python:
-        torch_modes = [m for m in args.torch_modes.split(",") if m]
-        for name in models:
-            gmacs = get_model_entry(name).gmacs * (args.input_size / 224) ** 2
-            for batch in batches:
-                for mode in torch_modes:
-                    log(f"{name} batch {batch}: torch {mode} ...")
-                    cfg = dict(model=name, batch=batch, input_size=args.input_size, threads=threads, mode=mode,
-                               repeats=args.repeats, min_repeats=args.min_repeats, warmup=args.warmup,
-                               time_budget=args.time_budget)
-                    r = run_torch(args.torch_python, cfg, args.timeout)
-                    row = {**cfg, "mode": f"torch_{mode}", "error": None, **r, "gmacs": round(gmacs, 3)}
-                    if row.get("images_per_s"):
-                        row["gflops"] = gmacs * 2 * row["images_per_s"]
-                        row["peak_fraction"] = row["gflops"] / (report["machine"]["peak_gflops"] * row["threads"]
-                                                                / report["machine"]["cores"])
-                    rows.append(row)
+                           time_budget=args.time_budget)
+                r = run_torch(args.torch_python, cfg, args.timeout)
+                row = {**cfg, "mode": f"torch_{mode}", "error": None, **r, "gmacs": round(gmacs, 3)}
+                if row.get("images_per_s"):
+                    row["gflops"] = gmacs * 2 * row["images_per_s"]
+                    row["peak_fraction"] = row["gflops"] / (report["machine"]["peak_gflops"] * row["threads"]
+                                                            / report["machine"]["cores"])
+                rows.append(row)
+    report["results"] = rows
+    ceiling_after = measure_sgemm_gflops(threads) if args.measure_ceiling else None
+    if ceiling_after:
+        log(f"sgemm ceiling after: {ceiling_after:.1f} GFLOP/s")
+    report["sgemm_gflops"] = {"before": ceiling_before, "after": ceiling_after}
+    if args.ceiling_gflops is None and ceiling_before:
+        args.ceiling_gflops = round(max(ceiling_before, ceiling_after or 0), 1)
     report["load_average"] = {"before": list(load_before), "after": list(os.getloadavg())}
     log(f"load average after: {report['load_average']['after']}")
 

@@ -13,10 +13,11 @@ Configurations (``--configs``, comma-separated; ``all`` for every one):
 * ``profile``: plain + ``set_execution_strategy("PROFILE")`` (the algorithm profiler);
 * ``mt``: plain on the ``multithread<T>:0`` device (T = cores);
 * ``fast-<method>``: megzoo's convolution backward (``swap``, ``gemm``, ``im2col`` from MegEngine
-  operators, ``blas`` with NumPy's BLAS) on the single-thread CPU device;
-* ``megzoo``: what ``megzoo train`` does on a CPU: ``multithread<T>:0`` + fast convolution
-  backward ``auto`` (forward unchanged);
-* ``megzoo-blasfwd``: megzoo + the opt-in BLAS forward pass (``fast_conv.enable(forward="blas")``);
+  operators, ``blas`` with NumPy's BLAS) on the single-thread CPU device, MegEngine's forward;
+* ``megzoo-native-fwd``: ``multithread<T>:0`` + fast backward ``auto`` (BLAS), MegEngine's forward
+  (``fast_conv.enable(model)``: outputs unchanged bit for bit);
+* ``megzoo``: what ``megzoo train`` does on a CPU by default: ``multithread<T>:0``, fast backward
+  ``auto`` and the BLAS training forward (``fast_conv.enable(model, forward="blas")``);
 * ``megzoo-profile``: megzoo + PROFILE;
 * ``pytorch``: torchvision's model, eager, ``torch.set_num_threads(T)``, run with
   ``--torch-python`` (a Python with torch and torchvision; create one with
@@ -39,8 +40,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
-ALL_CONFIGS = ["plain", "profile", "mt", "fast-swap", "fast-gemm", "fast-im2col", "fast-blas", "megzoo",
-               "megzoo-blasfwd", "megzoo-profile", "pytorch"]
+ALL_CONFIGS = ["plain", "profile", "mt", "fast-swap", "fast-gemm", "fast-im2col", "fast-blas", "megzoo-native-fwd",
+               "megzoo", "megzoo-profile", "pytorch"]
 
 
 def cores() -> int:
@@ -73,7 +74,7 @@ def megengine_worker(arch: str, size: int, batch: int, steps: int, warmup: int, 
     with quiet_stderr():
         megengine.is_cuda_available()
     threads = cores()
-    multithread = config in ("mt", "megzoo", "megzoo-blasfwd", "megzoo-profile")
+    multithread = config in ("mt", "megzoo", "megzoo-native-fwd", "megzoo-profile")
     device = f"multithread{threads}:0" if multithread and threads > 1 else "cpu0"
     megengine.set_default_device(device)
     if config in ("profile", "megzoo-profile"):
@@ -87,7 +88,8 @@ def megengine_worker(arch: str, size: int, batch: int, steps: int, warmup: int, 
     model.train()
     method = config[5:] if config.startswith("fast-") else "auto" if config.startswith("megzoo") else None
     if method:
-        fast_conv.enable(model, method=method, forward="blas" if config == "megzoo-blasfwd" else "native")
+        forward = "blas" if config in ("megzoo", "megzoo-profile") else "native"
+        fast_conv.enable(model, method=method, forward=forward)
     gm = GradManager().attach(model.parameters())
     opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     rng = np.random.RandomState(0)

@@ -313,7 +313,7 @@ def _worker(cfg: dict) -> dict:
         model = megzoo.get_model(cfg["model"])
         model.eval()
         kwargs = dict(threads=cfg["threads"], algo=cfg["algo"], cache_dir=cfg.get("cache_dir"),
-                      layout=cfg.get("layout", "auto"))
+                      layout=cfg.get("layout", "auto"), split_batch=cfg.get("split_batch", True))
         t0 = time.perf_counter()
         compiled = compile_(model, shape, **kwargs)
         out["compile_s"] = time.perf_counter() - t0
@@ -332,7 +332,7 @@ def _worker(cfg: dict) -> dict:
         standalone = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(standalone)
         compiled = standalone.load(cfg["mge_path"], threads=cfg["threads"], algo=cfg["algo"],
-                                   cache_dir=cfg.get("cache_dir"))
+                                   cache_dir=cfg.get("cache_dir"), split_batch=cfg.get("split_batch", True))
         out["threads"] = compiled.threads
         out["megengine_imported"] = "megengine" in sys.modules
 
@@ -370,7 +370,8 @@ def _run_worker(cfg: dict, timeout: float) -> dict:
 def run_benchmark(models: List[str], batches: List[int], *, threads: int, input_size: int = 224,
                   modes=("eager", "optimised"), repeats: int = 20, min_repeats: int = 3, warmup: int = 2,
                   time_budget: float = 20.0, algo: str = "profile", layout: str = "auto", cold: bool = False,
-                  peak_gflops: Optional[float] = None, timeout: float = 1800, log=None) -> dict:
+                  peak_gflops: Optional[float] = None, timeout: float = 1800, split_batch: bool = True,
+                  log=None) -> dict:
     """Run the benchmark; returns ``{"machine": {...}, "results": [row, ...], "compile": [...]}``
     with rows of :data:`RESULT_KEYS`."""
     from ..registry import get_model_entry
@@ -386,7 +387,7 @@ def run_benchmark(models: List[str], batches: List[int], *, threads: int, input_
     machine["load_average"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     results, compiles = [], []
     base = dict(input_size=input_size, threads=threads, algo=algo, layout=layout, repeats=repeats, min_repeats=min_repeats,
-                warmup=warmup, time_budget=time_budget)
+                warmup=warmup, time_budget=time_budget, split_batch=split_batch)
     with tempfile.TemporaryDirectory(prefix="megzoo-bench-") as tmp:
         for name in models:
             entry = get_model_entry(name)
