@@ -48,6 +48,8 @@ class EvalResult:
     seconds: float  #: wall time of the evaluation loop
     images_per_second: float
     preprocess: Dict = field(default_factory=dict)  #: the evaluation preset used
+    backend: str = "eager"  #: how the model ran: "compiled", "eager" or "custom" (a runner=)
+    compile_seconds: float = 0.0  #: of ``seconds``, the time spent compiling (the compiled backend)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -131,12 +133,14 @@ def spread_indices(total: int, limit: Optional[int]) -> List[int]:
 
 def evaluate(data, model="resnet50", weights=None, *, batch_size: int = 32, workers: Optional[int] = None,
              limit: Optional[int] = None, labels: str = "auto", num_classes: Optional[int] = None, runner=None,
-             preprocess=None, progress: bool = False, device: Optional[str] = None, classifier=None) -> EvalResult:
+             preprocess=None, progress: bool = False, device: Optional[str] = None, classifier=None,
+             backend: str = "auto", threads: Optional[int] = None) -> EvalResult:
     """Top-1/top-5 accuracy of ``model`` (name or built model) with ``weights`` on the image folder
     ``data``. ``limit`` evaluates that many images spread over the folder (see
     :func:`spread_indices`); ``labels`` is how class folders map to outputs (module docstring);
-    ``workers`` decode threads (None: one per core, up to 8); ``runner`` replaces the eager
-    model call (see :mod:`megzoo.predict`); ``progress`` shows a tqdm bar with images/s on stderr;
+    ``workers`` decode threads (None: one per core, up to 8); ``backend`` (``auto``, ``compiled``,
+    ``eager``) and ``threads`` choose how the model runs and ``runner`` replaces both (see
+    :mod:`megzoo.predict`; ``auto`` compiles on the CPU for 12 images or more); ``progress`` shows a tqdm bar with images/s on stderr;
     ``classifier`` reuses a :class:`megzoo.Classifier` instead of building one."""
     import megengine
     import megengine.functional as F
@@ -147,7 +151,8 @@ def evaluate(data, model="resnet50", weights=None, *, batch_size: int = 32, work
     owned = classifier is None
     if owned:
         classifier = Classifier(model, weights, num_classes=num_classes, preprocess=preprocess, runner=runner,
-                                workers=workers, batch_size=batch_size, device=device, progress=progress)
+                                workers=workers, batch_size=batch_size, device=device, progress=progress,
+                                backend=backend, threads=threads)
     try:
         samples, mode = find_samples(data, labels, classifier.num_classes)
         samples = [samples[i] for i in spread_indices(len(samples), limit)]
@@ -161,7 +166,7 @@ def evaluate(data, model="resnet50", weights=None, *, batch_size: int = 32, work
         with bar:
             for batch in classifier.preprocessor.batches(paths, classifier.batch_size):
                 n = batch.shape[0]
-                logits = classifier.run(batch)
+                logits = classifier.run(batch, total=len(paths))
                 acc1, acc5 = F.topk_accuracy(megengine.Tensor(logits, device="cpux"),
                                              megengine.Tensor(targets[done:done + n], device="cpux"), topk=(1, k5))
                 correct1 += int(round(float(acc1.item()) * n))
@@ -170,6 +175,9 @@ def evaluate(data, model="resnet50", weights=None, *, batch_size: int = 32, work
                 bar.set_postfix(top1=f"{correct1 / done:.2%}", top5=f"{correct5 / done:.2%}", refresh=False)
                 bar.update(n)
         seconds = time.perf_counter() - start
+        backend = classifier.backend_for(len(paths))
+        compiled = getattr(classifier.runner_for(len(paths)), "compiled", None) if backend == "compiled" else None
+        compile_seconds = sum(info.total_s for info in compiled.compile_log) if compiled is not None else 0.0
     finally:
         if owned:
             classifier.close()
@@ -178,4 +186,4 @@ def evaluate(data, model="resnet50", weights=None, *, batch_size: int = 32, work
         classes=len(set(targets.tolist())), images=done, top1_correct=correct1, top5_correct=correct5,
         top1=correct1 / done, top5=correct5 / done, seconds=seconds,
         images_per_second=done / seconds if seconds > 0 else float("inf"),
-        preprocess=asdict(classifier.preprocess))
+        preprocess=asdict(classifier.preprocess), backend=backend, compile_seconds=compile_seconds)

@@ -26,6 +26,7 @@ compiles another graph; the last ``max_shapes`` are kept.
 The compiled model is a snapshot: later changes to the module's weights are not seen (compile
 again). Use eager ``model(x)`` for training, gradients, hooks and debugging.
 """
+import contextlib
 import json
 import os
 import platform
@@ -244,6 +245,30 @@ def _output_names(outputs) -> List[str]:
     return ["output"]
 
 
+TRACE_DEVICE = "xpux"  #: where graphs are traced (Lite later runs them on the CPU it is given)
+
+
+@contextlib.contextmanager
+def _on_trace_device(model):
+    """Trace on :data:`TRACE_DEVICE`: MegEngine's dump creates the graph's input there, and the
+    weights, the input and the constants the trace records must share one device (a model built
+    on ``cpux`` fails with "different input comp_nodes"; traced on ``cpu0`` the fusion pass fails).
+    Weights elsewhere are moved there for the trace and moved back afterwards."""
+    from .device import using_device
+
+    moved = []
+    try:
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            if tensor.device.logical_name.split(":")[0] != TRACE_DEVICE:
+                moved.append((tensor, tensor.device.logical_name))
+                tensor._reset(tensor.to(TRACE_DEVICE))  # in place, as MegEngine's optimizers update
+        with using_device(TRACE_DEVICE):
+            yield
+    finally:
+        for tensor, device in moved:
+            tensor._reset(tensor.to(device))
+
+
 def dump_graph(model, input_shape: Sequence[int], file: PathLike, *, fuse: bool = True,
                layout: str = "nchw") -> List[str]:
     """Trace ``model`` (in eval mode; its train/eval state is restored) on an input of
@@ -266,20 +291,21 @@ def dump_graph(model, input_shape: Sequence[int], file: PathLike, *, fuse: bool 
     was_training = model.training
     model.eval()
     try:
-        names: List[str] = []
+        with _on_trace_device(model):
+            names: List[str] = []
 
-        @trace(symbolic=True, capture_as_const=True)
-        def forward(data):
-            out = model(data)
-            names[:] = _output_names(out)
-            return out
+            @trace(symbolic=True, capture_as_const=True)
+            def forward(data):
+                out = model(data)
+                names[:] = _output_names(out)
+                return out
 
-        forward(megengine.tensor(np.zeros(input_shape, dtype=np.float32)))
-        options = {"enable_fuse_conv_bias_nonlinearity": True} if fuse else {}
-        if layout != "nchw":
-            options[f"enable_{layout}"] = True
-        forward.dump(os.fspath(file), arg_names=[INPUT_NAME], output_names=names,
-                     optimize_for_inference=fuse, **options)
+            forward(megengine.tensor(np.zeros(input_shape, dtype=np.float32)))
+            options = {"enable_fuse_conv_bias_nonlinearity": True} if fuse else {}
+            if layout != "nchw":
+                options[f"enable_{layout}"] = True
+            forward.dump(os.fspath(file), arg_names=[INPUT_NAME], output_names=names,
+                         optimize_for_inference=fuse, **options)
         return names
     finally:
         model.train(was_training)
@@ -577,7 +603,10 @@ class CompiledModel:
                 if self._graph_dir is None:
                     self._graph_dir = tempfile.TemporaryDirectory(prefix="megzoo-compile-")
                 path = Path(self._graph_dir.name) / ("graph-" + "x".join(map(str, self._key(shape))) + ".mge")
-                self.output_names = dump_graph(self.model, shape, path, fuse=self.fuse, layout=self._resolved_layout())
+                # tracing runs the model eagerly once: with a dynamic batch, one image is enough
+                trace_shape = (1,) + shape[1:] if self.dynamic_batch else shape
+                self.output_names = dump_graph(self.model, trace_shape, path, fuse=self.fuse,
+                                               layout=self._resolved_layout())
                 dumped = time.perf_counter()
                 runner = _LiteRunner(path, self.threads, self.algo, cache_file, self.profile_batch, self.split_batch)
                 t1 = time.perf_counter()

@@ -352,6 +352,41 @@ def test_find_samples_layout_and_label_errors(tmp_path):
         find_samples(tmp_path / "empty")
 
 
+def test_backend_choice_auto_compiled_eager(colour_model):
+    """auto: eager below AUTO_COMPILE_MIN_IMAGES images on the CPU, compiled from there on (and
+    for everything once compiled); a runner= replaces both; a bad name is refused."""
+    from megzoo.predict import AUTO_COMPILE_MIN_IMAGES
+
+    assert AUTO_COMPILE_MIN_IMAGES == 12
+    clf = Classifier(colour_model, preprocess=SMALL)
+    assert (clf.backend_for(1), clf.backend_for(11), clf.backend_for(12)) == ("eager", "eager", "compiled")
+    logits = clf.logits([_uniform(BLUE), _uniform(RED)] * 6)  # 12 images: compiled
+    assert clf.backend_for(1) == "compiled" and clf.runner_for(1).compiled.cached_shapes == [(3, 64, 64)]
+    eager = Classifier(colour_model, preprocess=SMALL, backend="eager")
+    assert eager.backend_for(1000) == "eager"
+    reference = eager.logits([_uniform(BLUE), _uniform(RED)] * 6)
+    assert np.abs(logits - reference).max() <= 1e-4 * np.abs(reference).max()
+    assert Classifier(colour_model, runner=lambda b: np.zeros((len(b), 4))).backend_for(100) == "custom"
+    assert Classifier(colour_model, backend="compiled").backend_for(1) == "compiled"
+    # a model built by name sits on "cpux" while MegEngine's default stays "xpux": tracing follows the weights
+    built = Classifier("resnet18", weights=False, preprocess=SMALL, backend="compiled", threads=1)
+    assert str(next(iter(built.model.parameters())).device).startswith("cpux")
+    assert built.logits(_uniform(RED)).shape == (1, 1000)
+    assert {str(t.device) for t in list(built.model.parameters()) + list(built.model.buffers())} == {"cpux:0"}  # moved back
+    with pytest.raises(ValueError, match=r"^backend must be one of auto, compiled, eager, got 'lite'$"):
+        Classifier(colour_model, backend="lite")
+
+
+def test_evaluate_on_the_compiled_backend_counts_exactly(colour_model, tmp_path):
+    data = _folder(tmp_path / "val", list(WNIDS.values()))
+    result = megzoo.evaluate(data, model=colour_model, batch_size=3, workers=2, preprocess=SMALL, backend="compiled",
+                             threads=2)
+    assert (result.images, result.top1_correct, result.top5_correct) == (8, 6, 8)
+    assert result.backend == "compiled" and 0 < result.compile_seconds < result.seconds
+    eager = megzoo.evaluate(data, model=colour_model, batch_size=3, workers=0, preprocess=SMALL)
+    assert (eager.backend, eager.compile_seconds, eager.top1_correct) == ("eager", 0.0, 6)
+
+
 def test_cli_eval_json_and_text(weight_file, tmp_path, capsys):
     data = _folder(tmp_path / "val", list(WNIDS.values()), per_class=1)
     args = ["eval", "--data", str(data), "--model", "resnet18", "--weights", str(weight_file), "--batch-size", "3",
@@ -368,7 +403,7 @@ def test_cli_eval_json_and_text(weight_file, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[:2] == [f"resnet18 ({weight_file}) on {data}: 2 images in 2 classes (folders named by WordNet id)",
                          "top-1 100.000% (2/2)   top-5 100.000% (2/2)"]
-    assert lines[2].endswith(" s)") and " images/s (" in lines[2]
+    assert lines[2].endswith(" s; eager backend)") and " images/s (" in lines[2]  # 2 images: not worth compiling
     assert main(["eval", "--data", str(tmp_path / "nowhere"), "--model", "resnet18", "--weights",
                  str(weight_file)]) == 2
     assert capsys.readouterr().err == (f"megzoo eval: error: {tmp_path / 'nowhere'}: not a directory (give a folder "
