@@ -20,7 +20,8 @@ images of the digits 0-9 (values 0-16). This example
     python examples/digits.py evaluate runs/digits/best.pkl runs/digits/data/val
     python examples/digits.py predict runs/digits/best.pkl runs/digits/data/val/3/*.png
 
-``scripts/demo.sh`` runs these steps (and ``megzoo predict`` once it reads ``best.json``).
+``scripts/demo.sh`` runs these steps, and ``megzoo predict --weights runs/digits/best.pkl`` (which reads
+``best.json`` beside it for the classes and the 32-px preprocessing).
 
 No pretrained ImageNet weights are reachable offline, so the network starts from MSRA
 initialisation; re-running the same command resumes from (or, once finished, reuses) the run's

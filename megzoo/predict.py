@@ -19,7 +19,10 @@ call brings at least :data:`AUTO_COMPILE_MIN_IMAGES` images (or a compiled graph
 so classifying one photo does not wait for a compile and a folder does not wait for eager
 MegEngine. Any callable with the runner contract can replace both (``runner=``).
 """
+import json
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
@@ -27,7 +30,7 @@ import numpy as np
 from .images import describe_source
 from .transforms import EvalPreprocessor, as_image_list, resolve_preprocess
 
-__all__ = ["Runner", "eager_runner", "compiled_runner", "ClassScore", "Prediction", "Classifier", "predict",
+__all__ = ["Runner", "eager_runner", "compiled_runner", "checkpoint_metadata", "ClassScore", "Prediction", "Classifier", "predict",
            "softmax", "class_names", "BACKENDS", "AUTO_COMPILE_MIN_IMAGES"]
 
 #: ``runner(batch)``: float32 (N, 3, H, W) numpy array -> (N, num_classes) logits (numpy array)
@@ -67,6 +70,23 @@ def compiled_runner(model, threads: Optional[int] = None) -> Runner:
 
     run.compiled = compiled  # type: ignore[attr-defined]
     return run
+
+
+def checkpoint_metadata(weights) -> Optional[dict]:
+    """The metadata ``megzoo train`` writes beside a checkpoint it saves (``best.json`` next to
+    ``best.pkl``: model, num_classes, class names, evaluation preprocessing), when ``weights`` is
+    such a local file and the JSON names it (``"weights_file"``); else None."""
+    if not isinstance(weights, (str, os.PathLike)):
+        return None
+    path = Path(weights)
+    sidecar = path.with_suffix(".json")
+    if path.suffix == ".json" or not path.is_file() or not sidecar.is_file():
+        return None
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("weights_file") == path.name else None
 
 
 def _on_cpu(model) -> bool:
@@ -139,6 +159,10 @@ class Classifier:
             :func:`megzoo.device.quiet_device`). MegEngine's default device is left as it is; a
             built model stays where it is, and inputs go to the device of its parameters.
         progress: show the weights download progress bar.
+
+    A checkpoint saved by ``megzoo train`` (``best.pkl`` with its ``best.json``) brings its own
+    number of classes, class names and preprocessing (:func:`checkpoint_metadata`); explicit
+    ``num_classes``, ``preprocess`` and ``categories`` still win.
     """
 
     def __init__(self, model="resnet50", weights=None, *, num_classes: Optional[int] = None, preprocess=None,
@@ -152,6 +176,13 @@ class Classifier:
         self.backend = backend
         self.threads = threads
         self.batch_size = batch_size
+        meta = checkpoint_metadata(weights) if isinstance(model, str) else None
+        if meta:
+            num_classes = meta.get("num_classes") if num_classes is None else num_classes
+            preprocess = meta.get("preprocess") if preprocess is None else preprocess
+            classes = meta.get("classes")
+            if categories is None and classes and len(classes) == num_classes:
+                categories = classes
         if isinstance(model, str):
             from .device import quiet_device, using_device
 

@@ -25,12 +25,6 @@ echo "== 3/4 evaluate the saved model ($out/best.pkl) on the held-out images"
 "$py" examples/digits.py evaluate "$out/best.pkl" "$out/data/val"
 echo "curves: $out/curves.png"
 
-echo "== 4/4 classify one held-out image of each digit"
+echo "== 4/4 classify one held-out image of each digit (megzoo predict reads best.json: classes, 32-px preprocessing)"
 mapfile -t images < <("$py" examples/digits.py samples "$out/data")
-if "$megzoo" predict --help 2>/dev/null | grep -q -- "--input-size"; then
-    "$megzoo" predict "${images[@]}" --model resnet18 --weights "$out/best.pkl" --num-classes 10 \
-        --input-size 32 --resize-size 32 --topk 1
-else
-    # `megzoo predict` cannot yet take the 32-px preprocessing of this model: the Python API can
-    "$py" examples/digits.py predict "$out/best.pkl" "${images[@]}"
-fi
+"$megzoo" predict "${images[@]}" --model resnet18 --weights "$out/best.pkl" --topk 1

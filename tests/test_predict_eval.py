@@ -387,6 +387,30 @@ def test_evaluate_on_the_compiled_backend_counts_exactly(colour_model, tmp_path)
     assert (eager.backend, eager.compile_seconds, eager.top1_correct) == ("eager", 0.0, 6)
 
 
+def test_a_trained_checkpoint_brings_its_classes_and_preprocessing(state, images, tmp_path, capsys):
+    """best.pkl + best.json as megzoo train writes them: `megzoo predict --weights best.pkl` needs no
+    --num-classes, names the run's classes and uses its 64-px preprocessing."""
+    small = {k: v for k, v in state.items()}
+    small["fc.weight"], small["fc.bias"] = state["fc.weight"][:4], state["fc.bias"][:4]
+    run = tmp_path / "run"
+    run.mkdir()
+    megengine.save(small, str(run / "best.pkl"))
+    meta = {"model": "resnet18", "num_classes": 4, "classes": ["blueish", "greenish", "reddish", "blue-1"],
+            "preprocess": {"input_size": 64, "resize_size": 64, "interpolation": "bilinear", "color_order": "BGR",
+                           "mean": list(MEAN_BGR), "std": list(STD_BGR)}, "weights_file": "best.pkl"}
+    (run / "best.json").write_text(json.dumps(meta))
+    assert main(["predict", str(images["green"]), str(images["red"]), "--model", "resnet18", "--weights",
+                 str(run / "best.pkl"), "--topk", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [[s["name"] for s in r["topk"]] for r in out["results"]] == [["greenish", "blueish"], ["reddish", "blueish"]]
+    clf = Classifier("resnet18", str(run / "best.pkl"), progress=False)
+    assert (clf.num_classes, clf.preprocess.input_size, clf.preprocess.resize_size) == (4, 64, 64)
+    assert Classifier("resnet18", str(run / "best.pkl"), categories=list("abcd")).categories == list("abcd")
+    (run / "best.json").write_text(json.dumps(dict(meta, weights_file="other.pkl")))  # not this file's metadata
+    with pytest.raises(megzoo.weights.errors.WeightsError, match="give the number of classes it was trained with"):
+        Classifier("resnet18", str(run / "best.pkl"))
+
+
 def test_cli_eval_json_and_text(weight_file, tmp_path, capsys):
     data = _folder(tmp_path / "val", list(WNIDS.values()), per_class=1)
     args = ["eval", "--data", str(data), "--model", "resnet18", "--weights", str(weight_file), "--batch-size", "3",

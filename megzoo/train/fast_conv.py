@@ -222,7 +222,7 @@ def _np_cols(x: np.ndarray, kh, kw, stride, padding, dilation, oh, ow) -> np.nda
     """im2col of (N, C, H, W): (N, C*KH*KW, OH*OW), kernel-tap-minor like the weight layout;
     the zero padding is never materialised."""
     n, c, h, w = x.shape
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    (sh, sw), (ph, pw) = stride, padding
     if kh == kw == 1 and (sh, sw) == (1, 1) and (ph, pw) == (0, 0):
         return x.reshape(n, c, oh * ow)
     cols = np.empty((n, c, kh * kw, oh, ow), np.float32)
@@ -247,7 +247,7 @@ def _np_cols(x: np.ndarray, kh, kw, stride, padding, dilation, oh, ow) -> np.nda
 def _np_col2im(cols: np.ndarray, input_shape, kh, kw, stride, padding, dilation, oh, ow) -> np.ndarray:
     """Adjoint of :func:`_np_cols`: (N, C*KH*KW, OH*OW) -> (N, C, H, W), overlapping taps summed."""
     n, c, h, w = input_shape
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    (sh, sw), (ph, pw) = stride, padding
     if kh == kw == 1 and (sh, sw) == (1, 1) and (ph, pw) == (0, 0):
         return cols.reshape(n, c, h, w)
     out = np.empty((n, c, h, w), np.float32)
