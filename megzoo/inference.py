@@ -254,8 +254,12 @@ def _on_trace_device(model):
     weights, the input and the constants the trace records must share one device (a model built
     on ``cpux`` fails with "different input comp_nodes"; traced on ``cpu0`` the fusion pass fails).
     Weights elsewhere are moved there for the trace and moved back afterwards."""
-    from .device import using_device
+    import megengine
 
+    from .device import quiet_stderr, using_device
+
+    with quiet_stderr():  # the first use of xpux probes CUDA and prints "failed to load cuda" lines
+        megengine.tensor(0.0, device=TRACE_DEVICE).numpy()
     moved = []
     try:
         for tensor in list(model.parameters()) + list(model.buffers()):

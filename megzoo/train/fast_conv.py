@@ -32,8 +32,9 @@ dY[n, o, a, b] * Xpad[n, c, a * stride + i * dilation, b * stride + j * dilation
 ``"auto"`` (the default) picks per convolution shape (:func:`choose_method`): ``"blas"``, the
 fastest for every ResNet shape measured (``benchmarks/bench_training.py --layers``).
 
-``forward="blas"`` (opt-in) also computes the *training* forward pass by im2col + BLAS: outputs
-equal to float rounding rather than bit for bit, and several times faster than MegEngine's CPU
+``forward="blas"`` (opt-in for :func:`enable`; ``megzoo train``'s default on CPU) also computes
+the *training* forward pass by im2col + BLAS: outputs equal to float rounding rather than bit for
+bit, and several times faster than MegEngine's CPU
 convolution on small feature maps (e.g. 512 channels at 1x1 or 2x2). Inference (no gradient
 recording) always uses MegEngine's operator.
 

@@ -89,7 +89,7 @@ class TrainConfig:
     dtr: bool = False  #: dynamic tensor rematerialisation (less memory, more compute)
     dtr_threshold: Optional[str] = None  #: DTR eviction threshold, e.g. "4GB"
     eval_every: int = 1  #: epochs between evaluations (the last epoch is always evaluated)
-    progress: bool = True  #: tqdm progress bars
+    progress: bool = True  #: tqdm progress bars (on a terminal; never in a log file)
     plot: bool = True  #: write curves.png at the end
     log_every: int = 0  #: also log every N steps (0: per epoch only)
 

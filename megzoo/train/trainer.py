@@ -392,7 +392,8 @@ class Trainer:
         self.model.train()
         images_per_step = config.batch_size * self.world
         bar = tqdm(total=self.steps_per_epoch * images_per_step, unit="img", leave=False, dynamic_ncols=True,
-                   desc=f"epoch {self.epoch + 1}/{config.epochs}", disable=not (config.progress and self.main),
+                   desc=f"epoch {self.epoch + 1}/{config.epochs}",
+                   disable=None if config.progress and self.main else True,  # None: only on a terminal
                    mininterval=0.5)
         loss_sum = correct = seen = 0.0
         lr = self.set_lr(self.step)
@@ -435,7 +436,8 @@ class Trainer:
         k = min(5, self.num_classes)
         totals = np.zeros(4)  # images, loss sum, top-1, top-k
         bar = tqdm(total=len(loader.sampler.indices or []), unit="img", leave=False, dynamic_ncols=True,
-                   desc="  validation", disable=not (self.config.progress and self.main), mininterval=0.5)
+                   desc="  validation", disable=None if self.config.progress and self.main else True,
+                   mininterval=0.5)
         try:
             for image, label in loader:
                 logits = self.model(megengine.Tensor(image, dtype="float32")).numpy()
