@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Iterator, Optional
 
-__all__ = ["select_device", "quiet_device", "using_device", "cuda_available", "quiet_stderr"]
+__all__ = ["select_device", "quiet_device", "using_device", "cuda_available", "quiet_stderr", "is_cpu_device"]
 
 _ALIASES = {"cpu": "cpux", "gpu": "gpux", "cuda": "gpux"}
 _cuda: Optional[bool] = None
@@ -106,3 +106,10 @@ def using_device(name: str) -> Iterator[str]:
         yield name
     finally:
         megengine.set_default_device(previous)
+
+
+def is_cpu_device(device) -> bool:
+    """True for MegEngine CPU devices (``cpu0``, ``multithread2:0``, ``xpux`` on a machine
+    without GPU ...); ``device`` is a name or a ``CompNode`` (``tensor.device``)."""
+    name = str(getattr(device, "physical_name", device)).lower()
+    return name.startswith("cpu") or name.startswith("multithread")

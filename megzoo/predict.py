@@ -90,7 +90,7 @@ def checkpoint_metadata(weights) -> Optional[dict]:
 
 
 def _on_cpu(model) -> bool:
-    from .train.fast_conv import is_cpu_device
+    from .device import is_cpu_device
 
     first = next(iter(model.parameters()), None)
     return first is None or is_cpu_device(first.device)

@@ -54,6 +54,8 @@ import megengine.module as M
 from megengine import Tensor
 from megengine.autodiff import Function
 
+from ..device import is_cpu_device
+
 __all__ = ["METHODS", "FORWARDS", "enable", "disable", "fast_conv", "is_enabled", "conv2d", "conv2d_weight_grad",
            "conv2d_input_grad", "choose_method", "is_cpu_device", "blas_conv2d", "blas_input_grad", "blas_weight_grad"]
 
@@ -70,12 +72,6 @@ def _pair(value) -> Tuple[int, int]:
         return int(value[0]), int(value[1])
     return int(value), int(value)
 
-
-def is_cpu_device(device) -> bool:
-    """True for MegEngine CPU devices (``cpu0``, ``multithread2:0``, ``xpux`` on a machine
-    without GPU ...); ``device`` is a name or a ``CompNode`` (``tensor.device``)."""
-    name = str(getattr(device, "physical_name", device)).lower()
-    return name.startswith("cpu") or name.startswith("multithread")
 
 
 def _env_enabled() -> bool:

@@ -33,7 +33,7 @@ from . import checkpoint as ckpt
 from .data import FolderData, build_folder_data, eval_loader, seed_epoch, train_loader
 from .distributed import all_reduce_sum, allreduce_callback, broadcast_module, launch, rank, world_size
 from .fast_conv import enable as enable_fast_conv
-from .fast_conv import is_cpu_device
+from ..device import is_cpu_device
 from .recipe import TrainConfig, learning_rate
 
 __all__ = ["Trainer", "TrainResult", "train", "setup_device", "move_module", "param_groups", "HISTORY", "CURVES",
