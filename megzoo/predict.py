@@ -12,7 +12,7 @@ the weights' own evaluation preset (:func:`megzoo.eval_transform`), run by the f
 (:class:`megzoo.transforms.EvalPreprocessor`). The network itself is called through one function,
 the *runner*: ``runner(batch)`` takes a float32 (N, 3, H, W) numpy array and returns the logits
 as an (N, num_classes) array. Two are built in, chosen by ``backend``: ``"compiled"``
-(:func:`megzoo.compile`: a traced, fused graph run by MegEngine Lite on the CPU, 4-7x eager;
+(:func:`megzoo.compile`: a traced, fused graph run by MegEngine Lite on the CPU, 4-10x eager;
 compiling costs a few seconds, see docs/performance.md) and ``"eager"`` (:func:`eager_runner`:
 the module called as it is). ``"auto"`` (default) compiles when the model is on the CPU and a
 call brings at least :data:`AUTO_COMPILE_MIN_IMAGES` images (or a compiled graph exists already),

@@ -45,7 +45,7 @@ def _model_options(p) -> None:
                    help="cpu, gpu, or a MegEngine device name (default: $MEGZOO_DEVICE, else the GPU if usable, "
                         "else cpu)")
     p.add_argument("--backend", choices=("auto", "compiled", "eager"), default="auto",
-                   help="compiled: traced, fused graph run by MegEngine Lite on the CPU (4-7x eager after a "
+                   help="compiled: traced, fused graph run by MegEngine Lite on the CPU (4-10x eager after a "
                         "compile of a few seconds); eager: the model as it is; auto (default): compiled on the "
                         "CPU for 12 images or more")
     p.add_argument("--threads", type=_positive, default=None, metavar="N",
