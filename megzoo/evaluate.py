@@ -162,6 +162,9 @@ def evaluate(data, model="resnet50", weights=None, *, batch_size: int = 32, work
         correct1 = correct5 = done = 0
         bar = tqdm(total=len(paths), unit="img", desc="eval", file=sys.stderr, disable=None if progress else True,
                    dynamic_ncols=True, smoothing=0.1)
+        backend = classifier.backend_for(len(paths))
+        compiled = getattr(classifier.runner_for(len(paths)), "compiled", None)
+        compiles_before = len(compiled.compile_log) if compiled is not None else 0  # a reused classifier's
         start = time.perf_counter()
         with bar:
             for batch in classifier.preprocessor.batches(paths, classifier.batch_size):
@@ -175,9 +178,7 @@ def evaluate(data, model="resnet50", weights=None, *, batch_size: int = 32, work
                 bar.set_postfix(top1=f"{correct1 / done:.2%}", top5=f"{correct5 / done:.2%}", refresh=False)
                 bar.update(n)
         seconds = time.perf_counter() - start
-        backend = classifier.backend_for(len(paths))
-        compiled = getattr(classifier.runner_for(len(paths)), "compiled", None) if backend == "compiled" else None
-        compile_seconds = sum(info.total_s for info in compiled.compile_log) if compiled is not None else 0.0
+        compile_seconds = sum(i.total_s for i in compiled.compile_log[compiles_before:]) if compiled is not None else 0.0
     finally:
         if owned:
             classifier.close()

@@ -405,7 +405,7 @@ class _LiteRunner:
         self._main: Optional[_LiteNet] = None
         self._workers: List[_LiteNet] = []
         self._pool = None
-        self.shapes_seen = set()  # (networks used, batch) already planned and profiled
+        self.batches_seen = set()  # batch sizes already planned and profiled
 
     @property
     def output_names(self) -> List[str]:
@@ -430,28 +430,34 @@ class _LiteRunner:
             self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="megzoo-lite")
         return self._workers
 
+    def networks_for(self, batch: int) -> List[_LiteNet]:
+        """The networks a batch of ``batch`` images runs on (loaded now if needed): the
+        all-threads network, or ``min(threads, batch)`` of the single-thread ones."""
+        if not self.split_batch or batch < 2:
+            return [self._main_net()]
+        return self._worker_nets()[:min(self.threads, batch)]
+
     def run(self, x: np.ndarray) -> List[np.ndarray]:
-        parts = min(self.threads, x.shape[0]) if self.split_batch else 1
-        key = (parts, x.shape[0])
-        if key in self.shapes_seen or self.algo != "profile" or self.cache_file is None:
-            return self._run(x, parts, concurrent=True)
+        batch = x.shape[0]
+        if batch in self.batches_seen or self.algo != "profile" or self.cache_file is None:
+            return self._run(x, concurrent=True)
         with _lite_lock:  # a new batch size: profile (or read the cache) alone, then save the cache
             _use_cache_file(self.cache_file)
-            outputs = self._run(x, parts, concurrent=False)
+            outputs = self._run(x, concurrent=False)
             _save_cache_file(self.cache_file)
-        self.shapes_seen.add(key)
+        self.batches_seen.add(batch)
         return outputs
 
-    def _run(self, x: np.ndarray, parts: int, concurrent: bool) -> List[np.ndarray]:
-        if parts <= 1:
-            return self._main_net().forward(x)
-        workers = self._worker_nets()
-        chunks = np.array_split(x, parts)
+    def _run(self, x: np.ndarray, concurrent: bool) -> List[np.ndarray]:
+        nets = self.networks_for(x.shape[0])
+        if len(nets) == 1:
+            return nets[0].forward(x)
+        chunks = np.array_split(x, len(nets))
         if concurrent:
-            futures = [self._pool.submit(net.forward, chunk) for net, chunk in zip(workers[1:], chunks[1:])]
-            results = [workers[0].forward(chunks[0])] + [f.result() for f in futures]
+            futures = [self._pool.submit(net.forward, chunk) for net, chunk in zip(nets[1:], chunks[1:])]
+            results = [nets[0].forward(chunks[0])] + [f.result() for f in futures]
         else:  # profiling measures kernels: one network at a time
-            results = [net.forward(chunk) for net, chunk in zip(workers, chunks)]
+            results = [net.forward(chunk) for net, chunk in zip(nets, chunks)]
         return [np.concatenate([r[i] for r in results]) for i in range(len(results[0]))]
 
     def close(self) -> None:
@@ -599,9 +605,11 @@ class CompiledModel:
                 if self._runners:  # a .mge has one graph; a new spatial size cannot be re-traced
                     raise ValueError(f"this .mge was compiled for inputs {next(iter(self._runners))} "
                                      f"(C, H, W); got input shape {shape}")
+                dumped = time.perf_counter()
                 runner = _LiteRunner(self._mge_path, self.threads, self.algo, cache_file, self.profile_batch,
                                      self.split_batch)
-                dumped = t1 = time.perf_counter()
+                runner.networks_for(shape[0])
+                t1 = time.perf_counter()
             else:
                 # the graph file stays while its runner is kept: networks are loaded when first needed
                 if self._graph_dir is None:
@@ -613,8 +621,9 @@ class CompiledModel:
                                                layout=self._resolved_layout())
                 dumped = time.perf_counter()
                 runner = _LiteRunner(path, self.threads, self.algo, cache_file, self.profile_batch, self.split_batch)
+                runner.networks_for(shape[0])
                 t1 = time.perf_counter()
-            runner.run(np.zeros(shape, dtype=np.float32))  # load, plan memory, choose algorithms
+            runner.run(np.zeros(shape, dtype=np.float32))  # plan memory, choose algorithms
             t2 = time.perf_counter()
             if not self.output_names:
                 self.output_names = ["output"] if len(runner.output_names) == 1 else runner.output_names

@@ -196,6 +196,7 @@ def test_split_batch_runs_shares_on_single_thread_networks(narrow_vgg):
     split = compile(narrow_vgg, input_shape=(5, 3, 64, 64), threads=2, algo="heuristic")
     runner = split._runners[(3, 64, 64)]
     assert runner._main is None and len(runner._workers) == 2  # batch 5 needed only the workers
+    assert split.compile_log[0].load_s > 0  # the networks are loaded inside the compile's "load" step
     whole = compile(narrow_vgg, threads=2, algo="heuristic", split_batch=False)
     rng = np.random.RandomState(8)
     for n in (5, 1, 2, 3):
