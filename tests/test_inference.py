@@ -343,3 +343,27 @@ def test_cli_benchmark_json_keys():
         assert row["peak_rss_mib"] > 0 and 0 < row["peak_fraction"] < 1
         assert row["gmacs"] == pytest.approx(1.814 * (32 / 224) ** 2, rel=1e-2)
     assert report["compile"][0]["compile_s"] > 0
+
+
+def test_profile_ops_script_groups_operators_by_kind_and_names_their_kernels(tmp_path):
+    """benchmarks/profile_ops.py: ResNet-18's convolutions land in the right groups (counts from
+    the architecture), each group names the kernel MegEngine chose, and both thread counts' kernel
+    choices are saved in megzoo's algorithm cache."""
+    env = dict(os.environ, MEGZOO_HOME=str(tmp_path / "home"))
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "profile_ops.py"), "--model", "resnet18",
+                           "--input-size", "32", "--threads", "2", "--rounds", "1"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith(("stem", "conv ")):
+            name, rest = line[:16].strip(), line[16:].split()
+            rows[name] = rest
+    # stem 7x7/2; 3x3/1: 4 in stage 1 + 3 in each later stage; 3x3/2 and 1x1/2: one per later stage
+    assert {name: int(rest[0]) for name, rest in rows.items()} == {
+        "stem": 1, "conv 3x3 s1": 13, "conv 3x3 s2": 3, "conv 1x1 s2": 3}
+    for name, rest in rows.items():
+        assert len(rest) >= 7 and rest[6][0].isalpha(), f"no kernel named for {name}: {rest}"
+    assert "whole network (median of 10): 1 thread" in proc.stdout
+    cache = sorted(p.name for p in (tmp_path / "home" / "algo_cache").glob("lite-*.cache"))
+    assert [name.rsplit("-", 1)[1] for name in cache] == ["t1.cache", "t2.cache"]

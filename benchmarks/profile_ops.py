@@ -1,0 +1,188 @@
+"""Where a compiled model's time goes, per kind of operator, on 1 thread and on N threads.
+
+    .venv/bin/python benchmarks/profile_ops.py --model resnet50 --batch 1 --threads 2
+
+Exports the model as ``megzoo.compile`` would (fused, layout ``auto`` unless ``--layout``), then
+in fresh processes (``--rounds`` per thread count, alternating, the fastest kept) loads it in MegEngine Lite with profiled kernels (reading
+and writing megzoo's algorithm cache), runs it, and records MegEngine's per-operator profile
+(``LiteNetwork.enable_profile_performance``) of one more run. Operators are grouped by kind
+(convolutions by kernel size and stride; the first convolution is the stem) and the table gives,
+per group, milliseconds on 1 and on N threads, the speed-up from the extra threads, and GFLOP/s
+on 1 thread (2 x MACs, MegEngine's own operation count). Only within-run ratios are meaningful:
+the development VM's speed drifts between runs. It answers "which operators do not use the second
+core", the question behind ResNet-50's batch-1 figure in docs/performance.md.
+"""
+import argparse
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CONV_TYPES = ("ConvBiasForward", "ConvolutionForward")
+
+
+def child(path: str, threads: int, batch: int, size: int, profile_json: str, cache: str) -> dict:
+    """Load ``path`` on ``threads`` threads twice: one network timed (10 runs after warm-up), one
+    with MegEngine's profiler on (which slows every operator down a little) run once, its kernel
+    choices logged."""
+    import numpy as np
+    import megenginelite as lite
+
+    lite.LiteGlobal.set_persistent_cache(cache, False)
+    x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
+
+    def load(profile: bool):
+        options = lite.LiteOptions()
+        options.weight_preprocess = True
+        options.var_sanity_check_first_run = False
+        net = lite.LiteNetwork(lite.LiteConfig(option=options))
+        if threads > 1:
+            net.threads_number = threads
+        strategy = lite.LiteAlgoSelectStrategy
+        net.set_network_algo_policy(strategy.LITE_ALGO_PROFILE | strategy.LITE_ALGO_OPTIMIZED)
+        if profile:
+            net.enable_profile_performance(profile_json)  # written when the network is destroyed
+        net.load(path)
+        data = net.get_io_tensor(net.get_input_name(0))
+
+        def run():
+            data.set_data_by_copy(x)
+            net.forward()
+            net.wait()
+
+        return net, run
+
+    lite.set_log_level(lite.LiteLogLevel.DEBUG)  # MegEngine logs each operator's chosen kernel
+    profiled, run_profiled = load(profile=True)
+    run_profiled()
+    lite.set_log_level(lite.LiteLogLevel.WARN)
+    run_profiled()  # the profile file keeps the last run: a warm one
+    lite.LiteGlobal.dump_persistent_cache(cache)
+    del profiled, run_profiled
+    timed, run = load(profile=False)
+    for _ in range(3):
+        run()
+    times = []
+    for _ in range(10):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return {"median_ms": float(np.median(times)) * 1e3}
+
+
+def group_of(opr_type: str, footprint: dict) -> str:
+    """'stem', 'conv 1x1 s1', 'conv 3x3 s2', ... or the operator type."""
+    shapes = footprint.get("in_shapes") or []
+    if opr_type not in CONV_TYPES or len(shapes) < 2:
+        return opr_type
+    if shapes[0][1] <= 4:  # the image's 3 channels (NCHW88 keeps the stem's input NCHW)
+        return "stem"
+    kernel = shapes[1][2:4] if len(shapes[1]) in (4, 6) else shapes[1][-4:-2]
+    stride = footprint.get("param", {}).get("stride_h", 1)
+    return f"conv {kernel[0]}x{kernel[1]} s{stride}"
+
+
+ALGO_LINE = re.compile(r"(\w+)Forward: tensor layouts\(\{([^}]*)\} , \{([^}]*)\}.*-> \(\{([^}]*)\}.*algo=(\S+)")
+
+
+def _dims(layout: str) -> list:
+    return [int(d) for d in re.findall(r"(\d+)\(", layout)]
+
+
+def read_algorithms(log: str) -> dict:
+    """{group: {kernel names}} from MegEngine's debug log ("setup_algo ... algo=NAME" lines)."""
+    algorithms = collections.defaultdict(set)
+    for match in ALGO_LINE.finditer(log):
+        kind, src, weight, dst, algo = match.groups()
+        if kind not in ("ConvBias", "Convolution"):
+            continue
+        src, weight, dst = _dims(src), _dims(weight), _dims(dst)
+        if src[1] <= 4:
+            group = "stem"
+        else:
+            kh, kw = weight[2:4] if len(weight) in (4, 6) else weight[-4:-2]
+            group = f"conv {kh}x{kw} s{max(1, round(src[2] / dst[2]))}"
+        algorithms[group].add(algo.replace("CONVOLUTION_DEFAULT_", ""))
+    return algorithms
+
+
+def read_profile(path: str) -> dict:
+    """{group: [milliseconds, flops, count]} from a Lite profile file."""
+    data = json.loads(Path(path).read_text())
+    profiler, operators = data["profiler"], data["graph_exec"]["operator"]
+    groups = collections.defaultdict(lambda: [0.0, 0, 0])
+    for opr_id, per_node in profiler["device"].items():
+        footprint = profiler["opr_footprint"].get(opr_id, {})
+        group = group_of(operators.get(opr_id, {}).get("type", "?"), footprint)
+        for times in per_node.values():
+            groups[group][0] += (times["end"] - times["start"]) * 1e3
+        groups[group][1] += footprint.get("computation") or 0  # MegEngine counts FLOPs (2 x MACs)
+        groups[group][2] += 1
+    return groups
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--layout", default="auto", help="auto | nchw | nchw88")
+    parser.add_argument("--rounds", type=int, default=2, help="processes per thread count, alternating")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        spec = json.loads(args.child)
+        print(json.dumps(child(**spec)))
+        return
+
+    import megzoo
+    from megzoo.inference import algo_cache_file, best_layout, dump_graph
+
+    layout = best_layout() if args.layout == "auto" else args.layout
+    with tempfile.TemporaryDirectory(prefix="megzoo-profile-") as tmp:
+        graph = os.path.join(tmp, "model.mge")
+        dump_graph(megzoo.get_model(args.model), (1, 3, args.input_size, args.input_size), graph, layout=layout)
+        runs = {}
+        for attempt in range(args.rounds):  # alternate 1 / N threads; keep each one's fastest run
+            for threads in (1, args.threads):
+                spec = {"path": graph, "threads": threads, "batch": args.batch, "size": args.input_size,
+                        "profile_json": os.path.join(tmp, f"profile-t{threads}-{attempt}.json"),
+                        "cache": str(algo_cache_file(threads))}
+                proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
+                                      capture_output=True, text=True, check=False)
+                if proc.returncode != 0:
+                    raise SystemExit(f"{threads}-thread run failed:\n{proc.stderr[-2000:]}")
+                median_ms = json.loads(proc.stdout.strip().splitlines()[-1])["median_ms"]
+                if threads not in runs or median_ms < runs[threads][0]:
+                    runs[threads] = (median_ms, read_profile(spec["profile_json"]), read_algorithms(proc.stderr))
+
+    (one_ms, one, _), (many_ms, many, algorithms) = runs[1], runs[args.threads]
+    n = args.threads
+    print(f"{args.model}, batch {args.batch}, {args.input_size} px, layout {layout}; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"whole network (median of 10): 1 thread {one_ms:.1f} ms, {n} threads {many_ms:.1f} ms, "
+          f"speed-up {one_ms / many_ms:.2f}x\n")
+    print(f"{'operators':16} {'count':>5} {'ms, 1 thr':>10} {f'ms, {n} thr':>10} {'speed-up':>9} "
+          f"{'share':>6} {'GFLOP/s 1 thr':>14}  kernels chosen on {n} threads")
+    total_one = sum(v[0] for v in one.values())
+    for group in sorted(one, key=lambda g: -one[g][0]):
+        ms1, flops, count = one[group]
+        ms_n = many.get(group, [float("nan")])[0]
+        if ms1 < 0.05 and ms_n < 0.05:
+            continue
+        gflops = f"{flops / ms1 / 1e6:14.1f}" if flops and ms1 else f"{'':>14}"
+        print(f"{group:16} {count:5d} {ms1:10.2f} {ms_n:10.2f} {ms1 / ms_n if ms_n else float('nan'):8.2f}x "
+              f"{ms1 / total_one:6.1%}{gflops}  {', '.join(sorted(algorithms.get(group, ())))}")
+    print(f"{'sum of operators':16} {'':5} {total_one:10.2f} {sum(v[0] for v in many.values()):10.2f}")
+
+
+if __name__ == "__main__":
+    main()
