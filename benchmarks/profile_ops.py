@@ -26,53 +26,42 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CONV_TYPES = ("ConvBiasForward", "ConvolutionForward")
+INFERENCE_PY = str(Path(__file__).resolve().parents[1] / "megzoo" / "inference.py")
 
 
 def child(path: str, threads: int, batch: int, size: int, profile_json: str, cache: str) -> dict:
-    """Load ``path`` on ``threads`` threads twice: one network timed (10 runs after warm-up), one
-    with MegEngine's profiler on (which slows every operator down a little) run once, its kernel
-    choices logged."""
+    """Load ``path`` as megzoo does on ``threads`` threads, twice: one network timed (10 runs after
+    warm-up), one with MegEngine's profiler on (which slows every operator down a little) run
+    twice, its kernel choices logged."""
+    import importlib.util
+
     import numpy as np
     import megenginelite as lite
 
+    # megzoo/inference.py as a standalone file, as `megzoo benchmark` times it: importing the
+    # megzoo package would import MegEngine's Python runtime, which routes MegEngine's log into
+    # Python's logging and drops the debug lines naming the kernels
+    spec = importlib.util.spec_from_file_location("megzoo_inference_standalone", INFERENCE_PY)
+    standalone = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(standalone)
+    _LiteNet = standalone._LiteNet
+
     lite.LiteGlobal.set_persistent_cache(cache, False)
     x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
-
-    def load(profile: bool):
-        options = lite.LiteOptions()
-        options.weight_preprocess = True
-        options.var_sanity_check_first_run = False
-        net = lite.LiteNetwork(lite.LiteConfig(option=options))
-        if threads > 1:
-            net.threads_number = threads
-        strategy = lite.LiteAlgoSelectStrategy
-        net.set_network_algo_policy(strategy.LITE_ALGO_PROFILE | strategy.LITE_ALGO_OPTIMIZED)
-        if profile:
-            net.enable_profile_performance(profile_json)  # written when the network is destroyed
-        net.load(path)
-        data = net.get_io_tensor(net.get_input_name(0))
-
-        def run():
-            data.set_data_by_copy(x)
-            net.forward()
-            net.wait()
-
-        return net, run
-
     lite.set_log_level(lite.LiteLogLevel.DEBUG)  # MegEngine logs each operator's chosen kernel
-    profiled, run_profiled = load(profile=True)
-    run_profiled()
+    profiled = _LiteNet(path, threads, "profile", None, operator_profile=profile_json)
+    profiled.forward(x)
     lite.set_log_level(lite.LiteLogLevel.WARN)
-    run_profiled()  # the profile file keeps the last run: a warm one
+    profiled.forward(x)  # the profile file keeps the last run: a warm one
     lite.LiteGlobal.dump_persistent_cache(cache)
-    del profiled, run_profiled
-    timed, run = load(profile=False)
+    del profiled  # writes the profile file
+    timed = _LiteNet(path, threads, "profile", None)
     for _ in range(3):
-        run()
+        timed.forward(x)
     times = []
     for _ in range(10):
         start = time.perf_counter()
-        run()
+        timed.forward(x)
         times.append(time.perf_counter() - start)
     return {"median_ms": float(np.median(times)) * 1e3}
 

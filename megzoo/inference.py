@@ -354,7 +354,10 @@ class _LiteNet:
     """One MegEngine Lite network loaded from a ``.mge`` file, on its own CPU comp node."""
 
     def __init__(self, path: PathLike, threads: int, algo: str, profile_batch: Optional[int],
-                 device_id: int = 0, share_weights_with: Optional["_LiteNet"] = None, weight_preprocess: bool = True):
+                 device_id: int = 0, share_weights_with: Optional["_LiteNet"] = None, weight_preprocess: bool = True,
+                 operator_profile: Optional[PathLike] = None):
+        """``operator_profile``: write MegEngine's per-operator timings of the last run to this
+        JSON file when the network is freed (``benchmarks/profile_ops.py``)."""
         lite = _lite()
         options = lite.LiteOptions()
         # transform the filters once for the chosen kernels: faster, but a copy of the weights
@@ -371,6 +374,8 @@ class _LiteNet:
                                         shared_batch_size=int(profile_batch or 0))
         if share_weights_with is not None:
             net.share_weights_with(share_weights_with.net)
+        if operator_profile is not None:
+            net.enable_profile_performance(os.fspath(operator_profile))
         # load straight from the file: LiteNetwork.load keeps several Python copies of the bytes
         net._api.LITE_load_model_from_path(net._network, os.fspath(path).encode())
         self.net = net
