@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/profile_ops.py --model resnet50 --batch 1 --threads 2
 
 Exports the model as ``megzoo.compile`` would (fused, layout ``auto`` unless ``--layout``), then
-in fresh processes (``--rounds`` per thread count, alternating, the fastest kept) loads it in MegEngine Lite with profiled kernels (reading
-and writing megzoo's algorithm cache), runs it, and records MegEngine's per-operator profile
-(``LiteNetwork.enable_profile_performance``) of one more run. Operators are grouped by kind
+in fresh processes (``--rounds`` per thread count, alternating, the fastest kept) loads it in
+MegEngine Lite with profiled kernels (reading and writing megzoo's algorithm cache), times it,
+and records MegEngine's per-operator profile (``LiteNetwork.enable_profile_performance``) of a
+warm run on a second network, the kernels chosen being read from MegEngine's debug log. Operators are grouped by kind
 (convolutions by kernel size and stride; the first convolution is the stem) and the table gives,
 per group, milliseconds on 1 and on N threads, the speed-up from the extra threads, and GFLOP/s
 on 1 thread (2 x MACs, MegEngine's own operation count). Only within-run ratios are meaningful:
@@ -66,16 +67,22 @@ def child(path: str, threads: int, batch: int, size: int, profile_json: str, cac
     return {"median_ms": float(np.median(times)) * 1e3}
 
 
+def conv_group(in_channels: int, weight_shape, stride: int) -> str:
+    """'stem' (the convolution reading the image's channels; NCHW88 keeps its input NCHW) or
+    'conv KxK sS'; ``weight_shape`` in NCHW (O, I, kh, kw), NCHW88 (O/8, I/8, kh, kw, 8, 8) or
+    grouped (G, O, I, kh, kw[, 8, 8]) form."""
+    if in_channels <= 4:
+        return "stem"
+    kh, kw = weight_shape[2:4] if len(weight_shape) in (4, 6) else weight_shape[-4:-2]
+    return f"conv {kh}x{kw} s{stride}"
+
+
 def group_of(opr_type: str, footprint: dict) -> str:
-    """'stem', 'conv 1x1 s1', 'conv 3x3 s2', ... or the operator type."""
+    """The group of a profiled operator: :func:`conv_group` for convolutions, else its type."""
     shapes = footprint.get("in_shapes") or []
     if opr_type not in CONV_TYPES or len(shapes) < 2:
         return opr_type
-    if shapes[0][1] <= 4:  # the image's 3 channels (NCHW88 keeps the stem's input NCHW)
-        return "stem"
-    kernel = shapes[1][2:4] if len(shapes[1]) in (4, 6) else shapes[1][-4:-2]
-    stride = footprint.get("param", {}).get("stride_h", 1)
-    return f"conv {kernel[0]}x{kernel[1]} s{stride}"
+    return conv_group(shapes[0][1], shapes[1], footprint.get("param", {}).get("stride_h", 1))
 
 
 ALGO_LINE = re.compile(r"(\w+)Forward: tensor layouts\(\{([^}]*)\} , \{([^}]*)\}.*-> \(\{([^}]*)\}.*algo=(\S+)")
@@ -93,12 +100,8 @@ def read_algorithms(log: str) -> dict:
         if kind not in ("ConvBias", "Convolution"):
             continue
         src, weight, dst = _dims(src), _dims(weight), _dims(dst)
-        if src[1] <= 4:
-            group = "stem"
-        else:
-            kh, kw = weight[2:4] if len(weight) in (4, 6) else weight[-4:-2]
-            group = f"conv {kh}x{kw} s{max(1, round(src[2] / dst[2]))}"
-        algorithms[group].add(algo.replace("CONVOLUTION_DEFAULT_", ""))
+        stride = max(1, round(src[2] / dst[2]))  # the log has no parameters: from the heights
+        algorithms[conv_group(src[1], weight, stride)].add(algo.replace("CONVOLUTION_DEFAULT_", ""))
     return algorithms
 
 
