@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megzoo.cli.deploy import format_table, run_benchmark  # noqa: E402
+from megzoo.benchmark import format_table, parse_micro_batch, run_benchmark  # noqa: E402
 from megzoo.inference import default_threads  # noqa: E402
 from megzoo.registry import get_model_entry  # noqa: E402
 
@@ -91,6 +91,9 @@ def main(argv=None):
                    help="internal convolution layout of megzoo's optimised path")
     p.add_argument("--no-split-batch", dest="split_batch", action="store_false",
                    help="run every batch on one network using all threads (megzoo.compile(split_batch=False))")
+    p.add_argument("--micro-batch", default="auto", metavar="auto|none|N",
+                   help="images each Lite network runs at a time (megzoo.compile(micro_batch=...); default auto: "
+                        "1 with the NCHW layout, else whole shares)")
     p.add_argument("--cold", action="store_true", help="also time the first compile with an empty algorithm cache")
     p.add_argument("--ceiling-gflops", type=float, default=None,
                    help="measured fp32 ceiling of the machine (GFLOP/s, all threads) for a second %% column")
@@ -120,7 +123,8 @@ def main(argv=None):
                                  modes=("optimised",) if args.no_eager else ("eager", "optimised"),
                                  repeats=args.repeats, min_repeats=args.min_repeats, warmup=args.warmup,
                                  time_budget=args.time_budget, layout=args.layout, cold=args.cold,
-                                 timeout=args.timeout, split_batch=args.split_batch, log=log)
+                                 timeout=args.timeout, split_batch=args.split_batch,
+                                 micro_batch=parse_micro_batch(args.micro_batch), log=log)
             if report is None:
                 report = {**part, "results": [], "compile": []}
             report["compile"] += part["compile"]

@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CONV_TYPES = ("ConvBiasForward", "ConvolutionForward")
-INFERENCE_PY = str(Path(__file__).resolve().parents[1] / "megzoo" / "inference.py")
+BENCH_WORKER_PY = Path(__file__).resolve().parents[1] / "megzoo" / "bench_worker.py"
 
 
 def child(path: str, threads: int, batch: int, size: int, profile_json: str, cache: str) -> dict:
@@ -39,24 +39,25 @@ def child(path: str, threads: int, batch: int, size: int, profile_json: str, cac
     import numpy as np
     import megenginelite as lite
 
-    # megzoo/inference.py as a standalone file, as `megzoo benchmark` times it: importing the
-    # megzoo package would import MegEngine's Python runtime, which routes MegEngine's log into
-    # Python's logging and drops the debug lines naming the kernels
-    spec = importlib.util.spec_from_file_location("megzoo_inference_standalone", INFERENCE_PY)
-    standalone = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(standalone)
-    _LiteNet = standalone._LiteNet
+    # megzoo's Lite runtime loaded alone, as `megzoo benchmark` times it: importing the megzoo
+    # package would import MegEngine's Python runtime, which routes MegEngine's log into Python's
+    # logging and drops the debug lines naming the kernels
+    spec = importlib.util.spec_from_file_location("megzoo_bench_worker", BENCH_WORKER_PY)
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    runtime = worker.load_lite_module()
+    LiteNet = runtime.LiteNet
 
-    lite.LiteGlobal.set_persistent_cache(cache, False)
+    runtime.use_cache_file(cache)
     x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
     lite.set_log_level(lite.LiteLogLevel.DEBUG)  # MegEngine logs each operator's chosen kernel
-    profiled = _LiteNet(path, threads, "profile", None, operator_profile=profile_json)
+    profiled = LiteNet(path, threads, "profile", None, operator_profile=profile_json)
     profiled.forward(x)
     lite.set_log_level(lite.LiteLogLevel.WARN)
     profiled.forward(x)  # the profile file keeps the last run: a warm one
-    lite.LiteGlobal.dump_persistent_cache(cache)
+    runtime.save_cache_file(cache)
     del profiled  # writes the profile file
-    timed = _LiteNet(path, threads, "profile", None)
+    timed = LiteNet(path, threads, "profile", None)
     for _ in range(3):
         timed.forward(x)
     times = []
@@ -136,9 +137,9 @@ def main() -> None:
         return
 
     import megzoo
-    from megzoo.inference import algo_cache_file, best_layout, dump_graph
+    from megzoo.inference import algo_cache_file, dump_graph, resolve_layout
 
-    layout = best_layout() if args.layout == "auto" else args.layout
+    layout = resolve_layout(args.layout)  # refused, with the reason, where it failed its probe here
     with tempfile.TemporaryDirectory(prefix="megzoo-profile-") as tmp:
         graph = os.path.join(tmp, "model.mge")
         dump_graph(megzoo.get_model(args.model), (1, 3, args.input_size, args.input_size), graph, layout=layout)

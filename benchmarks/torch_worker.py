@@ -8,33 +8,17 @@ Modes: ``eager`` (NCHW, inference_mode), ``channels_last`` (NHWC memory format),
 (``torch.jit.trace`` + ``torch.jit.freeze``, channels_last when it helps is left to the caller).
 Prints one line ``@@RESULT@@{json}`` with images/s (median), p50/p90 latency and peak RSS.
 """
+import importlib.util
 import json
-import math
 import sys
-import time
+from pathlib import Path
 
-
-def _percentile(values, q):
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
-def _vm_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def _reset_peak():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
+# megzoo's own timing code, loaded by path (this Python has torch, not megzoo): both sides of the
+# comparison are timed alike
+_spec = importlib.util.spec_from_file_location(
+    "megzoo_bench_worker", Path(__file__).resolve().parents[1] / "megzoo" / "bench_worker.py")
+bench_worker = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_worker)
 
 
 def main(cfg):
@@ -59,23 +43,9 @@ def main(cfg):
         def fn():
             model(x)
 
-        _reset_peak()
-        for _ in range(cfg["warmup"]):
-            fn()
-        times = []
-        start = time.perf_counter()
-        while len(times) < cfg["repeats"]:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-            if len(times) >= cfg["min_repeats"] and time.perf_counter() - start > cfg["time_budget"]:
-                break
-    median = _percentile(times, 0.5)
+        result = bench_worker.measure(fn, cfg)
     return {"model": cfg["model"], "batch": cfg["batch"], "input_size": cfg["input_size"], "mode": f"torch_{mode}",
-            "threads": torch.get_num_threads(), "images_per_s": cfg["batch"] / median,
-            "latency_p50_ms": median * 1e3, "latency_p90_ms": _percentile(times, 0.9) * 1e3,
-            "repeats": len(times), "peak_rss_mib": _vm_kib("VmHWM") / 1024,
-            "torch_version": torch.__version__}
+            "threads": torch.get_num_threads(), **result, "torch_version": torch.__version__}
 
 
 if __name__ == "__main__":

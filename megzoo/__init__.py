@@ -9,8 +9,8 @@ __version__ = "0.1.0"
 from . import init  # noqa: F401
 from .models import *  # noqa: F401,F403
 from .models import __all__ as _models_all
-from .registry import UnknownModelError, get_model, list_models
-from .weights import LoadReport, Weights, get_weights, list_weights, model_info
+from .registry import UnknownModelError, get_model, get_weights, list_models, model_info
+from .weights import LoadReport, Weights, list_weights
 from .images import read_image
 from .transforms import EvalPreprocessor, eval_transform, train_transform
 from .predict import Classifier, predict  # megzoo.predict / megzoo.evaluate name the functions, not the modules

@@ -16,7 +16,8 @@ import os
 import sys
 from typing import Iterator, Optional
 
-__all__ = ["select_device", "quiet_device", "using_device", "cuda_available", "quiet_stderr", "is_cpu_device"]
+__all__ = ["select_device", "quiet_device", "using_device", "cuda_available", "quiet_stderr", "is_cpu_device",
+           "move_tensors"]
 
 _ALIASES = {"cpu": "cpux", "gpu": "gpux", "cuda": "gpux"}
 _cuda: Optional[bool] = None
@@ -113,3 +114,20 @@ def is_cpu_device(device) -> bool:
     without GPU ...); ``device`` is a name or a ``CompNode`` (``tensor.device``)."""
     name = str(getattr(device, "physical_name", device)).lower()
     return name.startswith("cpu") or name.startswith("multithread")
+
+
+def move_tensors(tensors, device: Optional[str] = None) -> list:
+    """Put each MegEngine tensor of ``tensors`` on ``device`` (default: MegEngine's current default
+    device) in place (the same objects, as MegEngine's optimizers update them); returns
+    ``[(tensor, previous logical device name)]`` for those that moved, so a caller can move them
+    back. MegEngine refuses to mix tensors of different devices, even ``xpux`` and ``cpu0`` on the
+    same CPU."""
+    import megengine
+
+    target = megengine.Tensor(0.0, device=device).device
+    moved = []
+    for tensor in tensors:
+        if tensor.device.logical_name != target.logical_name:
+            moved.append((tensor, tensor.device.logical_name))
+            tensor._reset(tensor.to(target))
+    return moved

@@ -13,7 +13,7 @@ finds them). Class folders map to classifier outputs by ``labels``:
   when every folder name is a number, else ``sorted`` when there are exactly ``num_classes``
   folders; otherwise an error explains the choices.
 
-Accuracy is counted with ``megengine.functional.topk_accuracy`` per batch; the result keeps the
+Accuracy is counted with :func:`megzoo.metrics.topk_correct` per batch; the result keeps the
 exact counts. Images are preprocessed by the weights' evaluation preset on the fast batch path,
 decoded by a thread pool while the model runs.
 """
@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from .images import is_image_file
+from .metrics import topk_correct
 
 __all__ = ["EvalResult", "find_samples", "evaluate", "LABEL_MODES", "spread_indices"]
 
@@ -142,8 +143,6 @@ def evaluate(data, model="resnet50", weights=None, *, batch_size: int = 32, work
     ``eager``) and ``threads`` choose how the model runs and ``runner`` replaces both (see
     :mod:`megzoo.predict`; ``auto`` compiles on the CPU for 12 images or more); ``progress`` shows a tqdm bar with images/s on stderr;
     ``classifier`` reuses a :class:`megzoo.Classifier` instead of building one."""
-    import megengine
-    import megengine.functional as F
     from tqdm import tqdm
 
     from .predict import Classifier
@@ -170,10 +169,9 @@ def evaluate(data, model="resnet50", weights=None, *, batch_size: int = 32, work
             for batch in classifier.preprocessor.batches(paths, classifier.batch_size):
                 n = batch.shape[0]
                 logits = classifier.run(batch, total=len(paths))
-                acc1, acc5 = F.topk_accuracy(megengine.Tensor(logits, device="cpux"),
-                                             megengine.Tensor(targets[done:done + n], device="cpux"), topk=(1, k5))
-                correct1 += int(round(float(acc1.item()) * n))
-                correct5 += int(round(float(acc5.item()) * n))
+                hits1, hits5 = topk_correct(logits, targets[done:done + n], (1, k5))
+                correct1 += hits1
+                correct5 += hits5
                 done += n
                 bar.set_postfix(top1=f"{correct1 / done:.2%}", top5=f"{correct5 / done:.2%}", refresh=False)
                 bar.update(n)

@@ -19,15 +19,14 @@ call brings at least :data:`AUTO_COMPILE_MIN_IMAGES` images (or a compiled graph
 so classifying one photo does not wait for a compile and a folder does not wait for eager
 MegEngine. Any callable with the runner contract can replace both (``runner=``).
 """
-import json
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
 from .images import describe_source
+from .metrics import softmax
+from .train.checkpoint import read_weights_metadata as checkpoint_metadata
 from .transforms import EvalPreprocessor, as_image_list, resolve_preprocess
 
 __all__ = ["Runner", "eager_runner", "compiled_runner", "checkpoint_metadata", "ClassScore", "Prediction", "Classifier", "predict",
@@ -72,35 +71,11 @@ def compiled_runner(model, threads: Optional[int] = None) -> Runner:
     return run
 
 
-def checkpoint_metadata(weights) -> Optional[dict]:
-    """The metadata ``megzoo train`` writes beside a checkpoint it saves (``best.json`` next to
-    ``best.pkl``: model, num_classes, class names, evaluation preprocessing), when ``weights`` is
-    such a local file and the JSON names it (``"weights_file"``); else None."""
-    if not isinstance(weights, (str, os.PathLike)):
-        return None
-    path = Path(weights)
-    sidecar = path.with_suffix(".json")
-    if path.suffix == ".json" or not path.is_file() or not sidecar.is_file():
-        return None
-    try:
-        meta = json.loads(sidecar.read_text())
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) and meta.get("weights_file") == path.name else None
-
-
 def _on_cpu(model) -> bool:
     from .device import is_cpu_device
 
     first = next(iter(model.parameters()), None)
     return first is None or is_cpu_device(first.device)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (stable: the row maximum is subtracted first)."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = np.exp(z - z.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
 
 
 def class_names(num_classes: int):

@@ -27,6 +27,7 @@ import megengine.data.transform as T
 import megengine.module as M
 import numpy as np
 
+from .host import usable_cpus
 from .images import ImageSource, describe_source, read_image
 from .weights.catalog import MEAN_BGR, STD_BGR, Preprocess, Weights
 
@@ -257,11 +258,7 @@ def center_crop_offsets(height: int, width: int, size: int) -> Tuple[int, int]:
 
 def default_workers() -> int:
     """Decode threads used when ``workers=None``: the CPU cores this process may use, at most 8."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores))
+    return max(1, min(8, usable_cpus()))
 
 
 class EvalPreprocessor:

@@ -60,3 +60,53 @@ def zoo_model():
     cache = _ModelCache()
     yield cache
     cache._models.clear()
+
+
+# --- machine-specific kernels --------------------------------------------------------------------
+@pytest.fixture(scope="session", autouse=True)
+def _shared_layout_probe(tmp_path_factory):
+    """One layout-probe verdict for the whole run (and its subprocesses), whatever $MEGZOO_HOME a
+    test sets: ``$MEGZOO_PROBE_DIR`` points at one session folder, so a machine where a layout
+    hangs pays its time limit once, not once per test."""
+    import os
+
+    previous = os.environ.get("MEGZOO_PROBE_DIR")
+    os.environ["MEGZOO_PROBE_DIR"] = str(tmp_path_factory.mktemp("layout-probe"))
+    yield
+    if previous is None:
+        os.environ.pop("MEGZOO_PROBE_DIR", None)
+    else:
+        os.environ["MEGZOO_PROBE_DIR"] = previous
+
+
+def require_layout_or_skip(layout: str) -> None:
+    """Skip the calling test, with the probe's reason, where ``layout`` fails its probe here
+    (MegEngine 1.13's NCHW88 kernels crash or hang on AMD Zen 5); a test that runs a
+    machine-specific layout asks this first."""
+    from megzoo.inference import layout_verdict
+
+    verdict = layout_verdict(layout)
+    if not verdict["ok"]:
+        pytest.skip(f"the {layout} layout fails its probe on this machine: {verdict['reason']}")
+
+
+# --- a run that never ends is a run that lands nothing -------------------------------------------
+def pytest_configure(config):
+    """SIGUSR1 dumps every thread's Python stack to stderr (C-level, so it works while a test is
+    blocked in C holding the GIL): ``.ci/run``'s watchdog sends it before it kills a run."""
+    import faulthandler
+    import signal
+    import sys
+
+    faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
+
+
+def pytest_runtest_logstart(nodeid, location):
+    """Write the test that is starting to ``$MEGZOO_CURRENT_TEST_FILE`` (set by ``.ci/run``), so
+    the watchdog can name it."""
+    import os
+
+    path = os.environ.get("MEGZOO_CURRENT_TEST_FILE")
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(nodeid + "\n")

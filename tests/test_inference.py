@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 import megzoo
-from megzoo import inference
 from megzoo.inference import ParityError, check_parity, compile, default_threads, export, load
+
+from conftest import require_layout_or_skip
 from megzoo.models.vgg import VGG
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,17 +120,10 @@ def test_accepts_megengine_tensor_and_lazy_shape(resnet18):
     assert _rel_err(out, _eager(resnet18, x)) < 1e-4
 
 
-def _has_nchw88():
-    import platform
-
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    return platform.machine() in ("x86_64", "AMD64") and " avx2" in flags and " fma" in flags
-
-
-@pytest.mark.parametrize("layout", ["nchw", pytest.param("nchw88", marks=pytest.mark.skipif(
-    not _has_nchw88(), reason="NCHW88 kernels need x86 with AVX2 + FMA"))])
+@pytest.mark.parametrize("layout", ["nchw", "nchw88"])
 def test_layouts_match_eager_for_backbone_outputs(layout):
     """A features_only ResNet returns 5 maps; they come back in NCHW whatever the internal layout."""
+    require_layout_or_skip(layout)
     model = _randomise_bn(megzoo.resnet18(features_only=True, out_indices=(1, 3)), seed=3)
     model.eval()
     x = np.random.RandomState(9).standard_normal((2, 3, 64, 64)).astype("float32")
@@ -140,20 +134,6 @@ def test_layouts_match_eager_for_backbone_outputs(layout):
     assert isinstance(outs, list) and [o.shape for o in outs] == [r.shape for r in refs]
     for out, ref in zip(outs, refs):
         assert _rel_err(out, ref) < 1e-4
-
-
-def test_best_layout_probe_is_recorded(tmp_path, monkeypatch):
-    monkeypatch.setattr(inference, "_best_layout", None)
-    layout = inference.best_layout()
-    if _has_nchw88():
-        records = list((tmp_path / "home" / "algo_cache").glob("layout-probe-*.json"))
-        assert len(records) == 1 and json.loads(records[0].read_text())["nchw88"]["ok"] is (layout == "nchw88")
-    else:
-        assert layout == "nchw"
-    monkeypatch.setenv("MEGZOO_LAYOUT", "nchw")
-    assert inference.best_layout() == "nchw"
-    with pytest.raises(ValueError, match="layout"):
-        compile(Tiny(), layout="nhwc")
 
 
 # --- batch sizes and the shape cache -----------------------------------------------------------
@@ -325,7 +305,7 @@ def test_cli_export_fails_with_impossible_tolerance(tmp_path):
 
 # --- megzoo benchmark ------------------------------------------------------------------------------------
 def test_cli_benchmark_json_keys():
-    from megzoo.cli.deploy import RESULT_KEYS
+    from megzoo.benchmark import RESULT_KEYS
 
     proc = subprocess.run([sys.executable, "-m", "megzoo.cli", "benchmark", "--models", "resnet18", "--batch", "1",
                            "--json", "--input-size", "32", "--repeats", "2", "--min-repeats", "1", "--warmup", "0",
@@ -367,3 +347,29 @@ def test_profile_ops_script_groups_operators_by_kind_and_names_their_kernels(tmp
     assert "whole network (median of 10): 1 thread" in proc.stdout
     cache = sorted(p.name for p in (tmp_path / "home" / "algo_cache").glob("lite-*.cache"))
     assert [name.rsplit("-", 1)[1] for name in cache] == ["t1.cache", "t2.cache"]
+
+
+# --- micro-batches: one kernel profile for every batch size -----------------------------------------
+def test_micro_batch_one_profile_serves_every_batch_size(tmp_path):
+    """With NCHW and profiling, "auto" runs each network one image at a time: a new batch size
+    adds nothing to the profile cache, and the outputs equal eager and whole-share runs."""
+    model = _randomise_bn(Tiny())
+    model.eval()
+    compiled = compile(model, input_shape=(4, 3, 24, 24), threads=2, layout="nchw", algo="profile")
+    assert compiled.micro_batch == 1
+    cache = compiled.algo_cache_file
+    size = cache.stat().st_size
+    whole = compile(model, threads=2, layout="nchw", algo="heuristic", micro_batch=None)
+    assert whole.micro_batch is None
+    rng = np.random.RandomState(11)
+    for n in (6, 3, 1):
+        x = rng.standard_normal((n, 3, 24, 24)).astype("float32")
+        out = compiled(x)
+        assert out.shape == (n, 5)
+        assert _rel_err(out, _eager(model, x)) < 1e-4 and _rel_err(out, whole(x)) < 1e-4
+        if n > 1:  # the single-thread networks: their one-image profile already covers batches 6 and 3
+            assert cache.stat().st_size == size
+    assert compiled._runners[(3, 24, 24)].batches_seen == {4, 6, 3, 1}
+    with pytest.raises(ValueError, match="micro_batch must be 'auto', None or an int >= 1, got 0"):
+        compile(model, micro_batch=0)
+    assert compile(model, (2, 3, 24, 24), layout="nchw", algo="heuristic").micro_batch is None

@@ -34,12 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from ..inference.layouts import LayoutUnavailableError
     from ..weights.errors import WeightsError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (CLIError, ValueError, FileNotFoundError, PermissionError, WeightsError) as exc:
+    except (CLIError, ValueError, FileNotFoundError, PermissionError, WeightsError, LayoutUnavailableError) as exc:
         print(f"megzoo {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

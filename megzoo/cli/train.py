@@ -89,16 +89,9 @@ def _int_list(text: str):
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _pretrained(value):
-    if value is None:
-        return None
-    if value.lower() in ("default", "true", "yes"):
-        return True
-    return value
-
-
 def config_from_args(args):
     from ..train import TrainConfig
+    from ..weights import pretrained_value
 
     if not (args.data or args.train_dir):
         raise ValueError("give --data DIR (with train/ and val/, or class folders and --val-split) or --train-dir")
@@ -111,7 +104,7 @@ def config_from_args(args):
             "log_every", "progress", "plot")
     values = {k: getattr(args, k) for k in keys}
     values["crop_scale"] = tuple(args.crop_scale)
-    values["pretrained"] = _pretrained(args.pretrained)
+    values["pretrained"] = None if args.pretrained is None else pretrained_value(args.pretrained)
     return TrainConfig(**values)
 
 

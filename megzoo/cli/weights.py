@@ -4,6 +4,8 @@ import os
 import sys
 from pathlib import Path
 
+from ..host import atomic_write
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("info", help="architecture facts and its pretrained weights")
@@ -35,7 +37,7 @@ def _fmt(value, spec=".3f", none="n/a"):
 
 
 def cmd_info(args) -> int:
-    from ..weights import model_info
+    from ..registry import model_info
 
     info = model_info(args.model)
     if args.json:
@@ -91,10 +93,7 @@ def cmd_convert(args) -> int:
     model = get_model(args.arch)
     report = load_pretrained(model, args.arch, source, progress=False)
     output = Path(args.output)
-    tmp = output.with_name(output.name + ".tmp")
-    with open(tmp, "wb") as f:
-        megengine.save(model.state_dict(), f)
-    os.replace(tmp, output)
+    atomic_write(output, lambda f: megengine.save(model.state_dict(), f))
     print(report, file=sys.stderr)
     print(f"wrote {output} ({output.stat().st_size:,} bytes); load it with "
           f"megzoo.{args.arch}(pretrained={str(output)!r})")

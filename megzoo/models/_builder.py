@@ -1,6 +1,7 @@
 """The one path every builder function goes through: construct, load weights, make a backbone."""
 from typing import Optional, Sequence, Type
 
+from ..weights import load_pretrained
 from .base import ZooModel
 
 __all__ = ["build_model", "builder_doc"]
@@ -18,8 +19,6 @@ def build_model(name: str, model_cls: Type[ZooModel], pretrained=False, *, featu
     model._model_name = name
     model.load_report = None
     if pretrained is not False and pretrained is not None:
-        from ..weights import load_pretrained
-
         model.load_report = load_pretrained(model, name, pretrained, progress=progress)
     if features_only:
         model.as_features(out_indices)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import megengine.module as M
+import numpy as np
 from megengine import Parameter, Tensor
 
 from ..layers import check_input
@@ -87,6 +88,45 @@ class ZooModel(M.Module):
     #: state-dict key prefixes of the final classifier and of the first convolution (weights loading)
     classifier_key: str = ""
     first_conv_key: str = ""
+
+    # --- checkpoint layouts: each family says which it reads and how (megzoo.weights stays generic)
+    #: the checkpoint layouts this family converts from: ``megengine`` (megzoo's own keys, as
+    #: MegEngine/Models saves them) and ``torchvision`` (a ``.pth`` state dict); a family adds its own
+    checkpoint_layouts: Tuple[str, ...] = ("megengine", "torchvision")
+
+    def detect_checkpoint_layout(self, state_dict: Dict[str, np.ndarray], is_torch_file: bool) -> str:
+        """The layout of ``state_dict``: ``torchvision`` for a torch file, else ``megengine``."""
+        return "torchvision" if is_torch_file else "megengine"
+
+    def torchvision_key_map(self) -> Dict[str, str]:
+        """torchvision module path -> this model's module path, for modules whose names differ
+        (none for families that mirror torchvision's names)."""
+        return {}
+
+    def convert_checkpoint(self, state_dict: Dict[str, np.ndarray], layout: str) -> Dict[str, np.ndarray]:
+        """``state_dict`` in ``layout`` renamed/converted to this model's keys (a new dict; shapes
+        are reconciled by the loader). ``torchvision``: ``num_batches_tracked`` dropped, module
+        names mapped (:meth:`torchvision_key_map`) and the first convolution's input channels
+        reversed (RGB -> BGR) so the model takes megzoo's BGR 0-255 input with MegEngine's
+        mean/std."""
+        if layout not in self.checkpoint_layouts:
+            raise ValueError(f"{self.model_name} reads {', '.join(self.checkpoint_layouts)} checkpoints, "
+                             f"not {layout!r}")
+        if layout == "megengine":
+            return dict(state_dict)
+        if layout == "torchvision":
+            names = self.torchvision_key_map()
+            converted = {}
+            for key, value in state_dict.items():
+                if key.endswith("num_batches_tracked"):
+                    continue
+                module, _, param = key.rpartition(".")
+                converted[f"{names.get(module, module)}.{param}"] = value
+            first = f"{self.first_conv_key}.weight"
+            if first in converted and converted[first].shape[1] == 3:
+                converted[first] = np.ascontiguousarray(converted[first][:, ::-1])  # RGB -> BGR input
+            return converted
+        raise NotImplementedError(f"{type(self).__name__} lists layout {layout!r} but does not convert it")
 
     # --- shared behaviour ------------------------------------------------------------------
     @property

@@ -15,7 +15,7 @@ import megengine.module as M
 
 from ..init import init_linear_, msra_init_, zero_init_residual_
 from ..layers import NormLayer, get_norm_layer
-from ..registry import register_model
+from ._registry import register_model
 from ._builder import build_model, builder_doc
 from .base import FeatureInfo, FeatureLevel, ZooModel
 

@@ -4,7 +4,7 @@ Layout: five stages ``s1..s5``, each ``b1..bk`` blocks of ``Sequential(conv3x3 (
 [norm], ReLU)`` followed by a 2x2 max-pool, and ``head.classifier.{0,3,6}`` (4096-4096-classes
 with ReLU and dropout). This is BaseCls's layout plus the convolution biases of the paper (and of
 torchvision), so a BaseCls checkpoint loads through :func:`convert_basecls_state_dict` and a
-torchvision one through the weights subpackage.
+torchvision one through :meth:`VGG.torchvision_key_map` (the hooks ``megzoo.weights`` calls).
 
 The head pools to 7x7 with PyTorch's adaptive bins (identity at 224 px), so any input of at least
 32 px works. Feature levels s1..s5 are the stage outputs after pooling: strides 2, 4, 8, 16, 32.
@@ -16,7 +16,7 @@ import numpy as np
 
 from ..init import init_linear_, msra_init_
 from ..layers import AdaptiveAvgPool2d, get_norm_layer
-from ..registry import register_model
+from ._registry import register_model
 from ._builder import build_model, builder_doc
 from .base import FeatureInfo, FeatureLevel, ZooModel
 
@@ -88,6 +88,33 @@ class VGG(ZooModel):
 
     classifier_key = "head.classifier.6"
     first_conv_key = "s1.b1.0"
+    #: ``basecls``: megvii-research/basecls checkpoints (convolutions without bias)
+    checkpoint_layouts = ("megengine", "basecls", "torchvision")
+
+    def detect_checkpoint_layout(self, state_dict, is_torch_file: bool) -> str:
+        """``basecls`` for a pickle whose first convolution has no bias, else as for any model."""
+        if not is_torch_file and "s1.b1.0.weight" in state_dict and "s1.b1.0.bias" not in state_dict:
+            return "basecls"
+        return super().detect_checkpoint_layout(state_dict, is_torch_file)
+
+    def torchvision_key_map(self) -> Dict[str, str]:
+        """torchvision's ``features.N`` / ``classifier.N`` -> ``sI.bJ.K`` / ``head.classifier.N``."""
+        names, index = {}, 0
+        has_norm = len(self.s1.b1) == 3
+        for stage in range(1, 6):
+            for block in range(1, getattr(self, f"s{stage}").depth + 1):
+                names[f"features.{index}"] = f"s{stage}.b{block}.0"
+                if has_norm:
+                    names[f"features.{index + 1}"] = f"s{stage}.b{block}.1"
+                index += 3 if has_norm else 2
+            index += 1  # max-pool
+        names.update({f"classifier.{i}": f"head.classifier.{i}" for i in (0, 3, 6)})
+        return names
+
+    def convert_checkpoint(self, state_dict, layout: str):
+        if layout == "basecls":
+            return convert_basecls_state_dict(state_dict)
+        return super().convert_checkpoint(state_dict, layout)
     min_input_size = 32
 
     def __init__(self, depths: Sequence[int], widths: Sequence[int] = _WIDTHS, num_classes: int = 1000,

@@ -19,14 +19,16 @@ flushed to disk and renamed over the old one, so a crash leaves the previous fil
 import json
 import os
 import random
-import tempfile
 from collections import OrderedDict
 from typing import Any, Dict, Optional
 
 import numpy as np
 
-__all__ = ["atomic_save", "atomic_write_text", "load_training_state", "save_weights", "rng_state",
-           "set_rng_state", "state_dict_numpy", "optimizer_state_numpy", "LAST", "BEST", "BEST_META"]
+from ..host import atomic_write, atomic_write_text
+
+__all__ = ["atomic_save", "load_training_state", "save_weights", "rng_state",
+           "set_rng_state", "state_dict_numpy", "optimizer_state_numpy", "read_weights_metadata", "LAST", "BEST",
+           "BEST_META"]
 
 LAST = "last.pkl"
 BEST = "best.pkl"
@@ -35,50 +37,12 @@ FORMAT = "megzoo-train-checkpoint"
 VERSION = 1
 
 
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - not possible on some platforms
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic(path: str, write) -> str:
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
-    return path
-
-
 def atomic_save(obj: Any, path: str) -> str:
-    """``megengine.save(obj, path)`` atomically (temporary file, fsync, rename)."""
+    """``megengine.save(obj, path)`` atomically (:func:`megzoo.host.atomic_write`)."""
     import megengine
 
-    return _atomic(path, lambda f: megengine.save(obj, f))
-
-
-def atomic_write_text(text: str, path: str) -> str:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    return _atomic(path, lambda f: f.write(text.encode("utf-8")))
+    atomic_write(path, lambda f: megengine.save(obj, f))
+    return os.fspath(path)
 
 
 def _plain(value):
@@ -145,5 +109,23 @@ def save_weights(model, path: str, meta: Optional[dict] = None) -> str:
     and, with ``meta``, the JSON sidecar next to it (``path`` with ``.json``)."""
     atomic_save(state_dict_numpy(model), path)
     if meta is not None:
-        atomic_write_text(json.dumps(meta, indent=2) + "\n", os.path.splitext(path)[0] + ".json")
+        atomic_write_text(os.path.splitext(path)[0] + ".json", json.dumps(meta, indent=2) + "\n")
     return path
+
+
+def read_weights_metadata(weights) -> Optional[dict]:
+    """The JSON sidecar :func:`save_weights` wrote beside ``weights`` (``best.json`` next to
+    ``best.pkl``: model, num_classes, class names, evaluation preprocessing), when ``weights`` is
+    such a local file and the JSON names it (``"weights_file"``); else None."""
+    if not isinstance(weights, (str, os.PathLike)):
+        return None
+    path = os.fspath(weights)
+    sidecar = os.path.splitext(path)[0] + ".json"
+    if path.endswith(".json") or not os.path.isfile(path) or not os.path.isfile(sidecar):
+        return None
+    try:
+        with open(sidecar, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("weights_file") == os.path.basename(path) else None

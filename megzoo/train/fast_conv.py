@@ -55,6 +55,7 @@ from megengine import Tensor
 from megengine.autodiff import Function
 
 from ..device import is_cpu_device
+from ..host import usable_cpus
 
 __all__ = ["METHODS", "FORWARDS", "enable", "disable", "fast_conv", "is_enabled", "conv2d", "conv2d_weight_grad",
            "conv2d_input_grad", "choose_method", "is_cpu_device", "blas_conv2d", "blas_input_grad", "blas_weight_grad"]
@@ -176,25 +177,18 @@ _SMALL_P = 256  #: below this many output pixels per image, one big product beat
 _POOL = None
 
 
-def _threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def _over_batch(fn, n: int, work: int) -> None:
     """``fn(lo, hi)`` over ``range(n)`` split between the cores (NumPy copies release the GIL);
     in the calling thread when ``work`` (elements written) is too small to be worth it."""
     global _POOL
-    parts = min(_threads(), n)
+    parts = min(usable_cpus(), n)
     if parts <= 1 or work < (1 << 18):
         fn(0, n)
         return
     if _POOL is None:
         from concurrent.futures import ThreadPoolExecutor
 
-        _POOL = ThreadPoolExecutor(_threads(), thread_name_prefix="megzoo-im2col")
+        _POOL = ThreadPoolExecutor(usable_cpus(), thread_name_prefix="megzoo-im2col")
     bounds = [n * i // parts for i in range(parts + 1)]
     for future in [_POOL.submit(fn, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]:
         future.result()

@@ -3,6 +3,8 @@ import json
 import os
 from typing import List, Sequence, Union
 
+from ..host import atomic_write
+
 __all__ = ["plot_history"]
 
 
@@ -66,9 +68,8 @@ def _plot(history, path: str, title: str) -> str:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    finally:
+        plt.close(fig)
     return path

@@ -13,19 +13,14 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional, Tuple, Union
 
+from ..weights.catalog import WEIGHTS
+
 __all__ = ["TrainConfig", "REFERENCE_TOP1", "imagenet_recipe", "learning_rate"]
 
 #: top-1 accuracy (%) on ImageNet-1k val of MegEngine's reference training of each architecture
-#: (MegEngine/Models, official/vision/classification/resnet), the target of the recipe
-REFERENCE_TOP1 = {
-    "resnet18": 70.312,
-    "resnet34": 73.960,
-    "resnet50": 76.254,
-    "resnet101": 77.944,
-    "resnet152": 78.582,
-    "resnext50_32x4d": 77.592,
-    "resnext101_32x8d": 79.520,
-}
+#: (MegEngine/Models, official/vision/classification/resnet), the target of the recipe: read from
+#: the weights catalogue, where the published figures live
+REFERENCE_TOP1 = {w.arch: w.top1 for w in WEIGHTS.values() if w.tag == "megengine" and w.top1 is not None}
 
 SCHEDULES = ("step", "cosine")
 

@@ -33,7 +33,9 @@ from . import checkpoint as ckpt
 from .data import FolderData, build_folder_data, eval_loader, seed_epoch, train_loader
 from .distributed import all_reduce_sum, allreduce_callback, broadcast_module, launch, rank, world_size
 from .fast_conv import enable as enable_fast_conv
-from ..device import is_cpu_device
+from ..device import is_cpu_device, move_tensors, select_device
+from ..host import atomic_write_text, usable_cpus
+from ..metrics import log_softmax, topk_correct
 from .recipe import TrainConfig, learning_rate
 
 __all__ = ["Trainer", "TrainResult", "train", "setup_device", "move_module", "param_groups", "HISTORY", "CURVES",
@@ -64,13 +66,6 @@ class TrainResult:
         return asdict(self)
 
 
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def setup_device(device: Optional[str] = None, cpu_threads: Optional[int] = None) -> str:
     """Set MegEngine's default device for training and return it. ``device`` as for
     :func:`megzoo.device.select_device`; when that is the CPU (``cpu``/``cpux``, or no GPU),
@@ -79,12 +74,10 @@ def setup_device(device: Optional[str] = None, cpu_threads: Optional[int] = None
     ``cpu0``/``multithread...`` name is kept as given."""
     import megengine
 
-    from ..device import select_device
-
     name = select_device(device)
     explicit = (device or os.environ.get("MEGZOO_DEVICE") or "").strip().lower()
     if name == "cpux" and explicit in ("", "cpu", "cpux"):
-        threads = cpu_threads or _available_cores()
+        threads = cpu_threads or usable_cpus()
         name = f"multithread{threads}:0" if threads > 1 else "cpu0"
         megengine.set_default_device(name)
     return name
@@ -92,17 +85,8 @@ def setup_device(device: Optional[str] = None, cpu_threads: Optional[int] = None
 
 def move_module(module, device: Optional[str] = None) -> int:
     """Put ``module``'s parameters and buffers on ``device`` (default: MegEngine's current default
-    device) in place (the same Parameter objects); returns how many were moved. MegEngine refuses
-    to mix tensors of different devices, even ``xpux`` and ``cpu0`` on the same CPU."""
-    import megengine
-
-    target = megengine.Tensor(0.0, device=device).device
-    moved = 0
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        if tensor.device.logical_name != target.logical_name:
-            tensor._reset(tensor.to(target))
-            moved += 1
-    return moved
+    device) in place (the same Parameter objects); returns how many were moved."""
+    return len(move_tensors(list(module.parameters()) + list(module.buffers()), device))
 
 
 def _is_norm(module) -> bool:
@@ -165,12 +149,6 @@ def _jsonable(value):
     if isinstance(value, np.generic):
         return value.item()
     return repr(value)
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
 def _format_seconds(seconds: float) -> str:
@@ -344,7 +322,7 @@ class Trainer:
 
     def _write_json(self, name: str, value) -> str:
         path = os.path.join(self.output, name)
-        ckpt.atomic_write_text(json.dumps(_jsonable(value), indent=2) + "\n", path)
+        atomic_write_text(path, json.dumps(_jsonable(value), indent=2) + "\n")
         return path
 
     def _training_state(self) -> dict:
@@ -433,7 +411,6 @@ class Trainer:
         if loader is None:
             return {}
         self.model.eval()
-        k = min(5, self.num_classes)
         totals = np.zeros(4)  # images, loss sum, top-1, top-k
         bar = tqdm(total=len(loader.sampler.indices or []), unit="img", leave=False, dynamic_ncols=True,
                    desc="  validation", disable=None if self.config.progress and self.main else True,
@@ -442,10 +419,8 @@ class Trainer:
             for image, label in loader:
                 logits = self.model(megengine.Tensor(image, dtype="float32")).numpy()
                 label = np.asarray(label, dtype=np.int64)
-                logp = _log_softmax(logits)
-                topk = np.argsort(-logits, axis=1, kind="stable")[:, :k]
-                totals += (len(label), -logp[np.arange(len(label)), label].sum(), (topk[:, 0] == label).sum(),
-                           (topk == label[:, None]).any(axis=1).sum())
+                logp = log_softmax(logits)
+                totals += (len(label), -logp[np.arange(len(label)), label].sum(), *topk_correct(logits, label, (1, 5)))
                 bar.update(len(label))
         finally:
             bar.close()

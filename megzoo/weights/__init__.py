@@ -18,8 +18,9 @@ from .catalog import WEIGHTS, Preprocess, Weights, default_weights, find_weights
 from .convert import ArchitectureMismatchError, LoadReport, detect_layout, load_into, to_megzoo_layout
 from .errors import WeightsError
 
-__all__ = ["load_pretrained", "resolve_weights", "get_weights", "model_info", "list_weights", "fetch_weights",
-           "Weights", "Preprocess", "LoadReport", "WEIGHTS", "WeightsError", "ArchitectureMismatchError"]
+__all__ = ["load_pretrained", "resolve_weights", "list_weights", "fetch_weights",
+           "Weights", "Preprocess", "LoadReport", "WEIGHTS", "WeightsError", "ArchitectureMismatchError",
+           "pretrained_value", "DEFAULT_WEIGHT_WORDS"]
 
 logger = logging.getLogger("megzoo.weights")
 
@@ -28,6 +29,16 @@ _URL_SCHEMES = ("http://", "https://", "file://")
 
 def _is_url(text: str) -> bool:
     return text.lower().startswith(_URL_SCHEMES)
+
+
+#: the words that mean "the model's default pretrained weights" on the command line
+DEFAULT_WEIGHT_WORDS = ("default", "true", "yes")
+
+
+def pretrained_value(text: str):
+    """A command-line weights argument as a ``pretrained=`` value: ``True`` for one of
+    :data:`DEFAULT_WEIGHT_WORDS` (any case), else the text (a tag, a path or a URL)."""
+    return True if text.strip().lower() in DEFAULT_WEIGHT_WORDS else text
 
 
 def resolve_weights(arch: str, pretrained) -> Union[Weights, str, Path]:
@@ -126,39 +137,8 @@ def load_pretrained(model, arch: str, pretrained, progress: bool = True) -> Load
     raise AssertionError("unreachable")
 
 
-def get_weights(name: str) -> Weights:
-    """A registered weight by ``ARCH.TAG`` (or ``ARCH`` for its default)."""
-    from ..registry import get_model_entry
-
-    arch, _, tag = name.partition(".")
-    get_model_entry(arch)  # unknown arch -> UnknownModelError with close names
-    weights = find_weights(arch, tag or "default")
-    if weights is None:
-        tags = ", ".join(w.tag for w in weights_for(arch)) or "none"
-        raise WeightsError(f"no weights {name!r}; {arch} has: {tags}")
-    return weights
-
-
 def list_weights(pattern: Optional[str] = None):
     """Registered weight names ``ARCH.TAG`` matching the glob ``pattern``, sorted."""
     import fnmatch
 
     return sorted(n for n in WEIGHTS if pattern is None or fnmatch.fnmatchcase(n, pattern))
-
-
-def model_info(name: str) -> dict:
-    """Everything known about a model: family, params, GMACs at 224, summary and its weights
-    (default first) with accuracy, source, hash, preprocessing."""
-    from ..registry import get_model_entry
-
-    entry = get_model_entry(name)
-    weights = weights_for(entry.name)
-    return {
-        "name": entry.name,
-        "family": entry.family,
-        "summary": entry.summary,
-        "params": entry.params,
-        "gmacs": entry.gmacs,
-        "default_weights": weights[0].name if weights else None,
-        "weights": [w.as_dict() for w in weights],
-    }

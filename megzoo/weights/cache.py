@@ -15,13 +15,13 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Union
 
 from filelock import FileLock
 
+from ..host import atomic_write_text, megzoo_home
 from .errors import ChecksumError
 
 __all__ = ["cache_root", "weights_dir", "sidecar_path", "file_lock", "file_sha256", "read_sidecar",
@@ -39,8 +39,7 @@ _HEX = re.compile(r"[0-9a-f]+")
 
 def cache_root() -> Path:
     """The megzoo cache directory: ``$MEGZOO_HOME``, else ``~/.cache/megzoo`` (absolute, may not exist)."""
-    home = os.environ.get("MEGZOO_HOME", "").strip()
-    return Path(home or "~/.cache/megzoo").expanduser().absolute()
+    return megzoo_home()
 
 
 def weights_dir() -> Path:
@@ -97,16 +96,8 @@ def read_sidecar(path: PathLike) -> Optional[str]:
 
 def write_sidecar(path: PathLike, sha256: str) -> Path:
     """Record ``sha256`` for ``path`` in ``<path>.sha256`` (atomically); returns the sidecar path."""
-    path, sidecar = Path(path), sidecar_path(path)
-    fd, tmp = tempfile.mkstemp(prefix=sidecar.name + ".", suffix=".tmp", dir=sidecar.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(f"{sha256}  {path.name}\n")
-        os.replace(tmp, sidecar)
-    except BaseException:
-        _unlink(Path(tmp))
-        raise
-    return sidecar
+    path = Path(path)
+    return atomic_write_text(sidecar_path(path), f"{sha256}  {path.name}\n")
 
 
 def _unlink(path: Path) -> bool:

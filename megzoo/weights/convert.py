@@ -1,14 +1,19 @@
 """Map a checkpoint's state dict onto a megzoo model, and adapt it for fine-tuning.
 
-Source layouts:
+This module knows no model family: the model says which checkpoint layouts it reads and
+converts them (``checkpoint_layouts``, ``detect_checkpoint_layout``, ``convert_checkpoint`` on
+:class:`megzoo.models.ZooModel`; VGG adds BaseCls's layout and torchvision's ``features.N``
+names). Source layouts today:
 
 * ``megengine``: megzoo's own keys (MegEngine/Models ResNets, checkpoints saved from megzoo).
-* ``basecls``: BaseCls VGG; convolution biases are added as zeros
-  (:func:`megzoo.models.vgg.convert_basecls_state_dict`).
-* ``torchvision``: ``num_batches_tracked`` dropped, VGG ``features.N``/``classifier.N`` renamed,
-  conv weights/biases reshaped to MegEngine's shapes (grouped (G, O/G, I/G, kh, kw), bias
-  (1, O, 1, 1)), and the first convolution's input channels reversed (RGB -> BGR) so the model takes
-  megzoo's BGR 0-255 input with the MegEngine mean/std.
+* ``basecls``: BaseCls VGG; convolution biases are added as zeros.
+* ``torchvision``: ``num_batches_tracked`` dropped, module names mapped by the family, and the
+  first convolution's input channels reversed (RGB -> BGR) so the model takes megzoo's BGR 0-255
+  input with the MegEngine mean/std. Here, conv weights/biases are reshaped to MegEngine's shapes
+  (grouped (G, O/G, I/G, kh, kw), bias (1, O, 1, 1)).
+
+The model is duck-typed: besides the three hooks it needs ``state_dict``/``load_state_dict``,
+``named_modules``, ``classifier_key``, ``first_conv_key``, ``model_name`` and ``num_classes``.
 
 Adaptation (reported in a :class:`LoadReport`): a classifier whose shape differs from the model's
 (other ``num_classes``) is left freshly initialised; a first convolution with other input
@@ -21,9 +26,6 @@ from typing import Dict, List, Optional
 import megengine.module as M
 import numpy as np
 
-from ..models.base import ZooModel
-from ..models.resnet import ResNet
-from ..models.vgg import VGG, convert_basecls_state_dict
 from .errors import WeightsError
 
 __all__ = ["LoadReport", "ArchitectureMismatchError", "to_megzoo_layout", "load_into", "detect_layout"]
@@ -57,56 +59,21 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def detect_layout(state_dict: Dict[str, np.ndarray], model: ZooModel, is_torch_file: bool) -> str:
-    """``torchvision`` for a torch file, ``basecls`` for a VGG pickle without conv biases, else ``megengine``."""
-    if is_torch_file:
-        return "torchvision"
-    if isinstance(model, VGG) and "s1.b1.0.weight" in state_dict and "s1.b1.0.bias" not in state_dict:
-        return "basecls"
-    return "megengine"
+def detect_layout(state_dict: Dict[str, np.ndarray], model, is_torch_file: bool) -> str:
+    """The layout of ``state_dict`` for ``model``: the model family decides
+    (``model.detect_checkpoint_layout``; torchvision for a torch file, BaseCls for a VGG pickle
+    without conv biases, else megengine)."""
+    return model.detect_checkpoint_layout(state_dict, is_torch_file)
 
 
-def _torchvision_vgg_names(model: VGG) -> Dict[str, str]:
-    """torchvision VGG module path -> megzoo module path (``features.N`` -> ``sI.bJ.K``)."""
-    names, index = {}, 0
-    has_norm = len(model.s1.b1) == 3
-    for stage in range(1, 6):
-        for block in range(1, getattr(model, f"s{stage}").depth + 1):
-            names[f"features.{index}"] = f"s{stage}.b{block}.0"
-            if has_norm:
-                names[f"features.{index + 1}"] = f"s{stage}.b{block}.1"
-            index += 3 if has_norm else 2
-        index += 1  # max-pool
-    names.update({f"classifier.{i}": f"head.classifier.{i}" for i in (0, 3, 6)})
-    return names
-
-
-def _rename_torchvision(state_dict, model: ZooModel) -> Dict[str, np.ndarray]:
-    renamed = {}
-    names = _torchvision_vgg_names(model) if isinstance(model, VGG) else {}
-    for key, value in state_dict.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        module, _, param = key.rpartition(".")
-        renamed[f"{names.get(module, module)}.{param}"] = value
-    return renamed
-
-
-def to_megzoo_layout(state_dict: Dict[str, np.ndarray], model: ZooModel, layout: str) -> Dict[str, np.ndarray]:
-    """Rename/convert ``state_dict`` from ``layout`` to ``model``'s keys (shapes are fixed by :func:`load_into`)."""
-    if layout == "megengine":
-        return dict(state_dict)
-    if layout == "basecls":
-        return convert_basecls_state_dict(state_dict)
-    if layout == "torchvision":
-        if not isinstance(model, (ResNet, VGG)):
-            raise WeightsError(f"no torchvision mapping for {type(model).__name__}")
-        converted = _rename_torchvision(state_dict, model)
-        first = f"{model.first_conv_key}.weight"
-        if first in converted and converted[first].shape[1] == 3:
-            converted[first] = np.ascontiguousarray(converted[first][:, ::-1])  # RGB -> BGR input
-        return converted
-    raise ValueError(f"unknown checkpoint layout {layout!r}: use 'megengine', 'basecls' or 'torchvision'")
+def to_megzoo_layout(state_dict: Dict[str, np.ndarray], model, layout: str) -> Dict[str, np.ndarray]:
+    """Rename/convert ``state_dict`` from ``layout`` to ``model``'s keys with the family's own
+    converter (``model.convert_checkpoint``); shapes are reconciled by :func:`load_into`."""
+    layouts = tuple(getattr(model, "checkpoint_layouts", ("megengine",)))
+    if layout not in layouts:
+        raise WeightsError(f"{getattr(model, 'model_name', type(model).__name__)} has no converter for {layout!r} "
+                           f"checkpoints; it reads: {', '.join(layouts)}")
+    return model.convert_checkpoint(state_dict, layout)
 
 
 def _conv_keys(model: M.Module) -> set:
@@ -125,7 +92,7 @@ def _adapt_first_conv(weight: np.ndarray, in_channels: int) -> np.ndarray:
     return (np.tile(weight, (1, repeats, 1, 1))[:, :in_channels] * (weight.shape[1] / in_channels)).astype(weight.dtype)
 
 
-def load_into(model: ZooModel, state_dict: Dict[str, np.ndarray], source: str) -> LoadReport:
+def load_into(model, state_dict: Dict[str, np.ndarray], source: str) -> LoadReport:
     """Load a megzoo-layout ``state_dict`` into ``model`` strictly, except for the documented
     adaptations (classifier of another size, first conv of other input channels).
 

@@ -1,0 +1,144 @@
+"""One benchmark configuration in a fresh process: ``python PATH/bench_worker.py JSON``.
+
+:mod:`megzoo.benchmark` starts this file by path for each configuration, so peak-memory figures
+do not mix, and reads the one line ``@@RESULT@@{json}`` it prints. It imports only the standard
+library at the top: the ``optimised`` mode is a deployment process that loads
+``megzoo/inference/lite.py`` by path and runs an exported ``.mge`` without the megzoo package or
+MegEngine's Python runtime; ``eager`` and ``compile`` import megzoo. ``benchmarks/torch_worker.py``
+(run by a PyTorch Python without megzoo) loads this file by path for :func:`time_loop` and
+:func:`measure`, so the two sides are timed by the same code.
+
+Modes (``cfg["mode"]``): ``eager`` (``model(x)``, 1 thread), ``compile`` (``megzoo.compile``,
+then the graph exported to ``cfg["mge_path"]``; reports compile times), ``optimised`` (the
+exported graph run by :class:`~megzoo.inference.lite.LiteRunner`, with the micro-batch the compile
+chose).
+"""
+import importlib.util
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+RESULT_MARK = "@@RESULT@@"
+LITE_PY = Path(__file__).resolve().parent / "inference" / "lite.py"
+
+
+def percentile(values: List[float], q: float) -> float:
+    """The ``q`` quantile (0-1) of ``values`` by linear interpolation; NaN for none."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    pos = (len(ordered) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (``VmHWM``) in MiB since the last :func:`reset_peak`."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def reset_peak() -> None:
+    """Reset the peak-memory mark to the current RSS (Linux ``clear_refs``; no-op elsewhere)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def time_loop(fn: Callable[[], object], warmup: int, min_repeats: int, max_repeats: int, budget_s: float) -> List[float]:
+    """Per-call seconds of ``fn()`` after ``warmup`` calls: at least ``min_repeats``, at most
+    ``max_repeats``, adding runs while the total stays under ``budget_s``."""
+    for _ in range(warmup):
+        fn()
+    times: List[float] = []
+    start = time.perf_counter()
+    while len(times) < max_repeats:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= min_repeats and time.perf_counter() - start > budget_s:
+            break
+    return times
+
+
+def measure(fn: Callable[[], object], cfg: Dict) -> Dict[str, float]:
+    """Time ``fn`` (one batch of ``cfg["batch"]`` images) as ``cfg`` says (``warmup``,
+    ``min_repeats``, ``repeats``, ``time_budget``): images/s of the median, p50/p90 latency in ms,
+    the number of timed runs and the peak RSS in MiB over the timed part."""
+    reset_peak()
+    times = time_loop(fn, cfg["warmup"], cfg["min_repeats"], cfg["repeats"], cfg["time_budget"])
+    median = percentile(times, 0.5)
+    return {"images_per_s": cfg["batch"] / median, "latency_p50_ms": median * 1e3,
+            "latency_p90_ms": percentile(times, 0.9) * 1e3, "repeats": len(times), "peak_rss_mib": peak_rss_mib()}
+
+
+def load_lite_module():
+    """``megzoo/inference/lite.py`` loaded by path, alone (no megzoo package, no MegEngine Python runtime)."""
+    spec = importlib.util.spec_from_file_location("megzoo_lite_standalone", LITE_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_config(cfg: Dict) -> Dict:
+    """Run one configuration (module docstring) in this process and return its result row."""
+    import numpy as np
+
+    out = {"model": cfg["model"], "batch": cfg["batch"], "input_size": cfg["input_size"], "mode": cfg["mode"]}
+    shape = (cfg["batch"], 3, cfg["input_size"], cfg["input_size"])
+    x = np.random.RandomState(0).standard_normal(shape).astype(np.float32)
+    mode = cfg["mode"]
+    if mode == "eager":
+        import megengine
+        from megzoo.registry import get_model
+
+        model = get_model(cfg["model"])
+        model.eval()
+        out["threads"] = 1
+
+        def fn():
+            model(megengine.tensor(x)).numpy()
+    elif mode == "compile":
+        from megzoo.inference import compile as compile_model
+        from megzoo.registry import get_model
+
+        model = get_model(cfg["model"])
+        model.eval()
+        t0 = time.perf_counter()
+        compiled = compile_model(model, shape, threads=cfg["threads"], algo=cfg["algo"], cache_dir=cfg.get("cache_dir"),
+                                  layout=cfg.get("layout", "auto"), split_batch=cfg.get("split_batch", True),
+                                  profile_batch=cfg.get("profile_batch"), micro_batch=cfg.get("micro_batch", "auto"))
+        out["compile_s"] = time.perf_counter() - t0
+        info = compiled.compile_log[0]
+        out.update(layout=compiled.layout, micro_batch=compiled.micro_batch, trace_dump_s=info.trace_dump_s, load_s=info.load_s,
+                   first_run_s=info.first_run_s, algo_cache_existed=info.algo_cache_existed,
+                   algo_cache_hit=info.algo_cache_hit,
+                   algo_cache_file=str(compiled.algo_cache_file) if compiled.algo_cache_file else None,
+                   peak_rss_mib=peak_rss_mib())
+        compiled.export(cfg["mge_path"], shape)
+        return out
+    elif mode == "optimised":
+        lite = load_lite_module()
+        runner = lite.LiteRunner(cfg["mge_path"], cfg["threads"], cfg["algo"], cfg.get("algo_cache_file"),
+                                 cfg.get("profile_batch"), cfg.get("split_batch", True), cfg.get("micro_batch"))
+        out["threads"] = cfg["threads"]
+        out["megengine_imported"] = "megengine" in sys.modules
+
+        def fn():
+            runner.run(x)
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
+    out.update(measure(fn, cfg))
+    return out
+
+
+if __name__ == "__main__":
+    print(RESULT_MARK + json.dumps(run_config(json.loads(sys.argv[1]))), flush=True)

@@ -1,0 +1,320 @@
+"""``megzoo.compile``: a module traced, optimised and run by MegEngine Lite, one graph per input shape.
+
+A :class:`CompiledModel` either traces its module (:func:`compile`) or runs a ``.mge`` file
+(:func:`load`); both keep a small LRU of :class:`~megzoo.inference.lite.LiteRunner` by input
+shape. Convolution layouts go through :mod:`megzoo.inference.layouts`' guard before any kernel
+runs, and kernel choices are cached per machine in :func:`algo_cache_dir`.
+"""
+import json
+import os
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..host import machine_tag, megzoo_home, usable_cpus
+from .graph import LAYOUTS, trace_and_dump
+from .layouts import megengine_version, require_layout, resolve_layout
+from .lite import ALGO_POLICIES, LiteRunner, lite_lock, use_cache_file
+
+__all__ = ["compile", "load", "CompiledModel", "CompileInfo", "dump_graph", "default_threads", "algo_cache_dir",
+           "algo_cache_file", "metadata_path", "read_metadata"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def default_threads() -> int:
+    """Threads a compiled model uses unless told: the CPUs this process may use."""
+    return usable_cpus()
+
+
+def algo_cache_dir() -> Path:
+    """Directory of the persistent algorithm-profile caches: ``$MEGZOO_HOME/algo_cache``."""
+    return megzoo_home() / "algo_cache"
+
+
+def algo_cache_file(threads: int, cache_dir: Optional[PathLike] = None) -> Path:
+    """The cache file for this machine (:func:`megzoo.host.machine_tag`), MegEngine version and
+    thread count (profiles measured with 1 or 2 threads pick different kernels), in
+    ``cache_dir`` (default :func:`algo_cache_dir`)."""
+    folder = Path(cache_dir) if cache_dir is not None else algo_cache_dir()
+    return folder / f"lite-mge{megengine_version()}-{machine_tag()}-t{int(threads)}.cache"
+
+
+def metadata_path(path: PathLike) -> Path:
+    """The metadata file next to an exported model: ``model.mge`` -> ``model.mge.json``."""
+    return Path(os.fspath(path) + ".json")
+
+
+def read_metadata(path: PathLike) -> Optional[Dict[str, Any]]:
+    """The metadata JSON beside an exported model, or None when there is none."""
+    meta = metadata_path(path)
+    if not meta.is_file():
+        return None
+    return json.loads(meta.read_text(encoding="utf-8"))
+
+
+def dump_graph(model, input_shape: Sequence[int], file: PathLike, *, fuse: bool = True,
+               layout: str = "nchw") -> List[str]:
+    """Trace ``model`` on ``input_shape`` (N, C, H, W) and write its inference graph to ``file``
+    (a ``.mge``); returns the output names. ``layout``: ``"nchw"`` (portable), ``"nchw88"`` (x86),
+    ``"nchw44"`` (ARM), or ``"auto"`` (:func:`megzoo.inference.best_layout`). Dumping runs no
+    Lite kernel, so an explicit layout is written even where it failed its probe (for another
+    machine); running such a file here is refused (:func:`load`)."""
+    if layout == "auto":
+        layout = resolve_layout("auto", fuse)
+    return trace_and_dump(model, input_shape, file, fuse=fuse, layout=layout)
+
+
+def _as_numpy(x) -> np.ndarray:
+    if hasattr(x, "numpy") and not isinstance(x, np.ndarray):
+        x = x.numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+@dataclass
+class CompileInfo:
+    """How one input shape was compiled (seconds)."""
+
+    input_shape: Tuple[int, ...]
+    trace_dump_s: float  #: tracing + graph optimisation + writing the .mge
+    load_s: float  #: Lite network load
+    first_run_s: float  #: first forward: memory planning, algorithm profiling/cache lookup, weight pre-processing
+    algo_cache_existed: bool  #: the persistent cache file was there before this compile
+    algo_cache_hit: bool = False  #: every kernel choice came from the cache file (nothing was profiled)
+
+    @property
+    def total_s(self) -> float:
+        return self.trace_dump_s + self.load_s + self.first_run_s
+
+
+class CompiledModel:
+    """A model compiled for fast inference; call it with a numpy (N, C, H, W) float32 batch (or a
+    megengine Tensor) to get numpy outputs. Build it with :func:`compile` (from a module) or
+    :func:`load` (from a ``.mge`` file); arguments as documented there."""
+
+    def __init__(self, model=None, *, mge_file: Optional[PathLike] = None, input_shape: Optional[Sequence[int]] = None,
+                 threads: Optional[int] = None, fuse: bool = True, layout: str = "auto", algo: str = "profile",
+                 dynamic_batch: bool = True, max_shapes: int = 4, profile_batch: Optional[int] = None,
+                 cache_dir: Optional[PathLike] = None, split_batch: bool = True,
+                 micro_batch: Union[str, int, None] = "auto"):
+        if (model is None) == (mge_file is None):
+            raise ValueError("give a model to trace or an mge_file to run, not both or neither")
+        if algo not in ALGO_POLICIES:
+            raise ValueError(f"algo must be one of {ALGO_POLICIES}, got {algo!r}")
+        if threads is None:
+            threads = default_threads()
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+        if not isinstance(max_shapes, int) or max_shapes < 1:
+            raise ValueError(f"max_shapes must be an int >= 1, got {max_shapes!r}")
+        if layout not in ("auto",) + LAYOUTS:
+            raise ValueError(f"layout must be one of {('auto',) + LAYOUTS}, got {layout!r}")
+        if layout not in ("auto", "nchw"):
+            layout = resolve_layout(layout, fuse)  # refused here, before anything runs, if it failed its probe
+        if micro_batch != "auto" and micro_batch is not None and (
+                not isinstance(micro_batch, int) or isinstance(micro_batch, bool) or micro_batch < 1):
+            raise ValueError(f"micro_batch must be 'auto', None or an int >= 1, got {micro_batch!r}")
+        self.model = model
+        self.mge_file = Path(mge_file) if mge_file is not None else None
+        self.threads = threads
+        self.fuse = fuse
+        #: convolution layout; ``"auto"`` is resolved at the first compile (:func:`best_layout`)
+        self.layout = layout if fuse or layout != "auto" else "nchw"
+        self.algo = algo
+        self.dynamic_batch = dynamic_batch
+        self.max_shapes = max_shapes
+        self.profile_batch = profile_batch
+        self.split_batch = split_batch
+        #: images each Lite network runs at a time (:func:`compile`); ``"auto"`` until the layout is known
+        self.micro_batch = micro_batch
+        self._cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._runners: "OrderedDict[tuple, LiteRunner]" = OrderedDict()
+        self._graph_dir: Optional[tempfile.TemporaryDirectory] = None  # traced graphs (removed with the object)
+        self._lock = threading.RLock()
+        #: how each shape was compiled, in order
+        self.compile_log: List[CompileInfo] = []
+        self.output_names: List[str] = []
+        #: the ``.mge.json`` metadata of a loaded file (None for a traced module)
+        self.metadata: Optional[Dict[str, Any]] = None
+        self.input_shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
+        if self.input_shape is not None:
+            self._runner_for(self.input_shape)
+
+    # --- public -----------------------------------------------------------------------------
+    @property
+    def algo_cache_file(self) -> Optional[Path]:
+        """The persistent profile cache this model reads and writes (None with ``algo="heuristic"``)."""
+        if self.algo != "profile":
+            return None
+        return algo_cache_file(self.threads, self._cache_dir)
+
+    @property
+    def cached_shapes(self) -> List[tuple]:
+        """Keys of the compiled graphs kept, least recently used first: ``(C, H, W)`` with a
+        dynamic batch, else the full input shape."""
+        return list(self._runners)
+
+    def __call__(self, x):
+        """Run the compiled graph on ``x`` (N, C, H, W); returns a numpy array (a list of them for
+        a model with several outputs)."""
+        x = _as_numpy(x)
+        if x.ndim < 1 or x.shape[0] < 1:
+            raise ValueError(f"input must have a non-empty batch axis, got shape {x.shape}")
+        with self._lock:
+            runner = self._runner_for(x.shape)
+            outputs = runner.run(x)
+        return outputs[0] if len(outputs) == 1 and self.output_names != ["output0"] else outputs
+
+    def export(self, path: PathLike, input_shape: Optional[Sequence[int]] = None) -> Path:
+        """Write the optimised graph for ``input_shape`` (default: the compile shape) to ``path``."""
+        shape = tuple(input_shape or self.input_shape or ())
+        if not shape:
+            raise ValueError("export needs an input_shape (none was given to compile)")
+        if self.model is None:
+            raise ValueError("this CompiledModel was loaded from a .mge file; copy that file instead")
+        trace_and_dump(self.model, shape, path, fuse=self.fuse, layout=self._resolved_layout())
+        return Path(path)
+
+    def __repr__(self) -> str:
+        return (f"CompiledModel(threads={self.threads}, algo={self.algo!r}, fuse={self.fuse}, layout={self.layout!r}, "
+                f"shapes={self.cached_shapes})")
+
+    # --- internals ----------------------------------------------------------------------------
+    def _resolved_layout(self) -> str:
+        if self.layout == "auto":
+            self.layout = resolve_layout("auto", self.fuse)
+        return self.layout
+
+    def _resolved_micro_batch(self) -> Optional[int]:
+        if self.micro_batch == "auto":
+            # NCHW has ~20-40 candidate kernels per convolution: profiled at whole shares a first
+            # compile takes minutes, at one image well under a minute (docs/performance.md)
+            self.micro_batch = 1 if self.algo == "profile" and self.layout == "nchw" else None
+        return self.micro_batch
+
+    def _key(self, shape: tuple) -> tuple:
+        return tuple(shape[1:]) if self.dynamic_batch else tuple(shape)
+
+    def _runner_for(self, shape: tuple) -> LiteRunner:
+        key = self._key(shape)
+        runner = self._runners.get(key)
+        if runner is not None:
+            self._runners.move_to_end(key)
+            return runner
+        if self.mge_file is not None and self._runners:  # a .mge has one graph: it cannot be re-traced
+            raise ValueError(f"this .mge was compiled for inputs {next(iter(self._runners))}; got input shape {shape}")
+        runner = self._build(tuple(int(s) for s in shape))
+        self._runners[key] = runner
+        while len(self._runners) > self.max_shapes:
+            dropped = self._runners.popitem(last=False)[1]
+            dropped.close()
+            if self.mge_file is None:  # a traced graph of ours, never the user's file
+                Path(dropped.path).unlink(missing_ok=True)
+        return runner
+
+    def _build(self, shape: tuple) -> LiteRunner:
+        cache_file = self.algo_cache_file
+        existed = bool(cache_file and cache_file.exists())
+        before = cache_file.stat().st_size if existed else None
+        with lite_lock:
+            if cache_file is not None:
+                use_cache_file(cache_file)
+            t0 = time.perf_counter()
+            if self.mge_file is not None:
+                path = self.mge_file
+            else:
+                # the graph file stays while its runner is kept: networks are loaded when first needed
+                if self._graph_dir is None:
+                    self._graph_dir = tempfile.TemporaryDirectory(prefix="megzoo-compile-")
+                path = Path(self._graph_dir.name) / ("graph-" + "x".join(map(str, self._key(shape))) + ".mge")
+                # tracing runs the model eagerly once: with a dynamic batch, one image is enough
+                trace_shape = (1,) + shape[1:] if self.dynamic_batch else shape
+                self.output_names = trace_and_dump(self.model, trace_shape, path, fuse=self.fuse,
+                                                   layout=self._resolved_layout())
+            dumped = time.perf_counter()
+            runner = LiteRunner(path, self.threads, self.algo, cache_file, self.profile_batch, self.split_batch,
+                                self._resolved_micro_batch())
+            runner.networks_for(shape[0])
+            loaded = time.perf_counter()
+            runner.run(np.zeros(shape, dtype=np.float32))  # plan memory, choose algorithms
+            ran = time.perf_counter()
+            if not self.output_names:
+                self.output_names = ["output"] if len(runner.output_names) == 1 else runner.output_names
+        # the cache is rewritten after each compile (entries in any order): same size = nothing added
+        hit = bool(existed and cache_file.exists() and cache_file.stat().st_size == before)
+        self.compile_log.append(CompileInfo(shape, dumped - t0, loaded - dumped, ran - loaded, existed, hit))
+        if self.input_shape is None:
+            self.input_shape = shape
+        return runner
+
+
+def compile(model, input_shape: Optional[Sequence[int]] = None, threads: Optional[int] = None, *,
+            fuse: bool = True, layout: str = "auto", algo: str = "profile", dynamic_batch: bool = True,
+            max_shapes: int = 4, profile_batch: Optional[int] = None, cache_dir: Optional[PathLike] = None,
+            split_batch: bool = True, micro_batch: Union[str, int, None] = "auto") -> CompiledModel:
+    """Compile ``model`` (a ``megengine.module.Module`` taking one (N, C, H, W) tensor) for fast
+    CPU inference; returns a :class:`CompiledModel` to call with numpy batches.
+
+    Args:
+        input_shape: (N, C, H, W) to compile for now; None compiles on the first call. Other batch
+            sizes work on the same graph; another (C, H, W) compiles a new graph.
+        threads: worker threads; default the CPUs this process may use (``os.sched_getaffinity``).
+        fuse: apply MegEngine's inference graph optimisations (BN folding, conv+bias+ReLU fusion).
+        layout: internal convolution layout, ``"auto"`` (:func:`megzoo.inference.best_layout`:
+            NCHW88 on x86 with AVX2 where it passes its probe, else NCHW), ``"nchw88"``,
+            ``"nchw44"`` or ``"nchw"``; inputs/outputs stay NCHW. A layout that failed its probe
+            on this machine raises :class:`~megzoo.inference.LayoutUnavailableError` here.
+        algo: ``"profile"`` (measure the convolution algorithms and keep the fastest, cached in
+            ``$MEGZOO_HOME/algo_cache/``) or ``"heuristic"`` (no measuring: fast to compile, slower to run).
+        dynamic_batch: reuse one graph for every batch size (the graph must not bake the batch
+            size in, as megzoo models do not); False compiles each full shape separately.
+        max_shapes: how many compiled graphs to keep (least recently used dropped first).
+        profile_batch: profile the kernels at this batch size and use the choice for every batch
+            (one profile serves all batch sizes); None profiles each batch size at its own size.
+        cache_dir: directory for the profile cache instead of ``$MEGZOO_HOME/algo_cache``.
+        split_batch: with several threads, run a batch of N >= 2 as ``min(threads, N)`` contiguous
+            shares on single-thread networks at once (weights shared) instead of one network
+            using every thread: 1.5-1.8x the throughput of ResNet-50 at batch 16 on 2 cores.
+            Outputs are the same up to float rounding (kernels may differ per batch size).
+        micro_batch: each Lite network runs its share of a batch this many images at a time, so
+            one kernel profile (per thread count) serves every batch size. ``"auto"``: 1 with the
+            NCHW layout and profiling, where profiling whole shares takes minutes (ResNet-18 at
+            batch 16: 160 s, against 50 s at one image; speed -26% for ResNet-18, +15% for
+            ResNet-50 on 2 Zen 5 cores), else whole shares (None).
+    """
+    return CompiledModel(model, input_shape=input_shape, threads=threads, fuse=fuse, layout=layout, algo=algo,
+                         dynamic_batch=dynamic_batch, max_shapes=max_shapes, profile_batch=profile_batch,
+                         cache_dir=cache_dir, split_batch=split_batch, micro_batch=micro_batch)
+
+
+def load(path: PathLike, threads: Optional[int] = None, *, algo: str = "profile",
+         profile_batch: Optional[int] = None, cache_dir: Optional[PathLike] = None,
+         split_batch: bool = True, micro_batch: Union[str, int, None] = "auto") -> CompiledModel:
+    """Load an exported ``.mge`` (see :func:`megzoo.inference.export`) into a :class:`CompiledModel`
+    run by MegEngine Lite; megzoo's model code is not needed. The batch size may change; the
+    spatial size is the exported one. ``model.metadata`` holds the ``.mge.json`` metadata when
+    present; a file whose metadata names a layout that failed its probe here is refused
+    (:class:`~megzoo.inference.LayoutUnavailableError`). Other arguments as for :func:`compile`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such model file: {path}")
+    meta = read_metadata(path)
+    layout = (meta or {}).get("layout") or "nchw"
+    if layout in LAYOUTS:
+        require_layout(layout)
+    compiled = CompiledModel(mge_file=path, threads=threads, algo=algo, profile_batch=profile_batch,
+                             cache_dir=cache_dir, split_batch=split_batch, max_shapes=1, layout="nchw",
+                             micro_batch=micro_batch)
+    compiled.layout = layout
+    compiled.metadata = meta
+    compiled.output_names = list((meta or {}).get("output_names") or [])
+    shape = (meta or {}).get("input_shape")
+    if shape:
+        compiled._runner_for(tuple(shape))
+    return compiled

@@ -1,0 +1,90 @@
+"""Trace a MegEngine module into a static graph and dump it as a ``.mge`` for MegEngine Lite.
+
+:func:`trace_and_dump` is the one place megzoo turns a module into a graph file: the compiled
+path, ``.mge`` export, the layout probe and the benchmarks all go through it. The layout given
+here is taken as it is; choosing one for this machine is :mod:`megzoo.inference.layouts`' job.
+"""
+import contextlib
+import os
+from typing import List, Sequence, Union
+
+import numpy as np
+
+from ..device import move_tensors, quiet_stderr, using_device
+
+__all__ = ["INPUT_NAME", "LAYOUTS", "TRACE_DEVICE", "trace_and_dump", "output_names"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: the input variable name in every graph megzoo dumps
+INPUT_NAME = "data"
+#: internal convolution layouts MegEngine can convert a graph to (inputs and outputs stay NCHW):
+#: portable NCHW, x86's channel blocks of 8 (AVX2/AVX-512 kernels), ARM's blocks of 4
+LAYOUTS = ("nchw", "nchw88", "nchw44")
+TRACE_DEVICE = "xpux"  #: where graphs are traced (Lite later runs them on the CPU it is given)
+
+
+def output_names(outputs) -> List[str]:
+    """``["output"]`` for one output, ``["output0", "output1", ...]`` for a list or tuple."""
+    if isinstance(outputs, (list, tuple)):
+        return [f"output{i}" for i in range(len(outputs))]
+    return ["output"]
+
+
+@contextlib.contextmanager
+def _on_trace_device(model):
+    """Trace on :data:`TRACE_DEVICE`: MegEngine's dump creates the graph's input there, and the
+    weights, the input and the constants the trace records must share one device (a model built
+    on ``cpux`` fails with "different input comp_nodes"; traced on ``cpu0`` the fusion pass fails).
+    Weights elsewhere are moved there for the trace and moved back afterwards."""
+    import megengine
+
+    with quiet_stderr():  # the first use of xpux probes CUDA and prints "failed to load cuda" lines
+        megengine.tensor(0.0, device=TRACE_DEVICE).numpy()
+    moved = move_tensors(list(model.parameters()) + list(model.buffers()), TRACE_DEVICE)
+    try:
+        with using_device(TRACE_DEVICE):
+            yield
+    finally:
+        for tensor, device in moved:
+            tensor._reset(tensor.to(device))
+
+
+def trace_and_dump(model, input_shape: Sequence[int], file: PathLike, *, fuse: bool = True,
+                   layout: str = "nchw") -> List[str]:
+    """Trace ``model`` (in eval mode; its train/eval state is restored) on a zero input of
+    ``input_shape`` (N, C, H, W) and write the static inference graph to ``file``.
+
+    ``fuse``: MegEngine's inference optimisations (BatchNorm folded into the convolutions,
+    conv + bias + nonlinearity fused, constants folded). ``layout``: one of :data:`LAYOUTS`, the
+    internal layout of the convolutions (needs ``fuse``). Returns the output names
+    (:func:`output_names`)."""
+    import megengine
+    from megengine.jit import trace
+
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout != "nchw" and not fuse:
+        raise ValueError(f"layout {layout!r} needs the graph optimisations (fuse=True)")
+    input_shape = tuple(int(s) for s in input_shape)
+    was_training = model.training
+    model.eval()
+    try:
+        with _on_trace_device(model):
+            names: List[str] = []
+
+            @trace(symbolic=True, capture_as_const=True)
+            def forward(data):
+                out = model(data)
+                names[:] = output_names(out)
+                return out
+
+            forward(megengine.tensor(np.zeros(input_shape, dtype=np.float32)))
+            options = {"enable_fuse_conv_bias_nonlinearity": True} if fuse else {}
+            if layout != "nchw":
+                options[f"enable_{layout}"] = True
+            forward.dump(os.fspath(file), arg_names=[INPUT_NAME], output_names=names,
+                         optimize_for_inference=fuse, **options)
+        return names
+    finally:
+        model.train(was_training)
