@@ -25,7 +25,7 @@ Configurations (``--configs``, comma-separated; ``all`` for every one):
 
 ``--layers`` instead times, for every distinct convolution of the model, the forward pass, the
 data gradient, MegEngine's own weight gradient and each megzoo formulation (ms, one thread),
-which is how ``fast_conv.choose_method`` was set.
+which is how ``fast_conv.AUTO_METHOD`` was chosen.
 
 The machine's load average is printed before and after: on a shared machine, figures taken
 while other processes run are not reliable.
@@ -217,7 +217,7 @@ def layers_worker(arch: str, size: int, batch: int) -> list:
         oh, ow = dyn.shape[2], dyn.shape[3]
         row["blas_data_grad"] = best_ms(lambda: _Host(fast_conv.blas_input_grad(dyn, wn, xs, s, p, d, g)))
         row["blas_forward"] = best_ms(lambda: _Host(fast_conv.blas_conv2d(xn, wn, s, p, d, g, oh, ow)))
-        row["auto_choice"] = fast_conv.choose_method(xs, ws, s, p, d, g)
+        row["auto_choice"] = fast_conv.AUTO_METHOD
         rows.append(row)
     return rows
 

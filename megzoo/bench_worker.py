@@ -1,10 +1,12 @@
-"""One benchmark configuration in a fresh process: ``python PATH/bench_worker.py JSON``.
+"""One benchmark configuration in a fresh process: ``python -m megzoo.bench_worker JSON``, or
+``python PATH/bench_worker.py JSON`` for the ``optimised`` mode.
 
-:mod:`megzoo.benchmark` starts this file by path for each configuration, so peak-memory figures
-do not mix, and reads the one line ``@@RESULT@@{json}`` it prints. It imports only the standard
-library at the top: the ``optimised`` mode is a deployment process that loads
+:mod:`megzoo.benchmark` starts one process per configuration, so peak-memory figures do not mix,
+and reads the one line ``@@RESULT@@{json}`` it prints. This file imports only the standard library
+at the top: the ``optimised`` mode is a deployment process, started by path, that loads
 ``megzoo/inference/lite.py`` by path and runs an exported ``.mge`` without the megzoo package or
-MegEngine's Python runtime; ``eager`` and ``compile`` import megzoo. ``benchmarks/torch_worker.py``
+MegEngine's Python runtime; ``eager`` and ``compile`` run as ``-m megzoo.bench_worker`` and import
+the package (relatively, as everything inside it does). ``benchmarks/torch_worker.py``
 (run by a PyTorch Python without megzoo) loads this file by path for :func:`time_loop` and
 :func:`measure`, so the two sides are timed by the same code.
 
@@ -98,7 +100,8 @@ def run_config(cfg: Dict) -> Dict:
     mode = cfg["mode"]
     if mode == "eager":
         import megengine
-        from megzoo.registry import get_model
+
+        from .registry import get_model
 
         model = get_model(cfg["model"])
         model.eval()
@@ -107,8 +110,8 @@ def run_config(cfg: Dict) -> Dict:
         def fn():
             model(megengine.tensor(x)).numpy()
     elif mode == "compile":
-        from megzoo.inference import compile as compile_model
-        from megzoo.registry import get_model
+        from .inference import compile as compile_model
+        from .registry import get_model
 
         model = get_model(cfg["model"])
         model.eval()

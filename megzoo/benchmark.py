@@ -71,8 +71,10 @@ def run_worker(cfg: dict, timeout: float) -> dict:
     """Run ``cfg`` in a fresh worker process; its result row, or ``{"error": ...}``."""
     env = dict(os.environ)
     env.setdefault("PYTHONWARNINGS", "ignore")
+    # the deployment process runs the file alone; the others import the package
+    cmd = [sys.executable, str(WORKER)] if cfg.get("mode") == "optimised" else [sys.executable, "-m", "megzoo.bench_worker"]
     try:
-        proc = subprocess.run([sys.executable, str(WORKER), json.dumps(cfg)], capture_output=True, text=True,
+        proc = subprocess.run(cmd + [json.dumps(cfg)], capture_output=True, text=True,
                               timeout=timeout, env=env, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}

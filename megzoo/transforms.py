@@ -106,13 +106,11 @@ def resolve_preprocess(spec=None, **overrides) -> Preprocess:
 
 
 def _preprocess_of_name(name: str) -> Preprocess:
-    from .weights import get_weights
+    from .registry import get_model_entry, get_weights
     from .weights.catalog import weights_for
 
     arch = name.partition(".")[0]
     if "." not in name:
-        from .registry import get_model_entry
-
         get_model_entry(arch)  # unknown names -> UnknownModelError with close names
         if not weights_for(arch):
             return Preprocess()

@@ -91,14 +91,22 @@ def require_layout_or_skip(layout: str) -> None:
 
 
 # --- a run that never ends is a run that lands nothing -------------------------------------------
+_stack_file = None
+
+
 def pytest_configure(config):
-    """SIGUSR1 dumps every thread's Python stack to stderr (C-level, so it works while a test is
-    blocked in C holding the GIL): ``.ci/run``'s watchdog sends it before it kills a run."""
+    """SIGUSR1 dumps every thread's Python stack (C-level, so it works while a test is blocked in
+    C holding the GIL): ``.ci/run``'s watchdog sends it before it kills a run, and prints the file
+    ``$MEGZOO_CURRENT_TEST_FILE.stacks`` it goes to (pytest captures file descriptor 2 meanwhile)."""
     import faulthandler
+    import os
     import signal
     import sys
 
-    faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
+    global _stack_file
+    path = os.environ.get("MEGZOO_CURRENT_TEST_FILE")
+    _stack_file = open(path + ".stacks", "w") if path else sys.__stderr__
+    faulthandler.register(signal.SIGUSR1, file=_stack_file, all_threads=True)
 
 
 def pytest_runtest_logstart(nodeid, location):

@@ -20,8 +20,11 @@ def test_watchdog_names_the_hung_test_dumps_stacks_and_kills(tmp_path):
     suite.mkdir()
     (suite / "test_hang.py").write_text(HANGING_TEST)
     # the real hooks of tests/conftest.py (SIGUSR1 stack dump, current-test file)
-    (suite / "conftest.py").write_text(f"import sys\nsys.path.insert(0, {str(TESTS)!r})\n"
-                                       "from conftest import pytest_configure, pytest_runtest_logstart  # noqa: F401\n")
+    (suite / "conftest.py").write_text(
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('megzoo_tests_conftest', {str(TESTS / 'conftest.py')!r})\n"
+        "hooks = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(hooks)\n"
+        "pytest_configure, pytest_runtest_logstart = hooks.pytest_configure, hooks.pytest_runtest_logstart\n")
     env = dict(os.environ, MEGZOO_CI_LIMIT_S="8", MEGZOO_CI_GRACE_S="3")
     start = time.perf_counter()
     proc = subprocess.run(["bash", str(REPO / ".ci" / "run"), str(suite), "-p", "no:cacheprovider", "-o", "timeout=0",

@@ -256,3 +256,28 @@ def test_cli_train(shapes, tmp_path):
     model = megzoo.resnet18(pretrained=str(out / "best.pkl"), num_classes=3)
     assert not model.load_report.reinitialized
     assert main(["train", "--model", "resnet18"]) == 2  # no data: a one-line error
+
+
+def test_train_options_are_generated_from_the_config_fields():
+    """Every TrainConfig field (but the API-only model_kwargs) is a `megzoo train` option whose
+    default is the field's: parsing just --data gives TrainConfig(data=...) exactly; flags reach
+    their fields."""
+    from dataclasses import fields
+
+    from megzoo.cli import build_parser
+    from megzoo.cli.train import config_from_args
+    from megzoo.train import TrainConfig
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--data", "d"])
+    assert config_from_args(args) == TrainConfig(data="d")
+    assert {f.name for f in fields(TrainConfig)} - set(vars(args)) == {"model_kwargs"}
+    args = parser.parse_args(["train", "--data", "d", "--wd", "5e-4", "--freeze", "2", "--no-resume", "--nesterov",
+                              "--crop-scale", "0.5", "1", "--milestones", "3,6", "--pretrained", "default",
+                              "--schedule", "cosine", "--fast-conv", "off"])
+    config = config_from_args(args)
+    assert (config.weight_decay, config.freeze_stages, config.resume, config.nesterov) == (5e-4, 2, False, True)
+    assert (config.crop_scale, config.milestones, config.pretrained) == ((0.5, 1.0), (3, 6), True)
+    assert (config.schedule, config.fast_conv) == ("cosine", "off")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--schedule", "linear"])  # choices come from the recipe

@@ -61,8 +61,8 @@ def cmd_info(args) -> int:
 
 
 def _selected(names):
-    from ..registry import list_models
-    from ..weights import get_weights, weights_for
+    from ..registry import get_weights, list_models
+    from ..weights import weights_for
 
     if names == ["all"]:
         return [w for arch in list_models(pretrained=True) for w in weights_for(arch)]

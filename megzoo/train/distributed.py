@@ -9,7 +9,7 @@ the process group, NCCL); in each process the trainer
   (:func:`allreduce_callback`): gradients are averaged over ranks during the backward pass;
 * reads its share of every epoch through the samplers' ``world_size``/``rank``;
 * sums evaluation counts over ranks (:func:`all_reduce_sum`);
-* logs and writes files from rank 0 only (:func:`is_main`).
+* logs and writes files from rank 0 only (``rank() == 0``; the trainer's ``main``).
 
 With one process none of this runs: the same code path, with ``world_size() == 1``.
 """
@@ -17,8 +17,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-__all__ = ["launch", "rank", "world_size", "is_main", "broadcast_module", "allreduce_callback", "all_reduce_sum",
-           "barrier"]
+__all__ = ["launch", "rank", "world_size", "broadcast_module", "allreduce_callback", "all_reduce_sum"]
 
 
 def _dist():
@@ -35,11 +34,6 @@ def world_size() -> int:
 def rank() -> int:
     dist = _dist()
     return dist.get_rank() if dist.is_distributed() else 0
-
-
-def is_main() -> bool:
-    """True in the process that logs and writes files (rank 0, or the only process)."""
-    return rank() == 0
 
 
 def broadcast_module(module) -> None:
@@ -65,11 +59,6 @@ def all_reduce_sum(values: List[float]) -> List[float]:
 
     total = F.distributed.all_reduce_sum(megengine.Tensor(np.asarray(values, dtype=np.float32)))
     return [float(v) for v in total.numpy()]
-
-
-def barrier() -> None:
-    if world_size() > 1:
-        _dist().group_barrier()
 
 
 def launch(fn: Callable, gpus: int, *args, **kwargs) -> list:

@@ -29,8 +29,8 @@ dY[n, o, a, b] * Xpad[n, c, a * stride + i * dilation, b * stride + j * dilation
   (N*OH*OW, C*KH*KW) and one matrix product;
 * ``"native"``: MegEngine's own gradient (the module is left as it is).
 
-``"auto"`` (the default) picks per convolution shape (:func:`choose_method`): ``"blas"``, the
-fastest for every ResNet shape measured (``benchmarks/bench_training.py --layers``).
+``"auto"`` (the default) is :data:`AUTO_METHOD`, ``"blas"``: the fastest for every ResNet
+convolution shape measured (``benchmarks/bench_training.py --layers``), so no per-shape choice.
 
 ``forward="blas"`` (opt-in for :func:`enable`; ``megzoo train``'s default on CPU) also computes
 the *training* forward pass by im2col + BLAS: outputs equal to float rounding rather than bit for
@@ -58,9 +58,12 @@ from ..device import is_cpu_device
 from ..host import usable_cpus
 
 __all__ = ["METHODS", "FORWARDS", "enable", "disable", "fast_conv", "is_enabled", "conv2d", "conv2d_weight_grad",
-           "conv2d_input_grad", "choose_method", "is_cpu_device", "blas_conv2d", "blas_input_grad", "blas_weight_grad"]
+           "conv2d_input_grad", "AUTO_METHOD", "is_cpu_device", "blas_conv2d", "blas_input_grad", "blas_weight_grad"]
 
 #: backward formulations (see the module docstring); "auto" chooses per shape
+#: what ``method="auto"`` means: the fastest formulation for every ResNet shape measured on a
+#: 2-core x86 CPU with MegEngine 1.13 (``benchmarks/bench_training.py --layers``)
+AUTO_METHOD = "blas"
 METHODS = ("auto", "blas", "swap", "gemm", "im2col", "native")
 #: how the training forward pass is computed: MegEngine's operator (bit-identical) or NumPy's BLAS
 FORWARDS = ("native", "blas")
@@ -316,12 +319,6 @@ _WEIGHT_GRADS = {"swap": _weight_grad_swap, "gemm": _weight_grad_gemm, "im2col":
                  "blas": _weight_grad_blas}
 
 
-def choose_method(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups: int = 1) -> str:
-    """The formulation ``"auto"`` uses for one convolution (measured on a 2-core x86 CPU with
-    MegEngine 1.13; see ``benchmarks/bench_training.py --layers``)."""
-    return "blas"
-
-
 def conv2d_weight_grad(x: Tensor, dy: Tensor, weight_shape, stride=1, padding=0, dilation=1, groups: int = 1,
                        method: str = "auto") -> Tensor:
     """Gradient of ``conv2d(x, weight, ...)`` with respect to ``weight`` (of ``weight_shape``:
@@ -329,7 +326,7 @@ def conv2d_weight_grad(x: Tensor, dy: Tensor, weight_shape, stride=1, padding=0,
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     weight_shape = tuple(int(s) for s in weight_shape)
     if method == "auto":
-        method = choose_method(tuple(x.shape), weight_shape, stride, padding, dilation, groups)
+        method = AUTO_METHOD
     if method not in _WEIGHT_GRADS:
         raise ValueError(f"method must be one of {', '.join(m for m in METHODS if m != 'native')}, got {method!r}")
     return _WEIGHT_GRADS[method](x, dy, weight_shape, stride, padding, dilation, groups)
@@ -413,7 +410,7 @@ def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1, p
     if not (need_x or need_w or need_b) or method == "native":
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     if method == "auto":
-        method = choose_method(tuple(x.shape), tuple(weight.shape), stride, padding, dilation, groups)
+        method = AUTO_METHOD
     fn = _Conv2dFunction(stride, padding, dilation, groups, method, need_x, need_w, forward)
     if bias is None:
         return fn(x, weight)

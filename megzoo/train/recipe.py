@@ -10,12 +10,12 @@ over GPUs and multiplies the weight decay by the number of GPUs; megzoo averages
 multiplies the learning rate by the number of GPUs instead, which is the same update.
 """
 import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Optional, Tuple, Union
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, List, Optional, Tuple, Union
 
 from ..weights.catalog import WEIGHTS
 
-__all__ = ["TrainConfig", "REFERENCE_TOP1", "imagenet_recipe", "learning_rate"]
+__all__ = ["TrainConfig", "REFERENCE_TOP1", "imagenet_recipe", "learning_rate", "config_fields", "FieldDoc"]
 
 #: top-1 accuracy (%) on ImageNet-1k val of MegEngine's reference training of each architecture
 #: (MegEngine/Models, official/vision/classification/resnet), the target of the recipe: read from
@@ -36,54 +36,54 @@ class TrainConfig:
     """
 
     # -- model
-    model: str = "resnet50"  #: registered model name
-    num_classes: Optional[int] = None  #: default: the number of class folders
-    pretrained: Union[bool, str, None] = None  #: True, a weight tag, or a path/URL (``pretrained=``)
-    freeze_stages: Optional[int] = None  #: freeze the stem and the first N stages (None: nothing)
+    model: str = "resnet50"  #: registered model name (`megzoo list`)
+    num_classes: Optional[int] = None  #: classifier outputs (default: the number of class folders)
+    pretrained: Union[bool, str, None] = None  #: start from weights: True/'default', a tag (`megzoo info MODEL`), or a .pkl/.pth path or URL; the classifier is re-initialised when the number of classes differs
+    freeze_stages: Optional[int] = None  #: freeze the stem and the first N stages, their BatchNorm in inference mode (default: nothing)
     backbone_lr_mult: float = 1.0  #: backbone learning rate = this x the head's (fine-tuning: 0.1)
-    model_kwargs: dict = field(default_factory=dict)  #: more builder keywords (e.g. drop_rate)
+    model_kwargs: dict = field(default_factory=dict)  #: more builder keywords (e.g. drop_rate); API only
 
     # -- data
-    data: Optional[str] = None
-    train_dir: Optional[str] = None
-    val_dir: Optional[str] = None
-    val_split: float = 0.0  #: fraction held out when ``data`` has no train/val folders
-    input_size: int = 224
-    resize_size: Optional[int] = None  #: evaluation resize (default: input_size / 0.875)
-    crop_scale: Tuple[float, float] = (0.08, 1.0)  #: RandomResizedCrop area range
+    data: Optional[str] = None  #: folder with train/ and val/ (or class folders, with val_split)
+    train_dir: Optional[str] = None  #: training folder (instead of data)
+    val_dir: Optional[str] = None  #: validation folder
+    val_split: float = 0.0  #: hold out this fraction of each class when there is no validation folder
+    input_size: int = 224  #: training crop (px)
+    resize_size: Optional[int] = None  #: evaluation resize before the centre crop (px; default input_size / 0.875)
+    crop_scale: Tuple[float, float] = (0.08, 1.0)  #: RandomResizedCrop area range (min, max)
     hflip: float = 0.5  #: horizontal flip probability (0 for digits, text ...)
-    color_jitter: Optional[float] = None  #: default: 0.4 for models bigger than ResNet-34, else 0
+    color_jitter: Optional[float] = None  #: brightness/contrast/saturation jitter (default 0.4 above ResNet-34, else 0)
     workers: int = 2  #: DataLoader worker processes (0: load in the training process)
-    eval_batch_size: int = 100
+    eval_batch_size: int = 100  #: batch size of the validation passes
 
     # -- optimisation
-    epochs: int = 90
-    batch_size: int = 64  #: per worker (GPU or CPU process)
-    lr: float = 0.025  #: per worker; the run uses lr x number of workers
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
+    epochs: int = 90  #: training epochs
+    batch_size: int = 64  #: per worker process (GPU or CPU)
+    lr: float = 0.025  #: learning rate per worker; the run uses lr x number of workers
+    momentum: float = 0.9  #: SGD momentum
+    nesterov: bool = False  #: Nesterov momentum
+    weight_decay: float = 1e-4  #: L2 weight decay
     no_bn_decay: bool = False  #: exempt BatchNorm weights/biases and all biases from weight decay
-    schedule: str = "step"  #: "step" or "cosine"
-    milestones: Tuple[int, ...] = (30, 60, 80)  #: epochs of the step schedule
+    schedule: str = "step"  #: learning-rate schedule after the warm-up
+    milestones: Tuple[int, ...] = (30, 60, 80)  #: epochs of the x gamma steps of the step schedule
     gamma: float = 0.1  #: step schedule factor
-    warmup_epochs: float = 5.0  #: linear warm-up from 0 (may be fractional, 0: none)
+    warmup_epochs: float = 5.0  #: linear warm-up from 0 (epochs, may be fractional; 0: none)
     min_lr: float = 0.0  #: floor of the cosine schedule (absolute, after scaling)
-    label_smoothing: float = 0.0
-    steps_per_epoch: Optional[int] = None  #: cap (smoke tests, benchmarks); default: the whole data
+    label_smoothing: float = 0.0  #: label smoothing epsilon of the cross-entropy
+    steps_per_epoch: Optional[int] = None  #: cap the steps of an epoch (smoke tests, benchmarks; default: the whole data)
 
     # -- run
     output: str = "runs/train"  #: run folder: checkpoints, log, history, plot, best model
-    resume: bool = True  #: continue from ``output/last.pkl`` when it exists
-    seed: int = 0
-    device: Optional[str] = None  #: "cpu", "gpu", a MegEngine name; default GPU if any, else CPU
-    gpus: int = 1  #: processes (GPUs) for distributed training
-    fast_conv: str = "auto"  #: CPU convolution backward: auto (= blas), blas, swap, gemm, im2col, off
-    fast_conv_forward: str = "blas"  #: CPU training forward: blas (fast, equal to rounding) or native (MegEngine's)
-    cpu_threads: Optional[int] = None  #: CPU threads (multithread comp node); default: all cores
-    dtr: bool = False  #: dynamic tensor rematerialisation (less memory, more compute)
-    dtr_threshold: Optional[str] = None  #: DTR eviction threshold, e.g. "4GB"
-    eval_every: int = 1  #: epochs between evaluations (the last epoch is always evaluated)
+    resume: bool = True  #: continue from output/last.pkl when it exists (off: start afresh, overwriting it)
+    seed: int = 0  #: seed of every random generator of the run
+    device: Optional[str] = None  #: cpu, gpu, or a MegEngine device name (default: a GPU if usable, else the CPU)
+    gpus: int = 1  #: GPUs (processes) for distributed training
+    fast_conv: str = "auto"  #: CPU convolution backward formulation (auto = blas; off: MegEngine's own)
+    fast_conv_forward: str = "blas"  #: CPU training forward of the convolutions: blas (several times faster on small maps, equal to float rounding) or native (MegEngine's operator, bit for bit); evaluation always uses MegEngine's operator
+    cpu_threads: Optional[int] = None  #: CPU threads (a multithread comp node; default: all usable cores)
+    dtr: bool = False  #: dynamic tensor rematerialisation: trade compute for memory (big models/batches on a GPU)
+    dtr_threshold: Optional[str] = None  #: DTR eviction threshold, e.g. 4GB
+    eval_every: int = 1  #: evaluate every N epochs (the last epoch is always evaluated)
     progress: bool = True  #: tqdm progress bars (on a terminal; never in a log file)
     plot: bool = True  #: write curves.png at the end
     log_every: int = 0  #: also log every N steps (0: per epoch only)
@@ -148,6 +148,51 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config key(s): {', '.join(sorted(unknown))}")
         return cls(**values)
+
+
+#: allowed values of the fields that take one of a few words
+FIELD_CHOICES = {"schedule": SCHEDULES}
+
+
+@dataclass(frozen=True)
+class FieldDoc:
+    """One :class:`TrainConfig` field as its source states it: name, type, default, the ``#:``
+    comment and the ``# -- group`` it stands in (``megzoo train`` builds its options from these)."""
+
+    name: str
+    type: Any
+    default: Any
+    help: str
+    group: str
+    choices: Optional[Tuple[str, ...]] = None
+
+
+def config_fields() -> List[FieldDoc]:
+    """Every :class:`TrainConfig` field with its comment and group, in source order."""
+    import inspect
+    import re
+    import typing
+
+    from .fast_conv import FORWARDS, METHODS
+
+    choices = dict(FIELD_CHOICES, fast_conv=METHODS + ("off",), fast_conv_forward=FORWARDS)
+    comments, groups, group = {}, {}, ""
+    for line in inspect.getsource(TrainConfig).splitlines():
+        heading = re.match(r"\s+# -- (\w+)", line)
+        if heading:
+            group = heading.group(1)
+            continue
+        match = re.match(r"\s{4}(\w+): [^#]*?(?:#: (.*))?$", line)
+        if match:
+            comments[match.group(1)] = (match.group(2) or "").strip()
+            groups[match.group(1)] = group
+    hints = typing.get_type_hints(TrainConfig)
+    docs = []
+    for f in fields(TrainConfig):
+        default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+        docs.append(FieldDoc(f.name, hints[f.name], default, comments.get(f.name, ""), groups.get(f.name, ""),
+                             choices.get(f.name)))
+    return docs
 
 
 def imagenet_recipe(model: str, data: Optional[str] = None, **overrides) -> TrainConfig:

@@ -27,7 +27,12 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, List, Optional
 
+import megengine
+import megengine.functional as F
+import megengine.module as M
+import megengine.optimizer as optim
 import numpy as np
+from megengine.autodiff import GradManager
 
 from . import checkpoint as ckpt
 from .data import FolderData, build_folder_data, eval_loader, seed_epoch, train_loader
@@ -36,6 +41,7 @@ from .fast_conv import enable as enable_fast_conv
 from ..device import is_cpu_device, move_tensors, select_device
 from ..host import atomic_write_text, usable_cpus
 from ..metrics import log_softmax, topk_correct
+from ..transforms import eval_transform, train_transform
 from .recipe import TrainConfig, learning_rate
 
 __all__ = ["Trainer", "TrainResult", "train", "setup_device", "move_module", "param_groups", "HISTORY", "CURVES",
@@ -50,7 +56,6 @@ CONFIG = "config.json"
 @dataclass
 class TrainResult:
     """What :func:`train` returns (accuracies are fractions in [0, 1])."""
-
     output: str  #: the run folder
     epochs: int  #: epochs completed (including those of earlier, resumed runs)
     best_top1: Optional[float]  #: best validation top-1 (None without validation data)
@@ -72,8 +77,6 @@ def setup_device(device: Optional[str] = None, cpu_threads: Optional[int] = None
     MegEngine's ``multithread<T>:0`` device is used with ``cpu_threads`` threads (default: the
     cores this process may use), which runs each operator on several cores. An explicit
     ``cpu0``/``multithread...`` name is kept as given."""
-    import megengine
-
     name = select_device(device)
     explicit = (device or os.environ.get("MEGZOO_DEVICE") or "").strip().lower()
     if name == "cpux" and explicit in ("", "cpu", "cpux"):
@@ -90,7 +93,6 @@ def move_module(module, device: Optional[str] = None) -> int:
 
 
 def _is_norm(module) -> bool:
-    import megengine.module as M
 
     return isinstance(module, (M.BatchNorm1d, M.BatchNorm2d, M.GroupNorm, M.LayerNorm, M.InstanceNorm))
 
@@ -166,12 +168,7 @@ class Trainer:
     ``trainable_parameters()`` and ``get_classifier()`` (as megzoo models do); ``config.model``
     then only names it.
     """
-
     def __init__(self, config: TrainConfig, module=None, data: Optional[FolderData] = None):
-        import megengine
-        import megengine.optimizer as optim
-        from megengine.autodiff import GradManager
-
         self.config = config
         self.rank, self.world = rank(), world_size()
         self.main = self.rank == 0
@@ -179,6 +176,26 @@ class Trainer:
         if self.main:
             os.makedirs(self.output, exist_ok=True)
         self._log_file = os.path.join(self.output, LOG)
+        self._setup_device_and_seeds()
+        self._setup_data(data)
+        last = os.path.join(self.output, ckpt.LAST)
+        self.resume_state = ckpt.load_training_state(last) if config.resume and os.path.isfile(last) else None
+        self._setup_model(module)
+        self._setup_optimizer()
+        self._setup_loaders()
+        self.epoch = 0  # epochs completed
+        self.step = 0
+        self.best_top1: Optional[float] = None
+        self.best_epoch: Optional[int] = None
+        self.history: List[dict] = []
+        if self.resume_state is not None:
+            self._restore(self.resume_state, last)
+        self.resume_state = None
+
+    # -- construction -------------------------------------------------------------------------
+    def _setup_device_and_seeds(self) -> None:
+        """The device (a distributed launcher has chosen it already), DTR if asked, the seeds."""
+        config = self.config
         if self.world > 1:  # the launcher has set this process's GPU
             self.device = megengine.get_default_device()
         else:
@@ -195,15 +212,20 @@ class Trainer:
         megengine.random.seed(config.seed)
         np.random.seed(config.seed)
 
+    def _setup_data(self, data: Optional[FolderData]) -> None:
+        """The image folders (given, or read from the config) and the class list."""
+        config = self.config
         self.data = data if data is not None else build_folder_data(config.data, config.train_dir, config.val_dir,
                                                                      config.val_split, config.seed)
         self.classes = list(self.data.classes)
         self.num_classes = config.num_classes or len(self.classes)
         if len(self.classes) > self.num_classes:
             raise ValueError(f"the data has {len(self.classes)} classes but num_classes={self.num_classes}")
-        last = os.path.join(self.output, ckpt.LAST)
-        self.resume_state = ckpt.load_training_state(last) if config.resume and os.path.isfile(last) else None
 
+    def _setup_model(self, module) -> None:
+        """The model (given or built) on the device, frozen stages, the fast CPU convolutions,
+        the same initial weights on every process."""
+        config = self.config
         self.model = module if module is not None else self._build_model()
         move_module(self.model)  # a module built before the device was chosen
         if config.freeze_stages is not None:
@@ -216,6 +238,9 @@ class Trainer:
                 self.fast_conv = config.fast_conv + (", BLAS forward" if config.fast_conv_forward == "blas" else "")
         broadcast_module(self.model)
 
+    def _setup_optimizer(self) -> None:
+        """Parameter groups, the gradient manager (all-reduced over processes) and SGD."""
+        config = self.config
         self.groups = param_groups(self.model, config)
         self.params = [p for g in self.groups for p in g["params"]]
         callback = allreduce_callback()
@@ -223,10 +248,11 @@ class Trainer:
         self.optimizer = optim.SGD(self.groups, lr=config.lr * self.world, momentum=config.momentum,
                                    nesterov=config.nesterov, weight_decay=config.weight_decay)
 
+    def _setup_loaders(self) -> None:
+        """Preprocessing (the weights' normalisation), transforms and the data loaders."""
+        config = self.config
         self.preprocess = self._preprocess(self.resume_state)
         p = self.preprocess
-        from ..transforms import eval_transform, train_transform
-
         self.train_transform = train_transform(config.input_size, scale=config.crop_scale, hflip=config.hflip,
                                                color_jitter=config.color_jitter, mean=p.mean, std=p.std,
                                                color_order=p.color_order, interpolation=p.interpolation)
@@ -241,16 +267,6 @@ class Trainer:
         if config.steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, config.steps_per_epoch)
 
-        self.epoch = 0  # epochs completed
-        self.step = 0
-        self.best_top1: Optional[float] = None
-        self.best_epoch: Optional[int] = None
-        self.history: List[dict] = []
-        if self.resume_state is not None:
-            self._restore(self.resume_state, last)
-        self.resume_state = None
-
-    # -- construction -------------------------------------------------------------------------
     def _build_model(self):
         from ..registry import get_model
 
@@ -348,9 +364,6 @@ class Trainer:
 
     def train_step(self, image: np.ndarray, label: np.ndarray):
         """One optimisation step; returns (loss, logits) as numpy."""
-        import megengine
-        import megengine.functional as F
-
         x = megengine.Tensor(image, dtype="float32")
         y = megengine.Tensor(label, dtype="int32")
         with self.gm:
@@ -404,7 +417,6 @@ class Trainer:
 
     def evaluate(self, loader=None) -> Dict[str, float]:
         """Loss, top-1 and top-5 (fractions) over the validation data (all ranks)."""
-        import megengine
         from tqdm import tqdm
 
         loader = loader or self.val_loader
