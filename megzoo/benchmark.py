@@ -16,6 +16,7 @@ from typing import Callable, Dict, Optional, Sequence
 from .bench_worker import RESULT_MARK
 from .host import cpu_info
 from .inference.layouts import resolve_layout
+from .registry import get_model_entry
 
 __all__ = ["RESULT_KEYS", "MODES", "run_benchmark", "format_table", "cpu_peak_gflops", "run_worker", "parse_micro_batch"]
 
@@ -94,7 +95,6 @@ def run_benchmark(models: Sequence[str], batches: Sequence[int], *, threads: int
     """Run the benchmark; returns ``{"machine": {...}, "results": [row, ...], "compile": [...]}``
     with rows of :data:`RESULT_KEYS`. A ``layout`` that failed its probe on this machine raises
     :class:`~megzoo.inference.LayoutUnavailableError` before anything runs."""
-    from .registry import get_model_entry
 
     say = log or (lambda msg: None)
     bad = set(modes) - set(MODES)

@@ -26,8 +26,10 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .data import imagenet1k_wnids
 from .images import is_image_file
 from .metrics import topk_correct
+from .predict import Classifier
 
 __all__ = ["EvalResult", "find_samples", "evaluate", "LABEL_MODES", "spread_indices"]
 
@@ -67,8 +69,6 @@ def _class_dirs(root: str) -> List[str]:
 
 
 def _label_map(root: str, names: List[str], labels: str, num_classes: int) -> Tuple[str, Dict[str, int]]:
-    from .data import imagenet1k_wnids
-
     if labels not in LABEL_MODES:
         raise ValueError(f"labels must be one of {', '.join(LABEL_MODES)}, got {labels!r}")
     wnids = {wnid: i for i, wnid in enumerate(imagenet1k_wnids())}
@@ -144,8 +144,6 @@ def evaluate(data, model="resnet50", weights=None, *, batch_size: int = 32, work
     :mod:`megzoo.predict`; ``auto`` compiles on the CPU for 12 images or more); ``progress`` shows a tqdm bar with images/s on stderr;
     ``classifier`` reuses a :class:`megzoo.Classifier` instead of building one."""
     from tqdm import tqdm
-
-    from .predict import Classifier
 
     owned = classifier is None
     if owned:

@@ -13,6 +13,7 @@
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
+from .data import imagenet1k_categories
 from .registry import get_model, get_model_entry, get_weights, list_models
 from .weights import pretrained_value
 from .weights.errors import UnsafeCheckpointError, WeightsError
@@ -91,7 +92,5 @@ def model_from_source(source: str, *, weights: Optional[str] = None, arch: Optio
         meta.update(weights=registered.name, color_order=pre.color_order, mean=list(pre.mean), std=list(pre.std),
                     resize_size=pre.resize_size, input_size=pre.input_size, interpolation=pre.interpolation)
     if getattr(model, "num_classes", None) == 1000:
-        from .data import imagenet1k_categories
-
         meta["class_names"] = imagenet1k_categories()
     return model, meta

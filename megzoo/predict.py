@@ -24,10 +24,15 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
+from .data import imagenet1k_categories, imagenet1k_wnids
+from .device import is_cpu_device, quiet_device, using_device
 from .images import describe_source
+from .inference import compile as compile_model
 from .metrics import softmax
+from .registry import get_model
 from .train.checkpoint import read_weights_metadata as checkpoint_metadata
 from .transforms import EvalPreprocessor, as_image_list, resolve_preprocess
+from .weights.errors import WeightsError
 
 __all__ = ["Runner", "eager_runner", "compiled_runner", "checkpoint_metadata", "ClassScore", "Prediction", "Classifier", "predict",
            "softmax", "class_names", "BACKENDS", "AUTO_COMPILE_MIN_IMAGES"]
@@ -60,7 +65,6 @@ def eager_runner(model) -> Runner:
 def compiled_runner(model, threads: Optional[int] = None) -> Runner:
     """A runner on :func:`megzoo.compile` of ``model`` (compiled at its first batch; later batch
     sizes reuse the graph). ``threads``: default the CPUs this process may use."""
-    from .inference import compile as compile_model
 
     compiled = compile_model(model, threads=threads)
 
@@ -72,8 +76,6 @@ def compiled_runner(model, threads: Optional[int] = None) -> Runner:
 
 
 def _on_cpu(model) -> bool:
-    from .device import is_cpu_device
-
     first = next(iter(model.parameters()), None)
     return first is None or is_cpu_device(first.device)
 
@@ -81,8 +83,6 @@ def _on_cpu(model) -> bool:
 def class_names(num_classes: int):
     """(names, wnids) for ``num_classes`` outputs: ImageNet-1k's for 1000, else ``"class N"`` and None."""
     if num_classes == 1000:
-        from .data import imagenet1k_categories, imagenet1k_wnids
-
         return imagenet1k_categories(), imagenet1k_wnids()
     return [f"class {i}" for i in range(num_classes)], None
 
@@ -159,8 +159,6 @@ class Classifier:
             if categories is None and classes and len(classes) == num_classes:
                 categories = classes
         if isinstance(model, str):
-            from .device import quiet_device, using_device
-
             with using_device(quiet_device(device)):
                 self.model = _build(model, weights, num_classes, progress)
         else:
@@ -265,9 +263,6 @@ class Classifier:
 
 
 def _build(name: str, weights, num_classes: Optional[int], progress: bool):
-    from .registry import get_model
-    from .weights.errors import WeightsError
-
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     pretrained = True if weights is None else weights
     model = get_model(name, pretrained=pretrained, progress=progress, **kwargs)

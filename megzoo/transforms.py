@@ -29,7 +29,8 @@ import numpy as np
 
 from .host import usable_cpus
 from .images import ImageSource, describe_source, read_image
-from .weights.catalog import MEAN_BGR, STD_BGR, Preprocess, Weights
+from .registry import get_model_entry, get_weights
+from .weights.catalog import MEAN_BGR, STD_BGR, WEIGHTS, Preprocess, Weights, weights_for
 
 __all__ = ["INTERPOLATIONS", "interpolation_flag", "resolve_preprocess", "train_transform", "eval_transform",
            "resized_shape", "center_crop_offsets", "EvalPreprocessor", "SwapRB", "default_workers", "as_image_list"]
@@ -106,9 +107,6 @@ def resolve_preprocess(spec=None, **overrides) -> Preprocess:
 
 
 def _preprocess_of_name(name: str) -> Preprocess:
-    from .registry import get_model_entry, get_weights
-    from .weights.catalog import weights_for
-
     arch = name.partition(".")[0]
     if "." not in name:
         get_model_entry(arch)  # unknown names -> UnknownModelError with close names
@@ -118,8 +116,6 @@ def _preprocess_of_name(name: str) -> Preprocess:
 
 
 def _preprocess_of_model(model) -> Preprocess:
-    from .weights.catalog import WEIGHTS
-
     report = getattr(model, "load_report", None)
     source = getattr(report, "source", None)
     if isinstance(source, str) and source in WEIGHTS:

@@ -14,6 +14,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, List, Optional, Tuple, Union
 
 from ..weights.catalog import WEIGHTS
+from .fast_conv import FORWARDS, METHODS
 
 __all__ = ["TrainConfig", "REFERENCE_TOP1", "imagenet_recipe", "learning_rate", "config_fields", "FieldDoc"]
 
@@ -126,7 +127,6 @@ class TrainConfig:
             raise ValueError(f"crop_scale must be (min, max) with 0 < min <= max <= 1, got {self.crop_scale!r}")
         if self.nesterov and self.momentum <= 0:
             raise ValueError("nesterov needs momentum > 0")
-        from .fast_conv import FORWARDS, METHODS
 
         if self.fast_conv not in METHODS + ("off",):
             raise ValueError(f"fast_conv must be one of {', '.join(METHODS + ('off',))}, got {self.fast_conv!r}")
@@ -172,8 +172,6 @@ def config_fields() -> List[FieldDoc]:
     import inspect
     import re
     import typing
-
-    from .fast_conv import FORWARDS, METHODS
 
     choices = dict(FIELD_CHOICES, fast_conv=METHODS + ("off",), fast_conv_forward=FORWARDS)
     comments, groups, group = {}, {}, ""

@@ -34,14 +34,15 @@ import megengine.optimizer as optim
 import numpy as np
 from megengine.autodiff import GradManager
 
+from ..device import is_cpu_device, move_tensors, select_device
+from ..host import atomic_write_text, usable_cpus
+from ..metrics import log_softmax, topk_correct
+from ..registry import get_model
+from ..transforms import eval_transform, resolve_preprocess, train_transform
 from . import checkpoint as ckpt
 from .data import FolderData, build_folder_data, eval_loader, seed_epoch, train_loader
 from .distributed import all_reduce_sum, allreduce_callback, broadcast_module, launch, rank, world_size
 from .fast_conv import enable as enable_fast_conv
-from ..device import is_cpu_device, move_tensors, select_device
-from ..host import atomic_write_text, usable_cpus
-from ..metrics import log_softmax, topk_correct
-from ..transforms import eval_transform, train_transform
 from .recipe import TrainConfig, learning_rate
 
 __all__ = ["Trainer", "TrainResult", "train", "setup_device", "move_module", "param_groups", "HISTORY", "CURVES",
@@ -93,7 +94,6 @@ def move_module(module, device: Optional[str] = None) -> int:
 
 
 def _is_norm(module) -> bool:
-
     return isinstance(module, (M.BatchNorm1d, M.BatchNorm2d, M.GroupNorm, M.LayerNorm, M.InstanceNorm))
 
 
@@ -268,8 +268,6 @@ class Trainer:
             self.steps_per_epoch = min(self.steps_per_epoch, config.steps_per_epoch)
 
     def _build_model(self):
-        from ..registry import get_model
-
         config = self.config
         pretrained = config.pretrained
         if self.resume_state is not None or pretrained in (None, False, ""):
@@ -283,7 +281,6 @@ class Trainer:
     def _preprocess(self, state: Optional[dict]):
         """The weights' normalisation (a resumed run keeps the one it started with), at the
         configured sizes."""
-        from ..transforms import resolve_preprocess
 
         if state is not None and state.get("preprocess"):
             saved = dict(state["preprocess"])

@@ -14,9 +14,12 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
+from .cache import evict
 from .catalog import WEIGHTS, Preprocess, Weights, default_weights, find_weights, weights_for
 from .convert import ArchitectureMismatchError, LoadReport, detect_layout, load_into, to_megzoo_layout
-from .errors import WeightsError
+from .download import fetch
+from .errors import CorruptCheckpointError, UnsafeCheckpointError, WeightsError
+from .serialization import extract_state_dict, load_checkpoint
 
 __all__ = ["load_pretrained", "resolve_weights", "list_weights", "fetch_weights",
            "Weights", "Preprocess", "LoadReport", "WEIGHTS", "WeightsError", "ArchitectureMismatchError",
@@ -81,7 +84,6 @@ def _url_filename(url: str) -> str:
 def fetch_weights(source: Union[Weights, str], progress: bool = True) -> Path:
     """Download (or find in the cache) a registered weight or URL; returns the verified local file.
     A torchvision weight is checked against the sha256 prefix its file name carries."""
-    from .download import fetch
 
     if isinstance(source, Weights):
         return fetch(list(source.urls), source.filename, sha256=source.sha256 or source.sha256_prefix,
@@ -90,8 +92,6 @@ def fetch_weights(source: Union[Weights, str], progress: bool = True) -> Path:
 
 
 def _read_state_dict(path: Path):
-    from .serialization import extract_state_dict, load_checkpoint
-
     return extract_state_dict(load_checkpoint(path))
 
 
@@ -110,7 +110,6 @@ def _load_file(model, path: Path, source: str, layout: Optional[str]) -> LoadRep
 
 def load_pretrained(model, arch: str, pretrained, progress: bool = True) -> LoadReport:
     """Load ``pretrained`` (see module docstring) into ``model`` (built as ``arch``) and return the report."""
-    from .errors import CorruptCheckpointError, UnsafeCheckpointError
 
     source = resolve_weights(arch, pretrained)
     if isinstance(source, Path):
@@ -122,12 +121,10 @@ def load_pretrained(model, arch: str, pretrained, progress: bool = True) -> Load
         try:
             return _load_file(model, path, label, layout)
         except UnsafeCheckpointError:
-            from .cache import evict
 
             evict(path, "it contains code or objects a checkpoint must not have")
             raise
         except (CorruptCheckpointError, ArchitectureMismatchError) as exc:
-            from .cache import evict
 
             evict(path, str(exc))
             if attempt == 2:
