@@ -4,7 +4,7 @@
     model = megzoo.resnet50(pretrained=True)
     megzoo.list_models("resnet*", pretrained=True)
 """
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 from . import init  # noqa: F401
 from .models import *  # noqa: F401,F403

@@ -2,7 +2,7 @@
 
 Layers, lowest first (a module may import its own layer and the ones below, never above):
 
-0. host helpers: ``host``, ``device``, ``layers``, ``init``, ``images``, ``metrics``, ``data``, ``summary``;
+0. host helpers: ``_version``, ``host``, ``device``, ``layers``, ``init``, ``images``, ``metrics``, ``data``, ``summary``;
 1. ``weights`` (catalogue, downloads, safe reading, generic loading: no model knowledge);
 2. ``models`` and ``registry`` (families own their checkpoint conversions);
 3. the library: ``inference``, ``transforms``, ``predict``, ``evaluate``, ``train``, ``benchmark``,
@@ -22,7 +22,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "megzoo"
 
 LAYERS = {
-    "host": 0, "device": 0, "layers": 0, "init": 0, "images": 0, "metrics": 0, "data": 0, "summary": 0,
+    "_version": 0, "host": 0, "device": 0, "layers": 0, "init": 0, "images": 0, "metrics": 0, "data": 0, "summary": 0,
     "weights": 1,
     "models": 2, "registry": 2,
     "inference": 3, "transforms": 3, "predict": 3, "evaluate": 3, "train": 3, "benchmark": 3, "bench_worker": 3,
@@ -50,6 +50,8 @@ def _imports(path: Path, parts, top_level_only: bool = False):
                 target = base + (node.module.split(".") if node.module else [])
                 names = [target + [a.name] for a in node.names] if not node.module else [target]
                 for name in names:
+                    if not node.module and len(name) == 1 and name[0] not in LAYERS:
+                        name = []  # ``from .. import __version__``: a name of the package itself
                     yield node.lineno, tuple(name)
             elif node.module and node.module.split(".")[0] == "megzoo":
                 yield node.lineno, tuple(node.module.split(".")[1:])

@@ -234,3 +234,23 @@ def test_torchvision_state_dict_converted_gives_torchvision_logits_on_bgr_input(
     expected = logits[arch]
     scale = np.abs(expected).max()
     assert np.abs(out - expected).max() / scale < 1e-4
+
+
+def test_each_family_declares_the_checkpoint_layouts_it_converts():
+    """The generic loader asks the model: ResNets read megengine and torchvision checkpoints,
+    VGGs BaseCls ones too; asking a ResNet for BaseCls names the layouts it does read."""
+    from megzoo.weights.convert import detect_layout
+
+    resnet, vgg = megzoo.resnet18(), megzoo.vgg11()
+    assert resnet.checkpoint_layouts == ("megengine", "torchvision")
+    assert vgg.checkpoint_layouts == ("megengine", "basecls", "torchvision")
+    weight = np.ones((64, 3, 3, 3), np.float32)
+    assert detect_layout({"s1.b1.0.weight": weight}, vgg, is_torch_file=False) == "basecls"
+    assert detect_layout({"s1.b1.0.weight": weight}, vgg, is_torch_file=True) == "torchvision"
+    assert detect_layout({"conv1.weight": weight}, resnet, is_torch_file=False) == "megengine"
+    converted = to_megzoo_layout({"s1.b1.0.weight": weight}, vgg, "basecls")
+    assert converted["s1.b1.0.bias"].shape == (1, 64, 1, 1) and not converted["s1.b1.0.bias"].any()
+    assert to_megzoo_layout({"features.0.weight": weight}, vgg, "torchvision").keys() == {"s1.b1.0.weight"}
+    with pytest.raises(WeightsError, match="resnet18 has no converter for 'basecls' checkpoints; it reads: "
+                                           "megengine, torchvision"):
+        to_megzoo_layout({}, resnet, "basecls")

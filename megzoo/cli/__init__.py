@@ -22,7 +22,7 @@ class CLIError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from .._version import __version__
 
     parser = argparse.ArgumentParser(prog="megzoo", description="Model zoo for MegEngine.")
     parser.add_argument("--version", action="version", version=f"megzoo {__version__}")

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .._version import __version__
 from ..host import atomic_write_text
 from ..weights.catalog import MEAN_BGR, STD_BGR
 from .compiled import CompiledModel, metadata_path
@@ -140,8 +141,6 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
     real image (``image``, else a generated one) preprocessed as the metadata says; above
     ``tolerance`` (max abs difference over the logit scale) :class:`ParityError` is raised and
     nothing is written (an existing file at ``path`` is left as it was)."""
-    from .. import __version__
-
     path = Path(path)
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 4:

@@ -25,6 +25,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from ..host import atomic_write, atomic_write_text
+from ..weights.serialization import load_megengine_pickle
 
 __all__ = ["atomic_save", "load_training_state", "save_weights", "rng_state",
            "set_rng_state", "state_dict_numpy", "optimizer_state_numpy", "read_weights_metadata", "LAST", "BEST",
@@ -93,8 +94,6 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 def load_training_state(path: str) -> dict:
     """Read a ``last.pkl`` written by the trainer (with the safe loader); checks its format."""
-    from ..weights.serialization import load_megengine_pickle
-
     state = load_megengine_pickle(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path}: not a megzoo training checkpoint (no format={FORMAT!r} record); "
