@@ -125,13 +125,15 @@ def run_config(cfg: Dict) -> Dict:
                    first_run_s=info.first_run_s, algo_cache_existed=info.algo_cache_existed,
                    algo_cache_hit=info.algo_cache_hit,
                    algo_cache_file=str(compiled.algo_cache_file) if compiled.algo_cache_file else None,
+                   split_algo_cache_file=str(compiled.split_algo_cache_file) if compiled.split_algo_cache_file else None,
                    peak_rss_mib=peak_rss_mib())
         compiled.export(cfg["mge_path"], shape)
         return out
     elif mode == "optimised":
         lite = load_lite_module()
         runner = lite.LiteRunner(cfg["mge_path"], cfg["threads"], cfg["algo"], cfg.get("algo_cache_file"),
-                                 cfg.get("profile_batch"), cfg.get("split_batch", True), cfg.get("micro_batch"))
+                                 cfg.get("profile_batch"), cfg.get("split_batch", True), cfg.get("micro_batch"),
+                                 cfg.get("split_algo_cache_file"))
         out["threads"] = cfg["threads"]
         out["megengine_imported"] = "megengine" in sys.modules
 

@@ -153,6 +153,7 @@ def _optimised_row(cfg: dict, tmp: Path, cold: bool, compiles: list, timeout: fl
     say(f"{name} batch {batch}: optimised ...")
     return {**cfg, "mode": "optimised", **run_worker(dict(cfg, mode="optimised", mge_path=mge_path,
                                                           algo_cache_file=r.get("algo_cache_file"),
+                                                          split_algo_cache_file=r.get("split_algo_cache_file"),
                                                           micro_batch=r.get("micro_batch")), timeout)}
 
 

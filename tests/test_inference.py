@@ -357,7 +357,8 @@ def test_micro_batch_one_profile_serves_every_batch_size(tmp_path):
     model.eval()
     compiled = compile(model, input_shape=(4, 3, 24, 24), threads=2, layout="nchw", algo="profile")
     assert compiled.micro_batch == 1
-    cache = compiled.algo_cache_file
+    cache = compiled.split_algo_cache_file  # batches >= 2 run on the split networks, with their own cache
+    assert cache.name.endswith("-t1-split.cache") and not compiled.algo_cache_file.exists()
     size = cache.stat().st_size
     whole = compile(model, threads=2, layout="nchw", algo="heuristic", micro_batch=None)
     assert whole.micro_batch is None
@@ -370,6 +371,8 @@ def test_micro_batch_one_profile_serves_every_batch_size(tmp_path):
         if n > 1:  # the single-thread networks: their one-image profile already covers batches 6 and 3
             assert cache.stat().st_size == size
     assert compiled._runners[(3, 24, 24)].batches_seen == {4, 6, 3, 1}
+    # the batch of 1 ran on the 2-thread network, profiled into its own file; the split one is untouched
+    assert compiled.algo_cache_file.is_file() and cache.stat().st_size == size
     with pytest.raises(ValueError, match="micro_batch must be 'auto', None or an int >= 1, got 0"):
         compile(model, micro_batch=0)
     assert compile(model, (2, 3, 24, 24), layout="nchw", algo="heuristic").micro_batch is None

@@ -20,7 +20,7 @@ import numpy as np
 from ..host import machine_tag, megzoo_home, usable_cpus
 from .graph import LAYOUTS, trace_and_dump
 from .layouts import megengine_version, require_layout, resolve_layout
-from .lite import ALGO_POLICIES, LiteRunner, lite_lock, use_cache_file
+from .lite import ALGO_POLICIES, LiteRunner, lite_lock
 
 __all__ = ["compile", "load", "CompiledModel", "CompileInfo", "dump_graph", "default_threads", "algo_cache_dir",
            "algo_cache_file", "metadata_path", "read_metadata"]
@@ -38,12 +38,15 @@ def algo_cache_dir() -> Path:
     return megzoo_home() / "algo_cache"
 
 
-def algo_cache_file(threads: int, cache_dir: Optional[PathLike] = None) -> Path:
+def algo_cache_file(threads: int, cache_dir: Optional[PathLike] = None, split: bool = False) -> Path:
     """The cache file for this machine (:func:`megzoo.host.machine_tag`), MegEngine version and
-    thread count (profiles measured with 1 or 2 threads pick different kernels), in
-    ``cache_dir`` (default :func:`algo_cache_dir`)."""
+    kind of network, in ``cache_dir`` (default :func:`algo_cache_dir`): ``-t<threads>`` for a
+    network using ``threads`` threads with pre-processed weights, ``-t1-split`` for the
+    single-thread split networks (shared, unprocessed weights). Each kind picks other kernels,
+    and MegEngine's cache keys do not tell them apart."""
     folder = Path(cache_dir) if cache_dir is not None else algo_cache_dir()
-    return folder / f"lite-mge{megengine_version()}-{machine_tag()}-t{int(threads)}.cache"
+    kind = "t1-split" if split else f"t{int(threads)}"
+    return folder / f"lite-mge{megengine_version()}-{machine_tag()}-{kind}.cache"
 
 
 def metadata_path(path: PathLike) -> Path:
@@ -149,10 +152,19 @@ class CompiledModel:
     # --- public -----------------------------------------------------------------------------
     @property
     def algo_cache_file(self) -> Optional[Path]:
-        """The persistent profile cache this model reads and writes (None with ``algo="heuristic"``)."""
+        """The persistent profile cache of the all-threads network (batches of 1, or every batch
+        without ``split_batch``); None with ``algo="heuristic"``."""
         if self.algo != "profile":
             return None
         return algo_cache_file(self.threads, self._cache_dir)
+
+    @property
+    def split_algo_cache_file(self) -> Optional[Path]:
+        """The persistent profile cache of the single-thread split networks (batches of 2 or more
+        with several threads); None with ``algo="heuristic"``."""
+        if self.algo != "profile":
+            return None
+        return algo_cache_file(1, self._cache_dir, split=True)
 
     @property
     def cached_shapes(self) -> List[tuple]:
@@ -219,12 +231,11 @@ class CompiledModel:
         return runner
 
     def _build(self, shape: tuple) -> LiteRunner:
-        cache_file = self.algo_cache_file
+        split = self.split_batch and self.threads > 1 and shape[0] >= 2
+        cache_file = self.split_algo_cache_file if split else self.algo_cache_file
         existed = bool(cache_file and cache_file.exists())
         before = cache_file.stat().st_size if existed else None
         with lite_lock:
-            if cache_file is not None:
-                use_cache_file(cache_file)
             t0 = time.perf_counter()
             if self.mge_file is not None:
                 path = self.mge_file
@@ -238,8 +249,8 @@ class CompiledModel:
                 self.output_names = trace_and_dump(self.model, trace_shape, path, fuse=self.fuse,
                                                    layout=self._resolved_layout())
             dumped = time.perf_counter()
-            runner = LiteRunner(path, self.threads, self.algo, cache_file, self.profile_batch, self.split_batch,
-                                self._resolved_micro_batch())
+            runner = LiteRunner(path, self.threads, self.algo, self.algo_cache_file, self.profile_batch,
+                                self.split_batch, self._resolved_micro_batch(), self.split_algo_cache_file)
             runner.networks_for(shape[0])
             loaded = time.perf_counter()
             runner.run(np.zeros(shape, dtype=np.float32))  # plan memory, choose algorithms

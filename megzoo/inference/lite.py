@@ -116,7 +116,11 @@ class LiteRunner:
     (1.6x; ``benchmarks/bench_inference.py``). Each kind of network is loaded from ``path``
     the first time it is needed, so a process running one kind pays for one.
 
-    ``cache_file``: the persistent profile cache (None: profile results stay in memory).
+    ``cache_file``: the persistent profile cache of the all-threads network (None: profile results
+    stay in memory); ``split_cache_file``: the one of the single-thread split networks (default
+    ``cache_file``). They must differ when both kinds run the same input shape (with
+    ``micro_batch``): MegEngine's cache keys do not tell a 2-thread network with pre-processed
+    weights from a 1-thread one without, and the first's choices made the second 5x slower.
     ``micro_batch``: each network runs its share ``micro_batch`` images at a time (None: the whole
     share at once). MegEngine profiles kernels per input shape, so a fixed micro-batch means one
     profile serves every batch size: with NCHW's ~20-40 candidate kernels per convolution, each
@@ -124,7 +128,8 @@ class LiteRunner:
     seconds (docs/performance.md)."""
 
     def __init__(self, path: PathLike, threads: int, algo: str = "profile", cache_file: Optional[PathLike] = None,
-                 profile_batch: Optional[int] = None, split_batch: bool = True, micro_batch: Optional[int] = None):
+                 profile_batch: Optional[int] = None, split_batch: bool = True, micro_batch: Optional[int] = None,
+                 split_cache_file: Optional[PathLike] = None):
         if algo not in ALGO_POLICIES:
             raise ValueError(f"algo must be one of {ALGO_POLICIES}, got {algo!r}")
         self.path = path
@@ -132,6 +137,7 @@ class LiteRunner:
         self.algo = algo
         self.profile_batch = profile_batch
         self.cache_file = Path(cache_file) if cache_file is not None else None
+        self.split_cache_file = Path(split_cache_file) if split_cache_file is not None else self.cache_file
         self.split_batch = split_batch and threads > 1
         if micro_batch is not None and (not isinstance(micro_batch, int) or micro_batch < 1):
             raise ValueError(f"micro_batch must be None or an int >= 1, got {micro_batch!r}")
@@ -164,10 +170,18 @@ class LiteRunner:
             self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="megzoo-lite")
         return self._workers
 
+    def splits(self, batch: int) -> bool:
+        """Whether a batch of ``batch`` images runs on the single-thread split networks."""
+        return self.split_batch and batch >= 2
+
+    def cache_file_for(self, batch: int) -> Optional[Path]:
+        """The profile cache of the networks a batch of ``batch`` images runs on."""
+        return self.split_cache_file if self.splits(batch) else self.cache_file
+
     def networks_for(self, batch: int) -> List[LiteNet]:
         """The networks a batch of ``batch`` images runs on (loaded now if needed): the
         all-threads network, or ``min(threads, batch)`` of the single-thread ones."""
-        if not self.split_batch or batch < 2:
+        if not self.splits(batch):
             return [self._main_net()]
         return self._worker_nets()[:min(self.threads, batch)]
 
@@ -175,12 +189,13 @@ class LiteRunner:
         """Outputs for the float32 (N, C, H, W) batch ``x``. A batch size seen for the first time
         is profiled (or read from the cache) with one network at a time, then the cache saved."""
         batch = x.shape[0]
-        if batch in self.batches_seen or self.algo != "profile" or self.cache_file is None:
+        cache_file = self.cache_file_for(batch)
+        if batch in self.batches_seen or self.algo != "profile" or cache_file is None:
             return self._run(x, concurrent=True)
         with lite_lock:
-            use_cache_file(self.cache_file)
+            use_cache_file(cache_file)
             outputs = self._run(x, concurrent=False)
-            save_cache_file(self.cache_file)
+            save_cache_file(cache_file)
         self.batches_seen.add(batch)
         return outputs
 
