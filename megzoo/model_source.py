@@ -35,14 +35,15 @@ def guess_arch(path: Path) -> Optional[str]:
 
 
 def _trusted_module(path: Path):
-    """``megengine.load`` of a file the user vouched for: the module it holds, or None."""
+    """``megengine.load`` of a file the user vouched for: the module it holds, or None (a state
+    dict, or a torch zip, which the safe reader handles). Unpickling errors are raised as they are."""
     import megengine
     import megengine.module as M
 
-    try:
-        loaded = megengine.load(str(path))
-    except Exception:  # noqa: BLE001 - not a MegEngine pickle (a .pth, a damaged file): read it as weights
-        return None
+    with open(path, "rb") as f:
+        if f.read(4) == b"PK\x03\x04":  # a torch .pth zip: not a MegEngine pickle
+            return None
+    loaded = megengine.load(str(path))
     return loaded if isinstance(loaded, M.Module) else None
 
 
@@ -69,7 +70,7 @@ def model_from_source(source: str, *, weights: Optional[str] = None, arch: Optio
         if not path.exists():
             get_model_entry(source)  # an unknown name: UnknownModelError listing close names
         weights_label = str(path.resolve())
-        module = _trusted_module(path) if trust_pickle and arch is None else None
+        module = _trusted_module(path) if trust_pickle else None
         if module is not None:
             model, name = module, getattr(module, "model_name", type(module).__name__)
         else:

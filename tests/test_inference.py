@@ -376,3 +376,23 @@ def test_micro_batch_one_profile_serves_every_batch_size(tmp_path):
     with pytest.raises(ValueError, match="micro_batch must be 'auto', None or an int >= 1, got 0"):
         compile(model, micro_batch=0)
     assert compile(model, (2, 3, 24, 24), layout="nchw", algo="heuristic").micro_batch is None
+
+
+def test_a_static_batch_graph_runs_whole_batches():
+    """dynamic_batch=False is for graphs that bake their batch size in: such a batch is neither
+    split over networks nor cut into micro-batches, whatever the layout."""
+    class Baked(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = M.Conv2d(3, 4, 3, padding=1)
+            self.fc = M.Linear(4 * 8 * 8, 3)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).reshape(4, -1))  # batch 4, baked in
+
+    model = Baked()
+    model.eval()
+    compiled = compile(model, (4, 3, 8, 8), threads=2, layout="nchw", algo="profile", dynamic_batch=False)
+    assert compiled.micro_batch is None and compiled.split_batch is False
+    x = np.random.RandomState(12).standard_normal((4, 3, 8, 8)).astype("float32")
+    assert _rel_err(compiled(x), _eager(model, x)) < 1e-4

@@ -19,8 +19,9 @@ import pytest
 
 import megzoo
 from megzoo import host
-from megzoo.inference import (LayoutUnavailableError, best_layout, compile, export, layout_verdict, load,
-                              probe_record_path)
+from megzoo.inference import (CompiledModel, LayoutUnavailableError, best_layout, compile, dump_graph, export,
+                              layout_verdict, load, probe_record_path)
+from megzoo.inference.graph import read_layout
 from megzoo.inference import layouts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,6 +212,14 @@ def test_export_and_load_refuse_a_failed_layout(probe_dir, monkeypatch, tmp_path
     with pytest.raises(LayoutUnavailableError) as info:
         load(good)
     _assert_names_everything(str(info.value), record)
+    # nor one without its metadata: the layout is read from the graph's convolutions
+    bare = tmp_path / "bare88.mge"
+    dump_graph(model, (1, 3, 32, 32), bare, layout="nchw88")  # writing runs no kernel: allowed
+    assert read_layout(bare) == "nchw88" and read_layout(good) == "nchw"
+    with pytest.raises(LayoutUnavailableError):
+        load(bare)
+    with pytest.raises(LayoutUnavailableError):
+        CompiledModel(mge_file=bare)  # the class itself, not only load()
 
 
 def _cli(args, env_extra=None, cwd=None):
@@ -260,6 +269,13 @@ def test_export_refuses_a_pickle_that_would_run_code(tmp_path):
     assert "--trust-pickle" in help_text and "runs any code the file carries" in " ".join(help_text.split())
 
 
+def test_a_crashing_child_that_printed_its_mark_still_fails(probe_dir, monkeypatch):
+    monkeypatch.setattr(layouts, "PROBE_SRC", "print('LAYOUT-PROBE-OK', flush=True)\nimport os, signal\n"
+                                              "os.kill(os.getpid(), signal.SIGSEGV)\n")
+    assert layouts.run_probe("nchw") == {"ok": False, "reason": "exit status -11: no output",
+                                         "seconds": pytest.approx(0, abs=30)}
+
+
 def test_trust_pickle_loads_a_pickled_module(tmp_path):
     model = megzoo.resnet18(num_classes=3)
     model.eval()
@@ -277,6 +293,9 @@ def test_trust_pickle_loads_a_pickled_module(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     meta = json.loads((tmp_path / "whole.mge.json").read_text())
     assert meta["model"] == "resnet18" and meta["parity"]["max_rel"] < 1e-4
+    proc = _cli(["export", str(path), "-o", str(tmp_path / "w2.mge"), "--input-shape", "1,3,32,32", "--layout", "nchw",
+                 "--trust-pickle", "--arch", "resnet18"], cwd=tmp_path)  # the flag holds with --arch too
+    assert proc.returncode == 0, proc.stderr[-2000:]
     x = np.random.RandomState(1).standard_normal((2, 3, 32, 32)).astype("float32")
     ref = model(megengine.tensor(x)).numpy()
     got = load(out, algo="heuristic")(x)

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..host import machine_tag, megzoo_home, usable_cpus
-from .graph import LAYOUTS, trace_and_dump
+from .graph import LAYOUTS, read_layout, trace_and_dump
 from .layouts import megengine_version, require_layout, resolve_layout
 from .lite import ALGO_POLICIES, LiteRunner, lite_lock
 
@@ -60,6 +60,13 @@ def read_metadata(path: PathLike) -> Optional[Dict[str, Any]]:
     if not meta.is_file():
         return None
     return json.loads(meta.read_text(encoding="utf-8"))
+
+
+def file_layout(path: PathLike) -> str:
+    """The convolution layout of an exported ``.mge``: its metadata's ``layout``, else the one
+    its graph's convolutions use (:func:`megzoo.inference.graph.read_layout`)."""
+    layout = (read_metadata(path) or {}).get("layout")
+    return layout if layout in LAYOUTS else read_layout(path)
 
 
 def dump_graph(model, input_shape: Sequence[int], file: PathLike, *, fuse: bool = True,
@@ -118,7 +125,10 @@ class CompiledModel:
             raise ValueError(f"max_shapes must be an int >= 1, got {max_shapes!r}")
         if layout not in ("auto",) + LAYOUTS:
             raise ValueError(f"layout must be one of {('auto',) + LAYOUTS}, got {layout!r}")
-        if layout not in ("auto", "nchw"):
+        if mge_file is not None:
+            # a file: the layout it was dumped with (metadata, else the graph itself) must have passed here
+            layout = require_layout(file_layout(mge_file) if layout == "auto" else layout)
+        elif layout not in ("auto", "nchw"):
             layout = resolve_layout(layout, fuse)  # refused here, before anything runs, if it failed its probe
         if micro_batch != "auto" and micro_batch is not None and (
                 not isinstance(micro_batch, int) or isinstance(micro_batch, bool) or micro_batch < 1):
@@ -133,7 +143,8 @@ class CompiledModel:
         self.dynamic_batch = dynamic_batch
         self.max_shapes = max_shapes
         self.profile_batch = profile_batch
-        self.split_batch = split_batch
+        #: batches are cut over single-thread networks only when the graph takes any batch size
+        self.split_batch = split_batch and dynamic_batch
         #: images each Lite network runs at a time (:func:`compile`); ``"auto"`` until the layout is known
         self.micro_batch = micro_batch
         self._cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -207,7 +218,9 @@ class CompiledModel:
         if self.micro_batch == "auto":
             # NCHW has ~20-40 candidate kernels per convolution: profiled at whole shares a first
             # compile takes minutes, at one image well under a minute (docs/performance.md)
-            self.micro_batch = 1 if self.algo == "profile" and self.layout == "nchw" else None
+            # (a graph with its batch size baked in, dynamic_batch=False, runs whole batches)
+            self.micro_batch = (1 if self.algo == "profile" and self.layout == "nchw" and self.dynamic_batch
+                                else None)
         return self.micro_batch
 
     def _key(self, shape: tuple) -> tuple:
@@ -310,19 +323,15 @@ def load(path: PathLike, threads: Optional[int] = None, *, algo: str = "profile"
     """Load an exported ``.mge`` (see :func:`megzoo.inference.export`) into a :class:`CompiledModel`
     run by MegEngine Lite; megzoo's model code is not needed. The batch size may change; the
     spatial size is the exported one. ``model.metadata`` holds the ``.mge.json`` metadata when
-    present; a file whose metadata names a layout that failed its probe here is refused
-    (:class:`~megzoo.inference.LayoutUnavailableError`). Other arguments as for :func:`compile`."""
+    present. A file whose layout (from its metadata, else read from the graph) failed its probe
+    here is refused (:class:`~megzoo.inference.LayoutUnavailableError`). Other arguments as for
+    :func:`compile`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such model file: {path}")
     meta = read_metadata(path)
-    layout = (meta or {}).get("layout") or "nchw"
-    if layout in LAYOUTS:
-        require_layout(layout)
     compiled = CompiledModel(mge_file=path, threads=threads, algo=algo, profile_batch=profile_batch,
-                             cache_dir=cache_dir, split_batch=split_batch, max_shapes=1, layout="nchw",
-                             micro_batch=micro_batch)
-    compiled.layout = layout
+                             cache_dir=cache_dir, split_batch=split_batch, max_shapes=1, micro_batch=micro_batch)
     compiled.metadata = meta
     compiled.output_names = list((meta or {}).get("output_names") or [])
     shape = (meta or {}).get("input_shape")

@@ -180,12 +180,14 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
             rng = np.random.RandomState(seed)
             real, label = _real_input(shape, image, meta["mean"], meta["std"], meta["color_order"])
             inputs = {"random normal batch": rng.standard_normal(shape).astype(np.float32), label: real}
-            compiled = CompiledModel(mge_file=staged, threads=threads, algo=algo, max_shapes=1, layout="nchw")
+            compiled = CompiledModel(mge_file=staged, threads=threads, algo=algo, max_shapes=1, layout=layout)
             compiled.output_names = meta["output_names"]
             report.parity = check_parity(model, compiled, inputs, tolerance)
             seconds["parity"] = time.perf_counter() - t0
             meta["parity"] = {"tolerance": tolerance, "max_rel": report.parity["max_rel"],
                               "inputs": report.parity["inputs"]}
+        # the metadata first: a graph at ``path`` never sits beside another graph's metadata
+        report.metadata_path.unlink(missing_ok=True)
         os.replace(staged, path)
         atomic_write_text(report.metadata_path, json.dumps(meta, indent=2) + "\n")
     finally:

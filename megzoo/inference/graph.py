@@ -12,7 +12,7 @@ import numpy as np
 
 from ..device import move_tensors, quiet_stderr, using_device
 
-__all__ = ["INPUT_NAME", "LAYOUTS", "TRACE_DEVICE", "trace_and_dump", "output_names"]
+__all__ = ["INPUT_NAME", "LAYOUTS", "TRACE_DEVICE", "trace_and_dump", "output_names", "read_layout"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -88,3 +88,26 @@ def trace_and_dump(model, input_shape: Sequence[int], file: PathLike, *, fuse: b
         return names
     finally:
         model.train(was_training)
+
+
+def read_layout(path: PathLike) -> str:
+    """The internal convolution layout of a dumped graph, read from the graph itself (the
+    ``format`` of its convolution operators): one of :data:`LAYOUTS`, the non-portable one when
+    several appear, ``"nchw"`` for a graph without convolutions. For files that come without
+    their metadata, so a layout that fails here can still be refused."""
+    import warnings
+
+    from megengine.utils.network import Network
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # MegEngine's loader leaves its file open
+        network = Network.load(os.fspath(path))
+    found = set()
+    for opr in network.all_oprs:
+        params = getattr(opr, "params", None)
+        if "Conv" in type(opr).__name__ and isinstance(params, dict) and params.get("format"):
+            found.add(str(params["format"]).lower())
+    for layout in LAYOUTS[::-1]:  # nchw44, nchw88 before nchw; "nchw44_dot" counts as nchw44
+        if any(f == layout or f.startswith(layout + "_") for f in found):
+            return layout
+    return "nchw"

@@ -168,7 +168,7 @@ def run_probe(layout: str, timeout: Optional[float] = None) -> Dict[str, object]
             return {"ok": False, "seconds": round(seconds, 2),
                     "reason": f"no answer within {timeout:g} s (hang)" + (f"; last output: {tail}" if tail else "")}
         seconds = time.perf_counter() - t0
-        if _OK_MARK not in proc.stdout:
+        if proc.returncode != 0 or _OK_MARK not in proc.stdout:
             return {"ok": False, "seconds": round(seconds, 2),
                     "reason": f"exit status {proc.returncode}: {_last_line(proc.stderr) or 'no output'}"}
         ref = model(megengine.tensor(x)).numpy()
@@ -230,7 +230,8 @@ def require_layout(layout: str, asked_by: str = "") -> str:
         f"{megengine_version()}): {verdict['reason']}. Its kernels would crash or hang this process, so megzoo "
         f"will not run them. Use layout='auto' or 'nchw' (--layout auto|nchw on the command line"
         f"{', or unset MEGZOO_LAYOUT' if asked_by == 'MEGZOO_LAYOUT' else ''}); to probe again (e.g. after "
-        f"upgrading MegEngine), delete {probe_record_path()}")
+        f"upgrading MegEngine{', or if the machine was busy when the probe timed out' if 'hang' in str(verdict['reason']) else ''}), "
+        f"delete {probe_record_path()}")
 
 
 _auto: Dict[str, str] = {}  # probe record path -> what "auto" chose (once per process and record)

@@ -24,7 +24,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from ..host import atomic_write, atomic_write_text
+from ..host import atomic_write
+from ..host import atomic_write_text as _write_text
 from ..weights.serialization import load_megengine_pickle
 
 __all__ = ["atomic_save", "load_training_state", "save_weights", "rng_state",
@@ -108,7 +109,7 @@ def save_weights(model, path: str, meta: Optional[dict] = None) -> str:
     and, with ``meta``, the JSON sidecar next to it (``path`` with ``.json``)."""
     atomic_save(state_dict_numpy(model), path)
     if meta is not None:
-        atomic_write_text(os.path.splitext(path)[0] + ".json", json.dumps(meta, indent=2) + "\n")
+        _write_text(os.path.splitext(path)[0] + ".json", json.dumps(meta, indent=2) + "\n")
     return path
 
 
