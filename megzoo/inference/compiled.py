@@ -244,10 +244,6 @@ class CompiledModel:
         return runner
 
     def _build(self, shape: tuple) -> LiteRunner:
-        split = self.split_batch and self.threads > 1 and shape[0] >= 2
-        cache_file = self.split_algo_cache_file if split else self.algo_cache_file
-        existed = bool(cache_file and cache_file.exists())
-        before = cache_file.stat().st_size if existed else None
         with lite_lock:
             t0 = time.perf_counter()
             if self.mge_file is not None:
@@ -266,6 +262,9 @@ class CompiledModel:
                                 self.split_batch, self._resolved_micro_batch(), self.split_algo_cache_file)
             runner.networks_for(shape[0])
             loaded = time.perf_counter()
+            cache_file = runner.cache_file_for(shape[0])  # the cache of the networks this shape runs on
+            existed = bool(cache_file and cache_file.exists())
+            before = cache_file.stat().st_size if existed else None
             runner.run(np.zeros(shape, dtype=np.float32))  # plan memory, choose algorithms
             ran = time.perf_counter()
             if not self.output_names:
