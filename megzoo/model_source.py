@@ -17,7 +17,7 @@ from .data import imagenet1k_categories
 from .registry import get_model, get_model_entry, get_weights, list_models
 from .weights import pretrained_value
 from .weights.errors import UnsafeCheckpointError, WeightsError
-from .weights.serialization import load_checkpoint
+from .weights.serialization import is_torch_zip, load_checkpoint
 
 __all__ = ["model_from_source", "guess_arch", "UntrustedPickleError"]
 
@@ -40,9 +40,8 @@ def _trusted_module(path: Path):
     import megengine
     import megengine.module as M
 
-    with open(path, "rb") as f:
-        if f.read(4) == b"PK\x03\x04":  # a torch .pth zip: not a MegEngine pickle
-            return None
+    if is_torch_zip(path):  # a torch .pth: not a MegEngine pickle
+        return None
     loaded = megengine.load(str(path))
     return loaded if isinstance(loaded, M.Module) else None
 

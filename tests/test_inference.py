@@ -283,6 +283,7 @@ def test_parity_check_fails_loudly(tmp_path, resnet18):
     assert "random batch: max |exported - eager|" in message and "relative" in message
     # the unperturbed model passes the same check at the documented tolerance
     assert check_parity(resnet18, compiled, {"random batch": x})["max_rel"] < 1e-4
+    assert check_parity(resnet18, compiled, {"tensor": megengine.tensor(x)})["max_rel"] < 1e-4  # Tensors too
 
 
 def test_cli_export_fails_with_impossible_tolerance(tmp_path):

@@ -64,8 +64,9 @@ def add_config_options(parser) -> None:
         if options["metavar"] is None or doc.choices:
             del options["metavar"]
         default = doc.default
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) and options.get("type") is _int_list else (
-            " ".join(map(str, default)) if isinstance(default, tuple) else default)
+        shown = default
+        if isinstance(default, tuple):  # as it is typed: 30,60,80 for a list option, 0.08 1.0 for nargs
+            shown = ("," if options.get("type") is _int_list else " ").join(map(str, default))
         text = doc.help + (f" (default {shown})" if default not in (None, "") else "")
         group.add_argument(*_FLAGS.get(doc.name, (flag,)), help=text.replace("%", "%%"), **options)
 

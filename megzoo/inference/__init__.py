@@ -29,8 +29,8 @@ The modules, one job each:
 """
 from .compiled import (CompiledModel, CompileInfo, algo_cache_dir, algo_cache_file, compile, default_threads,
                        dump_graph, load, metadata_path, read_metadata)
-from .export import DEFAULT_TOLERANCE, ExportReport, ParityError, check_parity, export, make_test_image
-from .graph import INPUT_NAME, LAYOUTS
+from .export import ExportReport, ParityError, check_parity, export, make_test_image
+from .graph import DEFAULT_TOLERANCE, INPUT_NAME, LAYOUTS
 from .layouts import (LayoutUnavailableError, best_layout, layout_verdict, probe_record_path, require_layout,
                       resolve_layout)
 

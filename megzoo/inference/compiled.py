@@ -81,7 +81,8 @@ def dump_graph(model, input_shape: Sequence[int], file: PathLike, *, fuse: bool 
     return trace_and_dump(model, input_shape, file, fuse=fuse, layout=layout)
 
 
-def _as_numpy(x) -> np.ndarray:
+def as_float32_batch(x) -> np.ndarray:
+    """``x`` (a numpy array or a megengine Tensor) as a C-contiguous float32 numpy array."""
     if hasattr(x, "numpy") and not isinstance(x, np.ndarray):
         x = x.numpy()
     return np.ascontiguousarray(x, dtype=np.float32)
@@ -186,7 +187,7 @@ class CompiledModel:
     def __call__(self, x):
         """Run the compiled graph on ``x`` (N, C, H, W); returns a numpy array (a list of them for
         a model with several outputs)."""
-        x = _as_numpy(x)
+        x = as_float32_batch(x)
         if x.ndim < 1 or x.shape[0] < 1:
             raise ValueError(f"input must have a non-empty batch axis, got shape {x.shape}")
         with self._lock:

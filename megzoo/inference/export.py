@@ -18,16 +18,13 @@ import numpy as np
 from .._version import __version__
 from ..host import atomic_write_text
 from ..weights.catalog import MEAN_BGR, STD_BGR
-from .compiled import CompiledModel, metadata_path
-from .graph import INPUT_NAME, trace_and_dump
+from .compiled import CompiledModel, as_float32_batch, metadata_path
+from .graph import DEFAULT_TOLERANCE, INPUT_NAME, trace_and_dump
 from .layouts import megengine_version, resolve_layout
 
 __all__ = ["export", "check_parity", "ParityError", "ExportReport", "make_test_image", "DEFAULT_TOLERANCE"]
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-#: default parity tolerance: max |compiled - eager| / max |eager|
-DEFAULT_TOLERANCE = 1e-4
 
 
 class ParityError(AssertionError):
@@ -55,7 +52,7 @@ def check_parity(model, compiled, inputs: Dict[str, np.ndarray], tolerance: floa
     :class:`ParityError` listing every input when one is above ``tolerance``."""
     results = {}
     for name, x in inputs.items():
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = as_float32_batch(x)
         ref = eager_outputs(model, x)
         got = compiled(x)
         got = got if isinstance(got, list) else [got]

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..device import move_tensors, quiet_stderr, using_device
 
-__all__ = ["INPUT_NAME", "LAYOUTS", "TRACE_DEVICE", "trace_and_dump", "output_names", "read_layout"]
+__all__ = ["INPUT_NAME", "LAYOUTS", "TRACE_DEVICE", "DEFAULT_TOLERANCE", "trace_and_dump", "output_names", "read_layout"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -21,6 +21,9 @@ INPUT_NAME = "data"
 #: internal convolution layouts MegEngine can convert a graph to (inputs and outputs stay NCHW):
 #: portable NCHW, x86's channel blocks of 8 (AVX2/AVX-512 kernels), ARM's blocks of 4
 LAYOUTS = ("nchw", "nchw88", "nchw44")
+#: how far a dumped graph's outputs may be from eager MegEngine's: max |graph - eager| / max |eager|
+#: (the export parity check and the layout probe)
+DEFAULT_TOLERANCE = 1e-4
 TRACE_DEVICE = "xpux"  #: where graphs are traced (Lite later runs them on the CPU it is given)
 
 

@@ -37,7 +37,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from ..host import atomic_write_text, cpu_info, machine_tag, megzoo_home
-from .graph import LAYOUTS, trace_and_dump
+from .graph import DEFAULT_TOLERANCE, LAYOUTS, trace_and_dump
 
 __all__ = ["LayoutUnavailableError", "PROBE_TIMEOUT_S", "probe_record_path", "run_probe", "layout_verdict",
            "require_layout", "best_layout", "resolve_layout", "megengine_version"]
@@ -175,9 +175,9 @@ def run_probe(layout: str, timeout: Optional[float] = None) -> Dict[str, object]
         errors = [float(np.max(np.abs(np.load(f"{out}{n}.npy") - ref[:n])) / np.max(np.abs(ref[:n])))
                   for n in (1, 3)]
     worst = max(errors)
-    ok = bool(worst < 1e-4)
+    ok = bool(worst < DEFAULT_TOLERANCE)
     return {"ok": ok, "seconds": round(seconds, 2),
-            "reason": f"max relative error {worst:.3g}" + ("" if ok else " (outputs wrong; tolerance 1e-4)")}
+            "reason": f"max relative error {worst:.3g}" + ("" if ok else " (outputs wrong; tolerance 1e-4)")  # = DEFAULT_TOLERANCE}
 
 
 def _read_record(path: Path) -> Dict[str, dict]:

@@ -19,7 +19,7 @@ from .catalog import WEIGHTS, Preprocess, Weights, default_weights, find_weights
 from .convert import ArchitectureMismatchError, LoadReport, detect_layout, load_into, to_megzoo_layout
 from .download import fetch
 from .errors import CorruptCheckpointError, UnsafeCheckpointError, WeightsError
-from .serialization import extract_state_dict, load_checkpoint
+from .serialization import extract_state_dict, is_torch_zip, load_checkpoint
 
 __all__ = ["load_pretrained", "resolve_weights", "list_weights", "fetch_weights",
            "Weights", "Preprocess", "LoadReport", "WEIGHTS", "WeightsError", "ArchitectureMismatchError",
@@ -95,14 +95,9 @@ def _read_state_dict(path: Path):
     return extract_state_dict(load_checkpoint(path))
 
 
-def _is_torch_file(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) == b"PK\x03\x04"
-
-
 def _load_file(model, path: Path, source: str, layout: Optional[str]) -> LoadReport:
     state_dict = _read_state_dict(path)
-    layout = layout or detect_layout(state_dict, model, _is_torch_file(path))
+    layout = layout or detect_layout(state_dict, model, is_torch_zip(path))
     report = load_into(model, to_megzoo_layout(state_dict, model, layout), source)
     report.file = str(path)
     return report

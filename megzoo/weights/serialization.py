@@ -36,7 +36,7 @@ import numpy as np
 from .errors import CorruptCheckpointError, UnsafeCheckpointError, UnsupportedCheckpointError, WeightsError
 
 __all__ = ["load_checkpoint", "load_megengine_pickle", "load_torch_zip", "extract_state_dict",
-           "STATE_DICT_KEYS", "ZIP_MAGIC"]
+           "STATE_DICT_KEYS", "ZIP_MAGIC", "is_torch_zip"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -52,6 +52,12 @@ STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "model_state", "ne
 
 #: a tensor may be bigger than its storage (stride 0, from ``expand``) only up to this many bytes
 _MAX_BROADCAST_BYTES = 1 << 28
+
+def is_torch_zip(path: PathLike) -> bool:
+    """Whether the file at ``path`` is a zip archive (a torch >= 1.6 ``.pth``), by its first bytes."""
+    with open(path, "rb") as f:
+        return f.read(len(ZIP_MAGIC)) == ZIP_MAGIC
+
 
 _HINT = ("a checkpoint may only hold arrays, dicts/lists and plain values (save model.state_dict(), "
          "not the model or other objects); nothing in the file was run")
