@@ -177,7 +177,7 @@ def run_probe(layout: str, timeout: Optional[float] = None) -> Dict[str, object]
     worst = max(errors)
     ok = bool(worst < DEFAULT_TOLERANCE)
     return {"ok": ok, "seconds": round(seconds, 2),
-            "reason": f"max relative error {worst:.3g}" + ("" if ok else " (outputs wrong; tolerance 1e-4)")  # = DEFAULT_TOLERANCE}
+            "reason": f"max relative error {worst:.3g}" + ("" if ok else " (outputs wrong; tolerance 1e-4)")}  # = DEFAULT_TOLERANCE
 
 
 def _read_record(path: Path) -> Dict[str, dict]:
