@@ -10,10 +10,14 @@ the package (relatively, as everything inside it does). ``benchmarks/torch_worke
 (run by a PyTorch Python without megzoo) loads this file by path for :func:`time_loop` and
 :func:`measure`, so the two sides are timed by the same code.
 
-Modes (``cfg["mode"]``): ``eager`` (``model(x)``, 1 thread), ``compile`` (``megzoo.compile``,
-then the graph exported to ``cfg["mge_path"]``; reports compile times), ``optimised`` (the
-exported graph run by :class:`~megzoo.inference.lite.LiteRunner`, with the micro-batch the compile
-chose).
+Modes (``cfg["mode"]``): ``eager`` (``model(x)``, 1 thread), ``compile`` (``megzoo.compile``
+with the Lite backend, then the graph exported to ``cfg["mge_path"]``; reports compile times),
+``optimised`` (the exported graph run by :class:`~megzoo.inference.lite.LiteRunner`, with the
+micro-batch the compile chose), ``onnxruntime`` (``megzoo.compile(backend="onnxruntime")`` in a
+megzoo process after one eager forward, as a user's process is; with ``cfg["poller_yields"]``
+false the session is called directly, without :func:`megzoo.device.poller_yields`; the graph is
+exported to ``cfg["onnx_path"]``) and ``ort_alone`` (that file run by
+:class:`~megzoo.inference.ort.OrtRunner` loaded by path: no megzoo package, no MegEngine).
 """
 import importlib.util
 import json
@@ -25,6 +29,7 @@ from typing import Callable, Dict, List
 
 RESULT_MARK = "@@RESULT@@"
 LITE_PY = Path(__file__).resolve().parent / "inference" / "lite.py"
+ORT_PY = Path(__file__).resolve().parent / "inference" / "ort.py"
 
 
 def percentile(values: List[float], q: float) -> float:
@@ -82,9 +87,10 @@ def measure(fn: Callable[[], object], cfg: Dict) -> Dict[str, float]:
             "latency_p90_ms": percentile(times, 0.9) * 1e3, "repeats": len(times), "peak_rss_mib": peak_rss_mib()}
 
 
-def load_lite_module():
-    """``megzoo/inference/lite.py`` loaded by path, alone (no megzoo package, no MegEngine Python runtime)."""
-    spec = importlib.util.spec_from_file_location("megzoo_lite_standalone", LITE_PY)
+def load_lite_module(path: Path = LITE_PY, name: str = "megzoo_lite_standalone"):
+    """``megzoo/inference/lite.py`` (or ``ort.py``) loaded by path, alone (no megzoo package, no
+    MegEngine Python runtime)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -116,7 +122,8 @@ def run_config(cfg: Dict) -> Dict:
         model = get_model(cfg["model"])
         model.eval()
         t0 = time.perf_counter()
-        compiled = compile_model(model, shape, threads=cfg["threads"], algo=cfg["algo"], cache_dir=cfg.get("cache_dir"),
+        compiled = compile_model(model, shape, threads=cfg["threads"], backend="lite", algo=cfg["algo"],
+                                  cache_dir=cfg.get("cache_dir"),
                                   layout=cfg.get("layout", "auto"), split_batch=cfg.get("split_batch", True),
                                   profile_batch=cfg.get("profile_batch"), micro_batch=cfg.get("micro_batch", "auto"))
         out["compile_s"] = time.perf_counter() - t0
@@ -134,6 +141,38 @@ def run_config(cfg: Dict) -> Dict:
         runner = lite.LiteRunner(cfg["mge_path"], cfg["threads"], cfg["algo"], cfg.get("algo_cache_file"),
                                  cfg.get("profile_batch"), cfg.get("split_batch", True), cfg.get("micro_batch"),
                                  cfg.get("split_algo_cache_file"))
+        out["threads"] = cfg["threads"]
+        out["megengine_imported"] = "megengine" in sys.modules
+
+        def fn():
+            runner.run(x)
+    elif mode == "onnxruntime":
+        import megengine
+
+        from .device import poller_threads
+        from .inference import compile as compile_model
+        from .registry import get_model
+
+        model = get_model(cfg["model"])
+        model.eval()
+        model(megengine.tensor(x[:1])).numpy()  # a megzoo user's process has run MegEngine eagerly
+        t0 = time.perf_counter()
+        compiled = compile_model(model, shape, threads=cfg["threads"], backend="onnxruntime")
+        out.update(compile_s=time.perf_counter() - t0, threads=cfg["threads"], poller_threads=len(poller_threads()),
+                   poller_yields=cfg.get("poller_yields", True))
+        if cfg.get("onnx_path"):
+            compiled.export(cfg["onnx_path"], shape)
+        if out["poller_yields"]:
+            def fn():
+                compiled(x)
+        else:
+            runner = compiled._runner_for(shape)
+
+            def fn():
+                runner.run(x)
+    elif mode == "ort_alone":
+        ort = load_lite_module(ORT_PY, "megzoo_ort_standalone")
+        runner = ort.OrtRunner(cfg["onnx_path"], cfg["threads"])
         out["threads"] = cfg["threads"]
         out["megengine_imported"] = "megengine" in sys.modules
 

@@ -18,12 +18,18 @@ from .host import cpu_info
 from .inference.layouts import resolve_layout
 from .registry import get_model_entry
 
-__all__ = ["RESULT_KEYS", "MODES", "run_benchmark", "format_table", "cpu_peak_gflops", "run_worker", "parse_micro_batch"]
+__all__ = ["RESULT_KEYS", "MODES", "run_benchmark", "format_table", "cpu_peak_gflops", "measure_fma_peak", "run_worker",
+           "parse_micro_batch"]
 
 #: keys of one row of ``megzoo benchmark --json`` (documented in docs/performance.md)
 RESULT_KEYS = ("model", "batch", "input_size", "threads", "mode", "images_per_s", "latency_p50_ms",
                "latency_p90_ms", "peak_rss_mib", "gmacs", "gflops", "peak_fraction", "repeats", "error")
-MODES = ("eager", "optimised")
+#: ``optimised``: the Lite backend's exported ``.mge`` in a process of its own; ``onnxruntime``:
+#: the ONNX Runtime backend inside a megzoo process; ``ort_alone``: its exported ``.onnx`` run
+#: by ONNX Runtime in a process without megzoo or MegEngine (the standalone speed);
+#: ``onnxruntime_untamed``: as ``onnxruntime`` without :func:`megzoo.device.poller_yields`
+MODES = ("eager", "optimised", "onnxruntime", "ort_alone", "onnxruntime_untamed")
+DEFAULT_MODES = ("eager", "optimised", "onnxruntime")
 WORKER = Path(__file__).resolve().parent / "bench_worker.py"
 
 
@@ -54,6 +60,93 @@ def cpu_peak_gflops(threads: int) -> Dict[str, object]:
             "peak_gflops": round(threads * per_cycle * ghz, 1)}
 
 
+#: a register-resident FMA loop: ``threads`` threads x 12 independent vector accumulators, the
+#: widest fp32 FMA the compiler targets (``-march=native``); prints GFLOP/s
+FMA_LOOP_C = r"""
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#if defined(__AVX512F__)
+typedef __m512 vec;
+#define LANES 16
+#define SET1 _mm512_set1_ps
+#define FMA _mm512_fmadd_ps
+#define ADD _mm512_add_ps
+#define SUM(v) _mm512_reduce_add_ps(v)
+#elif defined(__FMA__)
+typedef __m256 vec;
+#define LANES 8
+#define SET1 _mm256_set1_ps
+#define FMA _mm256_fmadd_ps
+#define ADD _mm256_add_ps
+static float SUM(__m256 v) { float f[8]; _mm256_storeu_ps(f, v); return f[0]+f[1]+f[2]+f[3]+f[4]+f[5]+f[6]+f[7]; }
+#else
+#error "no FMA instructions"
+#endif
+static long iters;
+static void *work(void *out) {
+    vec b = SET1(0.9999999f), c = SET1(1e-7f);
+    vec a0 = SET1(1.0f), a1 = SET1(1.1f), a2 = SET1(1.2f), a3 = SET1(1.3f), a4 = SET1(1.4f), a5 = SET1(1.5f);
+    vec a6 = SET1(1.6f), a7 = SET1(1.7f), a8 = SET1(1.8f), a9 = SET1(1.9f), a10 = SET1(2.0f), a11 = SET1(2.1f);
+    for (long i = 0; i < iters; i++) {
+        a0 = FMA(a0, b, c); a1 = FMA(a1, b, c); a2 = FMA(a2, b, c); a3 = FMA(a3, b, c);
+        a4 = FMA(a4, b, c); a5 = FMA(a5, b, c); a6 = FMA(a6, b, c); a7 = FMA(a7, b, c);
+        a8 = FMA(a8, b, c); a9 = FMA(a9, b, c); a10 = FMA(a10, b, c); a11 = FMA(a11, b, c);
+    }
+    vec s = ADD(ADD(ADD(a0, a1), ADD(a2, a3)), ADD(ADD(a4, a5), ADD(a6, a7)));
+    s = ADD(s, ADD(ADD(a8, a9), ADD(a10, a11)));
+    *(float *)out = SUM(s);
+    return NULL;
+}
+int main(int argc, char **argv) {
+    int threads = atoi(argv[1]);
+    iters = atol(argv[2]);
+    pthread_t t[256];
+    float out[256];
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int i = 0; i < threads; i++) pthread_create(&t[i], NULL, work, &out[i]);
+    for (int i = 0; i < threads; i++) pthread_join(t[i], NULL);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double s = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
+    printf("%.1f %d %g\n", 2.0 * 12 * LANES * iters * threads / s / 1e9, LANES, out[0]);
+    return 0;
+}
+"""
+
+
+def measure_fma_peak(threads: int, repeats: int = 5, compiler: Optional[str] = None) -> Dict[str, object]:
+    """The machine's fp32 limit measured now: :data:`FMA_LOOP_C` compiled with ``cc``/``gcc``
+    (``-O2 -march=native -pthread``) and run ``repeats`` times on ``threads`` threads (about 0.5 s
+    each, at ~2 cores of AVX-512). ``{"gflops": best, "runs": [...], "lanes": vector width, "how": ...}``, or
+    ``{"gflops": None, "error": ...}`` without a C compiler."""
+    import shutil
+
+    cc = compiler or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        return {"gflops": None, "error": "no C compiler (cc or gcc) on PATH"}
+    with tempfile.TemporaryDirectory(prefix="megzoo-fma-") as tmp:
+        src, exe = Path(tmp) / "fma.c", Path(tmp) / "fma"
+        src.write_text(FMA_LOOP_C)
+        try:
+            build = subprocess.run([cc, "-O2", "-march=native", "-pthread", str(src), "-o", str(exe)],
+                                   capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return {"gflops": None, "error": f"cannot run {cc}: {exc}"}
+        if build.returncode != 0:
+            return {"gflops": None, "error": f"{cc} failed: {(build.stderr.strip().splitlines() or [''])[-1][:200]}"}
+        runs, lanes = [], None
+        iters = 300_000_000  # about 0.5 s per run at 2 x 230 GFLOP/s
+        for _ in range(repeats):
+            out = subprocess.run([str(exe), str(threads), str(iters)], capture_output=True, text=True, timeout=120)
+            gflops, lanes, _ = out.stdout.split()
+            runs.append(float(gflops))
+    return {"gflops": max(runs), "runs": runs, "lanes": int(lanes), "threads": threads,
+            "how": f"{threads} threads x 12 independent {32 * int(lanes)}-bit FMA chains, best of {repeats}"}
+
+
 def parse_micro_batch(text: str):
     """A ``--micro-batch`` value: ``"auto"``, ``"none"`` (None: whole shares) or a positive int."""
     text = str(text).strip().lower()
@@ -73,7 +166,8 @@ def run_worker(cfg: dict, timeout: float) -> dict:
     env = dict(os.environ)
     env.setdefault("PYTHONWARNINGS", "ignore")
     # the deployment process runs the file alone; the others import the package
-    cmd = [sys.executable, str(WORKER)] if cfg.get("mode") == "optimised" else [sys.executable, "-m", "megzoo.bench_worker"]
+    alone = cfg.get("mode") in ("optimised", "ort_alone")
+    cmd = [sys.executable, str(WORKER)] if alone else [sys.executable, "-m", "megzoo.bench_worker"]
     try:
         proc = subprocess.run(cmd + [json.dumps(cfg)], capture_output=True, text=True,
                               timeout=timeout, env=env, stdin=subprocess.DEVNULL)
@@ -87,10 +181,10 @@ def run_worker(cfg: dict, timeout: float) -> dict:
 
 
 def run_benchmark(models: Sequence[str], batches: Sequence[int], *, threads: int, input_size: int = 224,
-                  modes: Sequence[str] = MODES, repeats: int = 20, min_repeats: int = 3, warmup: int = 2,
+                  modes: Sequence[str] = DEFAULT_MODES, repeats: int = 20, min_repeats: int = 3, warmup: int = 2,
                   time_budget: float = 20.0, algo: str = "profile", layout: str = "auto", cold: bool = False,
                   peak_gflops: Optional[float] = None, timeout: float = 1800, split_batch: bool = True,
-                  profile_batch: Optional[int] = None, micro_batch="auto",
+                  profile_batch: Optional[int] = None, micro_batch="auto", measure_peak: bool = True,
                   log: Optional[Callable[[str], None]] = None) -> dict:
     """Run the benchmark; returns ``{"machine": {...}, "results": [row, ...], "compile": [...]}``
     with rows of :data:`RESULT_KEYS`. A ``layout`` that failed its probe on this machine raises
@@ -100,12 +194,22 @@ def run_benchmark(models: Sequence[str], batches: Sequence[int], *, threads: int
     bad = set(modes) - set(MODES)
     if bad or not modes:
         raise ValueError(f"modes must be some of {MODES}, got {tuple(modes)!r}")
+    if "ort_alone" in modes and "onnxruntime" not in modes:
+        raise ValueError("ort_alone runs the file the onnxruntime mode exports: add onnxruntime to the modes")
     if "optimised" in modes:
         resolve_layout(layout)
     machine = cpu_peak_gflops(threads)
     if peak_gflops:
         machine["peak_gflops"] = peak_gflops
         machine["isa"] = "given with --peak-gflops"
+    elif measure_peak:  # the physical limit, measured now, instead of the estimate
+        fma = measure_fma_peak(threads)
+        machine["fma_loop"] = fma
+        if fma.get("gflops"):
+            machine["estimated_peak_gflops"] = machine["peak_gflops"]
+            machine["peak_gflops"] = fma["gflops"]
+            machine["isa"] = f"measured: {fma['how']}"
+            machine["flop_per_cycle"] = None
     machine["load_average"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     results, compiles = [], []
     base = dict(input_size=input_size, threads=threads, algo=algo, layout=layout, repeats=repeats, min_repeats=min_repeats,
@@ -122,6 +226,13 @@ def run_benchmark(models: Sequence[str], batches: Sequence[int], *, threads: int
                     rows.append({**cfg, "mode": "eager", **run_worker(dict(cfg, mode="eager"), timeout)})
                 if "optimised" in modes:
                     rows.append(_optimised_row(cfg, Path(tmp), cold, compiles, timeout, say))
+                onnx_path = str(Path(tmp) / f"{name}-b{batch}.onnx")
+                for mode in ("onnxruntime", "ort_alone", "onnxruntime_untamed"):
+                    if mode in modes:
+                        say(f"{name} batch {batch}: {mode} ...")
+                        run = dict(cfg, mode="onnxruntime" if mode != "ort_alone" else mode, onnx_path=onnx_path,
+                                   poller_yields=mode != "onnxruntime_untamed")
+                        rows.append({**cfg, **run_worker(run, timeout), "mode": mode})
                 for row in rows:
                     row.setdefault("error", None)
                     row["gmacs"] = round(gmacs, 3)
@@ -160,17 +271,21 @@ def _optimised_row(cfg: dict, tmp: Path, cold: bool, compiles: list, timeout: fl
 def format_table(report: dict) -> str:
     """The report of :func:`run_benchmark` as a plain-text table (machine line, rows, compile times)."""
     m = report["machine"]
+    if m.get("flop_per_cycle"):
+        peak = (f"fp32 peak assumed {m['peak_gflops']} GFLOP/s = {m['cores']} cores x {m['flop_per_cycle']} FLOP/cycle x "
+                f"{m['clock_ghz']} GHz ({m['isa']})")
+    else:
+        peak = f"fp32 limit {m['peak_gflops']} GFLOP/s ({m['isa']})"
     lines = [f"machine: {m['cpu'] or 'unknown CPU'} (family {m.get('cpu_family') or '?'}), {m['cores']} threads; "
-             f"fp32 peak assumed {m['peak_gflops']} GFLOP/s = {m['cores']} cores x {m['flop_per_cycle']} FLOP/cycle x "
-             f"{m['clock_ghz']} GHz ({m['isa']}); load average at start {m.get('load_average')}",
+             f"{peak}; load average at start {m.get('load_average')}",
              "peak fraction = GMACs x 2 x images/s / peak of the threads used (eager uses 1 thread)",
-             f"{'model':<10} {'batch':>5} {'mode':<10} {'thr':>3} {'img/s':>8} {'p50 ms':>9} {'p90 ms':>9} "
+             f"{'model':<10} {'batch':>5} {'mode':<19} {'thr':>3} {'img/s':>8} {'p50 ms':>9} {'p90 ms':>9} "
              f"{'peak MiB':>9} {'% peak':>7}"]
     for r in report["results"]:
         if r.get("error"):
-            lines.append(f"{r['model']:<10} {r['batch']:>5} {r['mode']:<10} error: {r['error']}")
+            lines.append(f"{r['model']:<10} {r['batch']:>5} {r['mode']:<19} error: {r['error']}")
             continue
-        lines.append(f"{r['model']:<10} {r['batch']:>5} {r['mode']:<10} {r['threads']:>3} {r['images_per_s']:>8.2f} "
+        lines.append(f"{r['model']:<10} {r['batch']:>5} {r['mode']:<19} {r['threads']:>3} {r['images_per_s']:>8.2f} "
                      f"{r['latency_p50_ms']:>9.1f} {r['latency_p90_ms']:>9.1f} {r['peak_rss_mib']:>9.0f} "
                      f"{100 * r['peak_fraction']:>6.1f}%")
     if report.get("compile"):

@@ -51,7 +51,8 @@ class EvalResult:
     seconds: float  #: wall time of the evaluation loop
     images_per_second: float
     preprocess: Dict = field(default_factory=dict)  #: the evaluation preset used
-    backend: str = "eager"  #: how the model ran: "compiled", "eager" or "custom" (a runner=)
+    backend: str = "eager"  #: how the model ran: "compiled", "onnxruntime", "lite", "eager" or "custom" (a runner=)
+    runtime: Optional[str] = None  #: the compiled model's runtime: "onnxruntime" or "lite" (None otherwise)
     compile_seconds: float = 0.0  #: of ``seconds``, the time spent compiling (the compiled backend)
 
     def as_dict(self) -> dict:
@@ -139,7 +140,7 @@ def evaluate(data, model="resnet50", weights=None, *, batch_size: int = 32, work
     """Top-1/top-5 accuracy of ``model`` (name or built model) with ``weights`` on the image folder
     ``data``. ``limit`` evaluates that many images spread over the folder (see
     :func:`spread_indices`); ``labels`` is how class folders map to outputs (module docstring);
-    ``workers`` decode threads (None: one per core, up to 8); ``backend`` (``auto``, ``compiled``,
+    ``workers`` decode threads (None: one per core, up to 8); ``backend`` (``auto``, ``compiled``, ``onnxruntime``, ``lite``,
     ``eager``) and ``threads`` choose how the model runs and ``runner`` replaces both (see
     :mod:`megzoo.predict`; ``auto`` compiles on the CPU for 12 images or more); ``progress`` shows a tqdm bar with images/s on stderr;
     ``classifier`` reuses a :class:`megzoo.Classifier` instead of building one."""
@@ -183,4 +184,5 @@ def evaluate(data, model="resnet50", weights=None, *, batch_size: int = 32, work
         classes=len(set(targets.tolist())), images=done, top1_correct=correct1, top5_correct=correct5,
         top1=correct1 / done, top5=correct5 / done, seconds=seconds,
         images_per_second=done / seconds if seconds > 0 else float("inf"),
-        preprocess=asdict(classifier.preprocess), backend=backend, compile_seconds=compile_seconds)
+        preprocess=asdict(classifier.preprocess), backend=backend, compile_seconds=compile_seconds,
+        runtime=getattr(compiled, "backend", None))

@@ -103,11 +103,27 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _new_file_mode() -> int:
+    """The permissions ``open(path, "w")`` would give a new file: 0o666 less the umask (read
+    from ``/proc/self/status`` where it can be, so the process-wide umask is not touched)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Create or replace ``path`` atomically and durably: ``write(f)`` fills a temporary file
     (opened ``"wb"``) beside it, which is fsynced and renamed over ``path`` (``os.replace``), and
     the folder is fsynced. The folder is created if needed. On any error the temporary file is
-    removed and ``path`` keeps its old content: a reader never sees a part."""
+    removed and ``path`` keeps its old content: a reader never sees a part. The file gets the
+    permissions a plain ``open`` would give it (not the temporary file's 0o600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
@@ -116,6 +132,7 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

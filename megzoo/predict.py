@@ -12,9 +12,10 @@ the weights' own evaluation preset (:func:`megzoo.eval_transform`), run by the f
 (:class:`megzoo.transforms.EvalPreprocessor`). The network itself is called through one function,
 the *runner*: ``runner(batch)`` takes a float32 (N, 3, H, W) numpy array and returns the logits
 as an (N, num_classes) array. Two are built in, chosen by ``backend``: ``"compiled"``
-(:func:`megzoo.compile`: a traced, fused graph run by MegEngine Lite on the CPU, 4-10x eager;
-compiling costs a few seconds, see docs/performance.md) and ``"eager"`` (:func:`eager_runner`:
-the module called as it is). ``"auto"`` (default) compiles when the model is on the CPU and a
+(:func:`megzoo.compile` with its own ``backend="auto"``: the faster of ONNX Runtime and MegEngine
+Lite on this machine, 4-40x eager; compiling costs a second or a few, see docs/performance.md;
+``"onnxruntime"`` or ``"lite"`` name the runtime) and ``"eager"`` (:func:`eager_runner`: the
+module called as it is). ``"auto"`` (default) compiles when the model is on the CPU and a
 call brings at least :data:`AUTO_COMPILE_MIN_IMAGES` images (or a compiled graph exists already),
 so classifying one photo does not wait for a compile and a folder does not wait for eager
 MegEngine. Any callable with the runner contract can replace both (``runner=``).
@@ -40,7 +41,9 @@ __all__ = ["Runner", "eager_runner", "compiled_runner", "checkpoint_metadata", "
 #: ``runner(batch)``: float32 (N, 3, H, W) numpy array -> (N, num_classes) logits (numpy array)
 Runner = Callable[[np.ndarray], np.ndarray]
 
-BACKENDS = ("auto", "compiled", "eager")
+#: ``compiled`` = :func:`megzoo.compile`'s ``auto`` runtime; ``onnxruntime``/``lite`` name it
+BACKENDS = ("auto", "compiled", "onnxruntime", "lite", "eager")
+COMPILED_BACKENDS = ("compiled", "onnxruntime", "lite")
 #: with ``backend="auto"``, a call with at least this many images compiles the model first. The
 #: break-even on 2 cores: ResNet-50 eager ~0.43 s/image, compiled ~0.1 s/image after a ~4 s compile.
 AUTO_COMPILE_MIN_IMAGES = 12
@@ -62,11 +65,12 @@ def eager_runner(model) -> Runner:
     return run
 
 
-def compiled_runner(model, threads: Optional[int] = None) -> Runner:
+def compiled_runner(model, threads: Optional[int] = None, runtime: str = "auto") -> Runner:
     """A runner on :func:`megzoo.compile` of ``model`` (compiled at its first batch; later batch
-    sizes reuse the graph). ``threads``: default the CPUs this process may use."""
+    sizes reuse the graph). ``threads``: default the CPUs this process may use; ``runtime``:
+    ``compile``'s ``backend`` (``"auto"``, ``"onnxruntime"``, ``"lite"``)."""
 
-    compiled = compile_model(model, threads=threads)
+    compiled = compile_model(model, threads=threads, backend=runtime)
 
     def run(batch: np.ndarray) -> np.ndarray:
         return compiled(np.ascontiguousarray(batch, dtype=np.float32))
@@ -123,8 +127,8 @@ class Classifier:
         preprocess: None (the weights' record; megzoo's defaults for checkpoint files), or what
             :func:`megzoo.transforms.resolve_preprocess` takes (name, Weights, Preprocess, dict).
         runner: the function computing logits (see the module docstring); replaces ``backend``.
-        backend: ``"auto"`` (default), ``"compiled"`` or ``"eager"``: how the model is run
-            (module docstring). ``threads``: threads of the compiled path (default: all usable CPUs).
+        backend: ``"auto"`` (default), ``"compiled"``, ``"onnxruntime"``, ``"lite"`` or ``"eager"``:
+            how the model is run (module docstring). ``threads``: threads of the compiled path (default: all usable CPUs).
         categories: class names, index -> name (default: ImageNet-1k's for 1000 classes).
         workers: decode threads (0: none; None: one per core, up to 8).
         batch_size: images per runner call.
@@ -186,7 +190,7 @@ class Classifier:
 
     def backend_for(self, images: int) -> str:
         """The backend a job of ``images`` images runs on: ``"custom"`` (a ``runner=``),
-        ``"compiled"`` or ``"eager"``."""
+        ``"compiled"`` (or the runtime asked for: ``"onnxruntime"``, ``"lite"``) or ``"eager"``."""
         if self._custom_runner is not None:
             return "custom"
         if self.backend != "auto":
@@ -201,7 +205,11 @@ class Classifier:
         if kind == "custom":
             return self._custom_runner
         if kind not in self._runners:
-            self._runners[kind] = compiled_runner(self.model, self.threads) if kind == "compiled" else eager_runner(self.model)
+            if kind in COMPILED_BACKENDS:
+                runtime = "auto" if kind == "compiled" else kind
+                self._runners[kind] = compiled_runner(self.model, self.threads, runtime)
+            else:
+                self._runners[kind] = eager_runner(self.model)
         return self._runners[kind]
 
     @property

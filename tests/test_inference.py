@@ -314,9 +314,10 @@ def test_cli_benchmark_json_keys():
                           capture_output=True, text=True, timeout=600, cwd=str(REPO))
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
-    assert {"cpu", "cores", "flop_per_cycle", "clock_ghz", "peak_gflops"} <= set(report["machine"])
+    assert {"cpu", "cores", "clock_ghz", "peak_gflops", "estimated_peak_gflops"} <= set(report["machine"])
+    assert report["machine"]["peak_gflops"] == report["machine"]["fma_loop"]["gflops"]  # measured, not assumed
     rows = report["results"]
-    assert [r["mode"] for r in rows] == ["eager", "optimised"]
+    assert [r["mode"] for r in rows] == ["eager", "optimised", "onnxruntime"]
     for row in rows:
         assert set(row) == set(RESULT_KEYS)
         assert row["error"] is None and row["model"] == "resnet18" and row["batch"] == 1

@@ -373,8 +373,9 @@ def test_backend_choice_auto_compiled_eager(colour_model):
     assert str(next(iter(built.model.parameters())).device).startswith("cpux")
     assert built.logits(_uniform(RED)).shape == (1, 1000)
     assert {str(t.device) for t in list(built.model.parameters()) + list(built.model.buffers())} == {"cpux:0"}  # moved back
-    with pytest.raises(ValueError, match=r"^backend must be one of auto, compiled, eager, got 'lite'$"):
-        Classifier(colour_model, backend="lite")
+    with pytest.raises(ValueError, match=r"^backend must be one of auto, compiled, onnxruntime, lite, eager, "
+                                         r"got 'tensorrt'$"):
+        Classifier(colour_model, backend="tensorrt")
 
 
 def test_evaluate_on_the_compiled_backend_counts_exactly(colour_model, tmp_path):

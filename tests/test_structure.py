@@ -91,8 +91,8 @@ def test_weights_know_no_model():
     assert not offenders, offenders
 
 
-@pytest.mark.parametrize("module, top_level_only", [(("inference", "lite"), False), (("host",), False),
-                                                     (("bench_worker",), True)])
+@pytest.mark.parametrize("module, top_level_only", [(("inference", "lite"), False), (("inference", "ort"), False),
+                                                     (("host",), False), (("bench_worker",), True)])
 def test_standalone_modules_import_no_megzoo_module(module, top_level_only):
     path = PACKAGE.joinpath(*module).with_suffix(".py")
     found = [f"line {line}: {'.'.join(target) or 'megzoo'}"
@@ -100,20 +100,32 @@ def test_standalone_modules_import_no_megzoo_module(module, top_level_only):
     assert not found, f"{path.name} must load alone, but imports: {found}"
 
 
-def test_lite_runtime_loads_alone_by_path(tmp_path):
-    """The contract in practice: a fresh interpreter loads megzoo/inference/lite.py by path and
-    neither the megzoo package nor MegEngine's Python runtime gets imported."""
+@pytest.mark.parametrize("module, runner", [("lite", "LiteRunner"), ("ort", "OrtRunner")])
+def test_runtime_loads_alone_by_path(tmp_path, module, runner):
+    """The contract in practice: a fresh interpreter loads megzoo/inference/lite.py (or ort.py)
+    by path and neither the megzoo package nor MegEngine's Python runtime gets imported."""
     import subprocess
     import sys
 
     code = ("import importlib.util, sys\n"
-            f"spec = importlib.util.spec_from_file_location('lite_alone', {str(PACKAGE / 'inference' / 'lite.py')!r})\n"
+            f"spec = importlib.util.spec_from_file_location('alone', {str(PACKAGE / 'inference' / (module + '.py'))!r})\n"
             "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
             "print(sorted(n for n in sys.modules if n == 'megzoo' or n.startswith(('megzoo.', 'megengine'))))\n"
-            "print(m.LiteRunner.__name__)\n")
+            f"print(m.{runner}.__name__)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split("\n")[:2] == ["[]", "LiteRunner"]
+    assert proc.stdout.split("\n")[:2] == ["[]", runner]
+
+
+def test_import_megzoo_leaves_onnx_out():
+    """``onnx`` and ``onnxruntime`` are imported only when an ONNX path runs."""
+    import subprocess
+    import sys
+
+    code = "import sys, megzoo\nprint(sorted(n for n in ('onnx', 'onnxruntime') if n in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
 
 
 def test_no_module_grows_past_the_limit():

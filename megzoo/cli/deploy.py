@@ -1,5 +1,5 @@
-"""``megzoo export`` (a ``.mge`` for MegEngine Lite, with metadata and a parity check) and
-``megzoo benchmark`` (eager vs optimised inference: images/s, latency, peak memory, % of peak).
+"""``megzoo export`` (a ``.mge`` for MegEngine Lite or an ``.onnx``, with metadata and a parity check)
+and ``megzoo benchmark`` (eager vs the compiled backends: images/s, latency, peak memory, % of peak).
 
 Argument parsing and printing only: models come from :mod:`megzoo.model_source`, the export
 from :mod:`megzoo.inference.export`, the benchmark from :mod:`megzoo.benchmark`."""
@@ -12,15 +12,22 @@ from typing import List, Optional
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "export", help="write a .mge for MegEngine Lite (+ .mge.json metadata), checked against eager",
-        description="Trace a model, optimise the graph (BN folding, conv+bias+ReLU fusion) and write a .mge "
-                    "for MegEngine Lite, with its metadata in OUTPUT.json. The written file is loaded back and "
-                    "compared with eager MegEngine on a random batch and a real image; the export fails above "
-                    "--tolerance.")
+        "export", help="write a .mge for MegEngine Lite or an .onnx (+ OUTPUT.json metadata), checked against eager",
+        description="Write a model as a .mge for MegEngine Lite (traced; BN folded, conv+bias+ReLU fused) or as "
+                    "an ONNX model (--format onnx, or an -o name ending in .onnx; BN folded, dynamic batch), with "
+                    "its metadata in OUTPUT.json. The written file is run (by Lite, or by ONNX Runtime at two batch "
+                    "sizes) and compared with eager MegEngine on a random batch and a real image; above --tolerance "
+                    "the figures are printed, nothing is written and the command exits 1.")
     p.add_argument("model", metavar="NAME|CHECKPOINT",
                    help="registered model name (e.g. resnet50), or a state-dict checkpoint (.pkl/.pth; the "
                         "architecture from --arch or the file name)")
-    p.add_argument("-o", "--output", required=True, metavar="FILE.mge", help="output file")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.mge|FILE.onnx", help="output file")
+    p.add_argument("--format", choices=("mge", "onnx"), default=None,
+                   help="file format (default: onnx for an -o name ending in .onnx, else mge)")
+    p.add_argument("--opset", type=int, default=None, metavar="N",
+                   help="ONNX opset (default 17; 13 to 21)")
+    p.add_argument("--static-batch", action="store_true",
+                   help="ONNX: fix the batch axis to N of --input-shape (default: a symbolic batch axis 'N')")
     p.add_argument("--weights", metavar="TAG|FILE", default=None,
                    help="weights for NAME: a tag (megzoo info NAME lists them), 'default', or a checkpoint path "
                         "(default: none, random initialisation)")
@@ -31,14 +38,15 @@ def register(subparsers) -> None:
                         "by an allow-list reader that runs nothing")
     p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the model's)")
     p.add_argument("--input-shape", default="1,3,224,224", metavar="N,C,H,W",
-                   help="input shape the graph is traced with (default 1,3,224,224); the batch stays dynamic")
+                   help="input shape the graph is made for (default 1,3,224,224); the batch stays dynamic "
+                        "unless --static-batch")
     p.add_argument("--fuse", dest="fuse", action="store_true", default=True,
                    help="apply inference graph optimisations: BN folding, conv+bias+ReLU fusion (default)")
     p.add_argument("--no-fuse", dest="fuse", action="store_false", help="dump the graph as traced")
     p.add_argument("--layout", choices=("auto", "nchw", "nchw88", "nchw44"), default="auto",
                    help="internal convolution layout: auto (nchw88 on x86 with AVX2 where it passes its probe on "
                         "this machine, else nchw), nchw (portable), nchw88 (x86), nchw44 (ARM); input and output stay "
-                        "NCHW. A layout that failed its probe here is refused")
+                        "NCHW. A layout that failed its probe here is refused (.mge only)")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="parity tolerance: max |exported - eager| / max |eager| (default 1e-4)")
     p.add_argument("--image", metavar="FILE", default=None,
@@ -48,15 +56,20 @@ def register(subparsers) -> None:
     p.set_defaults(handler=cmd_export)
 
     p = subparsers.add_parser(
-        "benchmark", help="images/s, latency, peak memory: eager vs optimised inference",
-        description="Measure eager MegEngine and megzoo's optimised path (traced, fused graph run by MegEngine "
-                    "Lite with profiled kernels) side by side. Each configuration runs in a fresh process. "
+        "benchmark", help="images/s, latency, peak memory: eager vs the Lite and ONNX Runtime backends",
+        description="Measure eager MegEngine and megzoo's two compiled backends side by side: optimised (the "
+                    "traced, fused graph run by MegEngine Lite with profiled kernels) and onnxruntime (the model "
+                    "exported to ONNX, run by ONNX Runtime inside a megzoo process). Each configuration runs in a "
+                    "fresh process; the fp32 limit of the machine is measured first with a compiled FMA loop. "
                     "Figures are unreliable while other work loads the machine (check `uptime`).")
     p.add_argument("--models", default="resnet18,resnet50,vgg16", help="comma-separated model names")
     p.add_argument("--batch", default="1,16", help="comma-separated batch sizes (default 1,16)")
     p.add_argument("--threads", type=int, default=None, help="threads of the optimised path (default: all usable CPUs)")
     p.add_argument("--input-size", type=int, default=224, metavar="PX")
-    p.add_argument("--modes", default="eager,optimised", help="which paths to run (default eager,optimised)")
+    p.add_argument("--modes", default="eager,optimised,onnxruntime",
+                   help="which paths to run, of eager, optimised (Lite), onnxruntime, ort_alone (the exported .onnx "
+                        "in a process without megzoo), onnxruntime_untamed (without keeping MegEngine's poller "
+                        "thread back); default eager,optimised,onnxruntime")
     p.add_argument("--repeats", type=int, default=20, help="timed runs at most (median reported; default 20)")
     p.add_argument("--min-repeats", type=int, default=3, help="timed runs at least (default 3)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
@@ -73,7 +86,8 @@ def register(subparsers) -> None:
     p.add_argument("--cold", action="store_true",
                    help="also measure the first compile with an empty algorithm cache (slow)")
     p.add_argument("--peak-gflops", type=float, default=None,
-                   help="fp32 peak of the machine in GFLOP/s (default: cores x FLOP/cycle x clock, printed)")
+                   help="fp32 peak of the machine in GFLOP/s (default: measured with a compiled FMA loop, else "
+                        "cores x FLOP/cycle x clock)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per configuration (default 1800)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(handler=cmd_benchmark)
@@ -122,10 +136,17 @@ def _default_image() -> Optional[Path]:
 
 def cmd_export(args) -> int:
     from ..inference import ParityError, export, resolve_layout
+    from ..inference.export import export_format
     from ..model_source import model_from_source
 
     shape = _parse_shape(args.input_shape)
-    resolve_layout(args.layout, args.fuse)  # a layout refused here is refused before the model is built
+    fmt = export_format(args.output, args.format)
+    if fmt == "mge":
+        if args.opset is not None or args.static_batch:
+            raise ValueError("--opset and --static-batch apply to --format onnx only")
+        resolve_layout(args.layout, args.fuse)  # a layout refused here is refused before the model is built
+    elif args.layout != "auto":
+        raise ValueError("--layout applies to .mge files only (ONNX Runtime chooses its own kernels)")
     if args.weights is None and not Path(args.model).expanduser().exists():
         print(f"note: exporting {args.model} with random weights (pass --weights TAG|FILE for trained ones)",
               file=sys.stderr)
@@ -136,21 +157,24 @@ def cmd_export(args) -> int:
     image = Path(args.image) if args.image else _default_image()
     t0 = time.perf_counter()
     try:
-        report = export(model, args.output, shape, fuse=args.fuse, layout=args.layout, metadata=meta, check=args.check,
-                        tolerance=args.tolerance, image=image, threads=args.threads)
+        options = dict(opset=args.opset, dynamic_batch=not args.static_batch) if fmt == "onnx" else dict(layout=args.layout)
+        report = export(model, args.output, shape, format=fmt, fuse=args.fuse, metadata=meta, check=args.check,
+                        tolerance=args.tolerance, image=image, threads=args.threads, **options)
     except ParityError as exc:
         print(f"megzoo export: error: {exc}", file=sys.stderr)
         print(f"megzoo export: {args.output} not written", file=sys.stderr)
         return 1
     size = report.path.stat().st_size
     meta = report.metadata
-    print(f"wrote {report.path} ({size / 2**20:.1f} MiB, {'fused' if args.fuse else 'not fused'}, layout {meta['layout']}, "
-          f"input {meta['input_name']} {'x'.join(str(v) for v in meta['input_shape'])} {meta['color_order']}) and "
-          f"{report.metadata_path.name} in {time.perf_counter() - t0:.1f} s")
+    kind = (f"ONNX opset {meta['opset']}, batch {'dynamic' if meta['dynamic_batch'] else 'static'}" if fmt == "onnx"
+            else f"layout {meta['layout']}")
+    print(f"wrote {report.path} ({size / 2**20:.1f} MiB, {'fused' if args.fuse else 'not fused'}, {kind}, "
+          f"input {meta['input_name']} {'x'.join(str(v) for v in meta['input_shape'])} {meta['color_order']}, "
+          f"outputs {', '.join(meta['output_names'])}) and {report.metadata_path.name} in {time.perf_counter() - t0:.1f} s")
     if report.parity:
         print(f"parity vs eager (tolerance {args.tolerance:g}, max |diff| / max |logit|):")
         for name, r in report.parity["inputs"].items():
-            print(f"  {name:<28} max abs diff {r['max_abs']:.3g}  logit scale {r['scale']:.3g}  relative {r['rel']:.3g}  ok")
+            print(f"  {name:<34} max abs diff {r['max_abs']:.3g}  logit scale {r['scale']:.3g}  relative {r['rel']:.3g}  ok")
     else:
         print("parity check skipped (--no-check)")
     return 0

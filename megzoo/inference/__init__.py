@@ -1,9 +1,12 @@
-"""Fast CPU inference: trace a model into a static graph, optimise it, run it with MegEngine Lite.
+"""Fast CPU inference: a model compiled for ONNX Runtime or MegEngine Lite, exported as ``.onnx`` or ``.mge``.
 
     compiled = megzoo.compile(model, input_shape=(16, 3, 224, 224))
     logits = compiled(batch)            # numpy (N, 3, H, W) float32 in, numpy logits out
 
-What :func:`compile` does (see ``docs/performance.md``):
+``backend="auto"`` (default) runs the faster of the two on this machine, measured once
+(:mod:`~megzoo.inference.backends`). The ONNX Runtime backend exports the module tree to ONNX
+in memory (:mod:`~megzoo.inference.onnx_graph`, BatchNorm folded) and runs it with every graph
+optimisation of ONNX Runtime. What the Lite backend does (see ``docs/performance.md``):
 
 1. traces ``model.forward`` in eval mode with ``megengine.jit.trace(symbolic=True,
    capture_as_const=True)``: the weights become constants of one static graph;
@@ -24,17 +27,27 @@ The modules, one job each:
 * :mod:`~megzoo.inference.graph`: trace a module and dump its graph;
 * :mod:`~megzoo.inference.layouts`: which convolution layouts may run here (probe, verdicts, guard);
 * :mod:`~megzoo.inference.lite`: the Lite runtime (loadable alone, imports no other megzoo module);
-* :mod:`~megzoo.inference.compiled`: :func:`compile`, :func:`load`, :class:`CompiledModel`;
-* :mod:`~megzoo.inference.export`: ``.mge`` export with metadata and the parity check.
+* :mod:`~megzoo.inference.compiled`: :class:`CompiledModel`, the Lite backend;
+* :mod:`~megzoo.inference.onnx_graph`: a module tree as an ONNX model (one emitter per layer kind);
+* :mod:`~megzoo.inference.ort`: the ONNX Runtime runtime (loadable alone, imports no other megzoo module);
+* :mod:`~megzoo.inference.ort_compiled`: :class:`OrtCompiledModel`, the ONNX Runtime backend;
+* :mod:`~megzoo.inference.backends`: :func:`compile`, :func:`load`, what ``backend="auto"`` means here;
+* :mod:`~megzoo.inference.export`: ``.mge`` and ``.onnx`` export with metadata and the parity check.
+
+``onnx`` and ``onnxruntime`` are imported only when an ONNX path runs.
 """
-from .compiled import (CompiledModel, CompileInfo, algo_cache_dir, algo_cache_file, compile, default_threads,
-                       dump_graph, load, metadata_path, read_metadata)
+from .backends import BACKENDS, BackendUnavailableError, backend_record_path, best_backend, compile, load, resolve_backend
+from .compiled import (CompiledModel, CompileInfo, algo_cache_dir, algo_cache_file, default_threads, dump_graph,
+                       metadata_path, read_metadata)
+from .onnx_graph import UnsupportedModuleError
+from .ort_compiled import OrtCompiledModel
 from .export import ExportReport, ParityError, check_parity, export, make_test_image
 from .graph import DEFAULT_TOLERANCE, INPUT_NAME, LAYOUTS
 from .layouts import (LayoutUnavailableError, best_layout, layout_verdict, probe_record_path, require_layout,
                       resolve_layout)
 
-__all__ = ["compile", "CompiledModel", "CompileInfo", "load", "export", "check_parity", "ParityError", "ExportReport",
+__all__ = ["compile", "CompiledModel", "OrtCompiledModel", "BACKENDS", "best_backend", "resolve_backend",
+           "backend_record_path", "BackendUnavailableError", "UnsupportedModuleError", "CompileInfo", "load", "export", "check_parity", "ParityError", "ExportReport",
            "default_threads", "algo_cache_dir", "algo_cache_file", "dump_graph", "best_layout", "layout_verdict",
            "require_layout", "resolve_layout", "probe_record_path", "LayoutUnavailableError", "metadata_path", "read_metadata",
            "make_test_image", "INPUT_NAME", "LAYOUTS", "DEFAULT_TOLERANCE"]

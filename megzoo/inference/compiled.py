@@ -1,7 +1,7 @@
-"""``megzoo.compile``: a module traced, optimised and run by MegEngine Lite, one graph per input shape.
+"""The MegEngine Lite backend of ``megzoo.compile``: a module traced, optimised and run by Lite.
 
-A :class:`CompiledModel` either traces its module (:func:`compile`) or runs a ``.mge`` file
-(:func:`load`); both keep a small LRU of :class:`~megzoo.inference.lite.LiteRunner` by input
+A :class:`CompiledModel` either traces its module (``megzoo.compile(..., backend="lite")``) or
+runs a ``.mge`` file (:func:`megzoo.inference.load`); both keep a small LRU of :class:`~megzoo.inference.lite.LiteRunner` by input
 shape. Convolution layouts go through :mod:`megzoo.inference.layouts`' guard before any kernel
 runs, and kernel choices are cached per machine in :func:`algo_cache_dir`.
 """
@@ -17,12 +17,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..device import poller_yields
 from ..host import machine_tag, megzoo_home, usable_cpus
 from .graph import LAYOUTS, read_layout, trace_and_dump
 from .layouts import megengine_version, require_layout, resolve_layout
 from .lite import ALGO_POLICIES, LiteRunner, lite_lock
 
-__all__ = ["compile", "load", "CompiledModel", "CompileInfo", "dump_graph", "default_threads", "algo_cache_dir",
+__all__ = ["CompiledModel", "CompileInfo", "dump_graph", "default_threads", "algo_cache_dir",
            "algo_cache_file", "metadata_path", "read_metadata"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -105,9 +106,39 @@ class CompileInfo:
 
 
 class CompiledModel:
-    """A model compiled for fast inference; call it with a numpy (N, C, H, W) float32 batch (or a
-    megengine Tensor) to get numpy outputs. Build it with :func:`compile` (from a module) or
-    :func:`load` (from a ``.mge`` file); arguments as documented there."""
+    """A model compiled for MegEngine Lite; call it with a numpy (N, C, H, W) float32 batch (or a
+    megengine Tensor) to get numpy outputs. Build it with :func:`megzoo.compile` (from a module,
+    ``backend="lite"``) or :func:`megzoo.inference.load` (from a ``.mge`` file).
+
+    Args (``model`` or ``mge_file``, one of them):
+        input_shape: (N, C, H, W) to compile for now; None compiles on the first call. Other batch
+            sizes work on the same graph; another (C, H, W) compiles a new graph.
+        threads: worker threads; default the CPUs this process may use (``os.sched_getaffinity``).
+        fuse: apply MegEngine's inference graph optimisations (BN folding, conv+bias+ReLU fusion).
+        layout: internal convolution layout, ``"auto"`` (:func:`megzoo.inference.best_layout`:
+            NCHW88 on x86 with AVX2 where it passes its probe, else NCHW), ``"nchw88"``,
+            ``"nchw44"`` or ``"nchw"``; inputs/outputs stay NCHW. A layout that failed its probe
+            on this machine raises :class:`~megzoo.inference.LayoutUnavailableError` here.
+        algo: ``"profile"`` (measure the convolution algorithms and keep the fastest, cached in
+            ``$MEGZOO_HOME/algo_cache/``) or ``"heuristic"`` (no measuring: fast to compile, slower to run).
+        dynamic_batch: reuse one graph for every batch size (the graph must not bake the batch
+            size in, as megzoo models do not); False compiles each full shape separately.
+        max_shapes: how many compiled graphs to keep (least recently used dropped first).
+        profile_batch: profile the kernels at this batch size and use the choice for every batch
+            (one profile serves all batch sizes); None profiles each batch size at its own size.
+        cache_dir: directory for the profile cache instead of ``$MEGZOO_HOME/algo_cache``.
+        split_batch: with several threads, run a batch of N >= 2 as ``min(threads, N)`` contiguous
+            shares on single-thread networks at once (weights shared) instead of one network
+            using every thread: 1.5-1.8x the throughput of ResNet-50 at batch 16 on 2 cores.
+            Outputs are the same up to float rounding (kernels may differ per batch size).
+        micro_batch: each Lite network runs its share of a batch this many images at a time, so
+            one kernel profile (per thread count) serves every batch size. ``"auto"``: 1 with the
+            NCHW layout and profiling, where profiling whole shares takes minutes (ResNet-18 at
+            batch 16: 160 s, against 50 s at one image; speed -26% for ResNet-18, +15% for
+            ResNet-50 on 2 Zen 5 cores), else whole shares (None).
+    """
+
+    backend = "lite"
 
     def __init__(self, model=None, *, mge_file: Optional[PathLike] = None, input_shape: Optional[Sequence[int]] = None,
                  threads: Optional[int] = None, fuse: bool = True, layout: str = "auto", algo: str = "profile",
@@ -190,7 +221,7 @@ class CompiledModel:
         x = as_float32_batch(x)
         if x.ndim < 1 or x.shape[0] < 1:
             raise ValueError(f"input must have a non-empty batch axis, got shape {x.shape}")
-        with self._lock:
+        with self._lock, poller_yields():  # MegEngine's poller thread must not take Lite's cores
             runner = self._runner_for(x.shape)
             outputs = runner.run(x)
         return outputs[0] if len(outputs) == 1 and self.output_names != ["output0"] else outputs
@@ -277,64 +308,3 @@ class CompiledModel:
             self.input_shape = shape
         return runner
 
-
-def compile(model, input_shape: Optional[Sequence[int]] = None, threads: Optional[int] = None, *,
-            fuse: bool = True, layout: str = "auto", algo: str = "profile", dynamic_batch: bool = True,
-            max_shapes: int = 4, profile_batch: Optional[int] = None, cache_dir: Optional[PathLike] = None,
-            split_batch: bool = True, micro_batch: Union[str, int, None] = "auto") -> CompiledModel:
-    """Compile ``model`` (a ``megengine.module.Module`` taking one (N, C, H, W) tensor) for fast
-    CPU inference; returns a :class:`CompiledModel` to call with numpy batches.
-
-    Args:
-        input_shape: (N, C, H, W) to compile for now; None compiles on the first call. Other batch
-            sizes work on the same graph; another (C, H, W) compiles a new graph.
-        threads: worker threads; default the CPUs this process may use (``os.sched_getaffinity``).
-        fuse: apply MegEngine's inference graph optimisations (BN folding, conv+bias+ReLU fusion).
-        layout: internal convolution layout, ``"auto"`` (:func:`megzoo.inference.best_layout`:
-            NCHW88 on x86 with AVX2 where it passes its probe, else NCHW), ``"nchw88"``,
-            ``"nchw44"`` or ``"nchw"``; inputs/outputs stay NCHW. A layout that failed its probe
-            on this machine raises :class:`~megzoo.inference.LayoutUnavailableError` here.
-        algo: ``"profile"`` (measure the convolution algorithms and keep the fastest, cached in
-            ``$MEGZOO_HOME/algo_cache/``) or ``"heuristic"`` (no measuring: fast to compile, slower to run).
-        dynamic_batch: reuse one graph for every batch size (the graph must not bake the batch
-            size in, as megzoo models do not); False compiles each full shape separately.
-        max_shapes: how many compiled graphs to keep (least recently used dropped first).
-        profile_batch: profile the kernels at this batch size and use the choice for every batch
-            (one profile serves all batch sizes); None profiles each batch size at its own size.
-        cache_dir: directory for the profile cache instead of ``$MEGZOO_HOME/algo_cache``.
-        split_batch: with several threads, run a batch of N >= 2 as ``min(threads, N)`` contiguous
-            shares on single-thread networks at once (weights shared) instead of one network
-            using every thread: 1.5-1.8x the throughput of ResNet-50 at batch 16 on 2 cores.
-            Outputs are the same up to float rounding (kernels may differ per batch size).
-        micro_batch: each Lite network runs its share of a batch this many images at a time, so
-            one kernel profile (per thread count) serves every batch size. ``"auto"``: 1 with the
-            NCHW layout and profiling, where profiling whole shares takes minutes (ResNet-18 at
-            batch 16: 160 s, against 50 s at one image; speed -26% for ResNet-18, +15% for
-            ResNet-50 on 2 Zen 5 cores), else whole shares (None).
-    """
-    return CompiledModel(model, input_shape=input_shape, threads=threads, fuse=fuse, layout=layout, algo=algo,
-                         dynamic_batch=dynamic_batch, max_shapes=max_shapes, profile_batch=profile_batch,
-                         cache_dir=cache_dir, split_batch=split_batch, micro_batch=micro_batch)
-
-
-def load(path: PathLike, threads: Optional[int] = None, *, algo: str = "profile",
-         profile_batch: Optional[int] = None, cache_dir: Optional[PathLike] = None,
-         split_batch: bool = True, micro_batch: Union[str, int, None] = "auto") -> CompiledModel:
-    """Load an exported ``.mge`` (see :func:`megzoo.inference.export`) into a :class:`CompiledModel`
-    run by MegEngine Lite; megzoo's model code is not needed. The batch size may change; the
-    spatial size is the exported one. ``model.metadata`` holds the ``.mge.json`` metadata when
-    present. A file whose layout (from its metadata, else read from the graph) failed its probe
-    here is refused (:class:`~megzoo.inference.LayoutUnavailableError`). Other arguments as for
-    :func:`compile`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such model file: {path}")
-    meta = read_metadata(path)
-    compiled = CompiledModel(mge_file=path, threads=threads, algo=algo, profile_batch=profile_batch,
-                             cache_dir=cache_dir, split_batch=split_batch, max_shapes=1, micro_batch=micro_batch)
-    compiled.metadata = meta
-    compiled.output_names = list((meta or {}).get("output_names") or [])
-    shape = (meta or {}).get("input_shape")
-    if shape:
-        compiled._runner_for(tuple(shape))
-    return compiled

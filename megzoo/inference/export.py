@@ -1,10 +1,10 @@
-"""Export a model as a ``.mge`` for MegEngine Lite, with metadata beside it and a parity check.
+"""Export a model as a ``.mge`` for MegEngine Lite or an ``.onnx``, with metadata beside it and a parity check.
 
-:func:`export` writes ``model.mge`` and ``model.mge.json`` (input name and shape, preprocessing,
-class names, layout, versions, parity figures), after loading the written file back with Lite and
-comparing it with eager MegEngine (:func:`check_parity`) on a random batch and a real image. The
-file is staged beside the target and renamed into place only once it passed: nothing half-written
-or failed is left behind.
+:func:`export` writes ``model.mge`` (or ``model.onnx``) and ``model.mge.json`` (input name and
+shape, preprocessing, class names, layout or opset, versions, parity figures), after running the
+written file (with Lite, or with ONNX Runtime) and comparing it with eager MegEngine
+(:func:`check_parity`) on a random batch and a real image. The file is staged beside the target
+and renamed into place only once it passed: nothing half-written or failed is left behind.
 """
 import json
 import os
@@ -16,13 +16,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .._version import __version__
-from ..host import atomic_write_text
+from ..host import atomic_write_bytes, atomic_write_text
 from ..weights.catalog import MEAN_BGR, STD_BGR
 from .compiled import CompiledModel, as_float32_batch, metadata_path
 from .graph import DEFAULT_TOLERANCE, INPUT_NAME, trace_and_dump
 from .layouts import megengine_version, resolve_layout
 
-__all__ = ["export", "check_parity", "ParityError", "ExportReport", "make_test_image", "DEFAULT_TOLERANCE"]
+__all__ = ["export", "export_format", "FORMATS", "check_parity", "ParityError", "ExportReport", "make_test_image", "DEFAULT_TOLERANCE"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -125,32 +125,70 @@ class ExportReport:
     seconds: Dict[str, float] = field(default_factory=dict)
 
 
-def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224), *, fuse: bool = True,
-           layout: str = "auto", metadata: Optional[Dict[str, Any]] = None, check: bool = True,
-           tolerance: float = DEFAULT_TOLERANCE, image: Optional[PathLike] = None, threads: Optional[int] = None,
-           algo: str = "heuristic", seed: int = 0) -> ExportReport:
-    """Write ``model`` as a MegEngine Lite ``.mge`` at ``path`` plus ``path + ".json"`` metadata
-    (input name and shape, preprocessing, class names, layout, versions, parity results).
+FORMATS = ("mge", "onnx")
+#: the ``metadata_props`` an exported ``.onnx`` carries (the JSON beside it has everything)
+ONNX_PROPS = ("format", "model", "input_name", "input_shape", "batch_axis", "color_order", "pixel_range", "mean", "std",
+              "class_names", "output_names", "megzoo_version")
 
-    ``layout`` as for :func:`megzoo.compile` (a layout that failed its probe here is refused
-    before anything is written). With ``check`` (default) the written file is loaded with
-    MegEngine Lite and its outputs are compared with eager ``model(x)`` on a random batch and a
-    real image (``image``, else a generated one) preprocessed as the metadata says; above
-    ``tolerance`` (max abs difference over the logit scale) :class:`ParityError` is raised and
-    nothing is written (an existing file at ``path`` is left as it was)."""
+
+def export_format(path: PathLike, format: Optional[str] = None) -> str:
+    """``format`` checked, or the one ``path``'s suffix names (``.onnx`` -> ``onnx``, else ``mge``)."""
+    if format is None:
+        return "onnx" if Path(path).suffix.lower() == ".onnx" else "mge"
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    return format
+
+
+def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224), *, format: Optional[str] = None,
+           fuse: bool = True, layout: str = "auto", metadata: Optional[Dict[str, Any]] = None, check: bool = True,
+           tolerance: float = DEFAULT_TOLERANCE, image: Optional[PathLike] = None, threads: Optional[int] = None,
+           algo: str = "heuristic", seed: int = 0, opset: Optional[int] = None, dynamic_batch: bool = True) -> ExportReport:
+    """Write ``model`` at ``path`` as a MegEngine Lite ``.mge`` (``format="mge"``) or an ONNX
+    model (``format="onnx"``; default: by the suffix of ``path``), plus ``path + ".json"``
+    metadata (input name and shape, preprocessing, class names, versions, parity results).
+
+    ``.mge``: ``layout`` as for :func:`megzoo.compile` (a layout that failed its probe here is
+    refused before anything is written); ``algo`` chooses Lite's kernels for the check.
+    ``.onnx``: ``opset`` (default :data:`~megzoo.inference.onnx_graph.DEFAULT_OPSET`), BatchNorm
+    folded with ``fuse``, the batch axis symbolic (``"N"``) unless ``dynamic_batch=False``; the
+    essentials of the metadata are also in the model's ``metadata_props``.
+
+    With ``check`` (default) the written file is run (by Lite, or by ONNX Runtime) and its outputs
+    are compared with eager ``model(x)`` on a random batch and a real image (``image``, else a
+    generated one) preprocessed as the metadata says; for a dynamic-batch ONNX file at two batch
+    sizes. Above ``tolerance`` (max abs difference over the logit scale) :class:`ParityError` is
+    raised and nothing is written (an existing file at ``path`` is left as it was)."""
     path = Path(path)
+    fmt = export_format(path, format)
     shape = tuple(int(s) for s in input_shape)
-    if len(shape) != 4:
-        raise ValueError(f"input_shape must be (N, C, H, W), got {input_shape!r}")
-    layout = resolve_layout(layout, fuse)
+    if len(shape) != 4 or min(shape) < 1:
+        raise ValueError(f"input_shape must be (N, C, H, W) of positive sizes, got {input_shape!r}")
+    if fmt == "onnx":
+        from .backends import resolve_backend
+        from .onnx_graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+
+        opset = DEFAULT_OPSET if opset is None else opset
+        if not isinstance(opset, int) or isinstance(opset, bool) or not MIN_OPSET <= opset <= MAX_OPSET:
+            raise ValueError(f"opset must be an int in [{MIN_OPSET}, {MAX_OPSET}], got {opset!r}")
+        if layout != "auto":
+            raise ValueError("layout applies to .mge files only (ONNX Runtime chooses its own kernels)")
+        if check:
+            resolve_backend("onnxruntime")  # the parity check needs ONNX Runtime
+    else:
+        if opset is not None:
+            raise ValueError("opset applies to .onnx files only")
+        if not dynamic_batch:
+            raise ValueError("a .mge always takes any batch size; dynamic_batch=False applies to .onnx files")
+        layout = resolve_layout(layout, fuse)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta: Dict[str, Any] = {
-        "format": "megzoo-mge/1",
+        "format": "megzoo-onnx/1" if fmt == "onnx" else "megzoo-mge/1",
         "model": getattr(model, "model_name", type(model).__name__),
         "input_name": INPUT_NAME,
         "input_shape": list(shape),
         "input_layout": "NCHW",
-        "dynamic_batch": True,
+        "dynamic_batch": bool(dynamic_batch),
         "dtype": "float32",
         "color_order": "BGR",
         "pixel_range": [0, 255],
@@ -161,28 +199,44 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
         "megengine_version": megengine_version(),
         "megzoo_version": __version__,
     }
+    if fmt == "onnx":
+        from .ort import onnxruntime_version
+
+        meta.update(opset=opset, batch_axis="N" if dynamic_batch else None, onnxruntime_version=onnxruntime_version())
+    else:
+        meta["layout"] = layout
     meta.update(metadata or {})
-    seconds = {}
-    t0 = time.perf_counter()
-    meta["layout"] = layout
+    seconds: Dict[str, float] = {}
     # written beside the target and renamed into place once checked: never a half-written or
     # unchecked file at ``path``
     staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     report = ExportReport(path, metadata_path(path), meta, None, seconds)
     try:
-        meta["output_names"] = trace_and_dump(model, shape, staged, fuse=fuse, layout=layout)
+        t0 = time.perf_counter()
+        proto = None
+        if fmt == "onnx":
+            proto = _write_onnx(model, shape, staged, meta, opset, dynamic_batch, fuse)
+        else:
+            meta["output_names"] = trace_and_dump(model, shape, staged, fuse=fuse, layout=layout)
         seconds["dump"] = time.perf_counter() - t0
         if check:
             t0 = time.perf_counter()
-            rng = np.random.RandomState(seed)
-            real, label = _real_input(shape, image, meta["mean"], meta["std"], meta["color_order"])
-            inputs = {"random normal batch": rng.standard_normal(shape).astype(np.float32), label: real}
-            compiled = CompiledModel(mge_file=staged, threads=threads, algo=algo, max_shapes=1, layout=layout)
+            batches = [shape[0]] + ([_second_batch(shape[0])] if fmt == "onnx" and dynamic_batch else [])
+            inputs = _parity_inputs(shape, batches, image, meta, seed)
+            if fmt == "onnx":
+                from .ort_compiled import OrtCompiledModel
+
+                compiled = OrtCompiledModel(onnx_file=staged, threads=threads, max_shapes=len(batches))
+            else:
+                compiled = CompiledModel(mge_file=staged, threads=threads, algo=algo, max_shapes=1, layout=layout)
             compiled.output_names = meta["output_names"]
             report.parity = check_parity(model, compiled, inputs, tolerance)
             seconds["parity"] = time.perf_counter() - t0
             meta["parity"] = {"tolerance": tolerance, "max_rel": report.parity["max_rel"],
                               "inputs": report.parity["inputs"]}
+            if proto is not None:  # the checked figure goes into the file's own metadata too
+                _set_props(proto, meta, parity=report.parity["max_rel"])
+                atomic_write_bytes(staged, proto.SerializeToString())
         # the metadata first: a graph at ``path`` never sits beside another graph's metadata
         report.metadata_path.unlink(missing_ok=True)
         os.replace(staged, path)
@@ -190,3 +244,42 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
     finally:
         staged.unlink(missing_ok=True)
     return report
+
+
+def _second_batch(n: int) -> int:
+    """Another batch size for the parity check of a dynamic-batch file."""
+    return 3 if n != 3 else 2
+
+
+def _parity_inputs(shape, batches, image, meta, seed) -> Dict[str, np.ndarray]:
+    """A random normal batch and a real image (:func:`_real_input`) at each batch size."""
+    rng = np.random.RandomState(seed)
+    inputs = {}
+    for n in batches:
+        batch_shape = (n,) + tuple(shape[1:])
+        real, label = _real_input(batch_shape, image, meta["mean"], meta["std"], meta["color_order"])
+        suffix = f" (N={n})" if len(batches) > 1 else ""
+        inputs["random normal batch" + suffix] = rng.standard_normal(batch_shape).astype(np.float32)
+        inputs[label + suffix] = real
+    return inputs
+
+
+def _set_props(proto, meta: Dict[str, Any], parity: Optional[float] = None) -> None:
+    from onnx import helper
+
+    props = {key: json.dumps(meta.get(key)) if not isinstance(meta.get(key), str) else meta[key] for key in ONNX_PROPS}
+    if parity is not None:
+        props["parity_max_rel"] = f"{parity:.3g}"
+    del proto.metadata_props[:]
+    helper.set_model_props(proto, props)
+
+
+def _write_onnx(model, shape, staged: Path, meta: Dict[str, Any], opset: int, dynamic_batch: bool, fuse: bool):
+    """Build the ONNX model (checked by ``onnx.checker``) and write it to ``staged``."""
+    from .onnx_graph import build_onnx
+
+    proto = build_onnx(model, shape, opset=opset, dynamic_batch=dynamic_batch, fold_bn=fuse)
+    meta["output_names"] = [o.name for o in proto.graph.output]
+    _set_props(proto, meta)
+    atomic_write_bytes(staged, proto.SerializeToString())
+    return proto

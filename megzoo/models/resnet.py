@@ -62,6 +62,13 @@ class BasicBlock(M.Module):
         out = self.bn2(self.conv2(out))
         return F.relu(out + identity)
 
+    def to_onnx(self, graph, x: str) -> str:
+        """:meth:`forward` emitted into an ONNX graph builder (``megzoo.inference.onnx_graph``)."""
+        identity = x if self.downsample is None else graph.module(self.downsample, x, "downsample")
+        out = graph.relu(graph.conv(self.conv1, x, norm=self.bn1))
+        out = graph.conv(self.conv2, out, norm=self.bn2)
+        return graph.relu(graph.add(out, identity))
+
 
 class Bottleneck(M.Module):
     """1x1 reduce, 3x3 (grouped, possibly dilated), 1x1 expand by 4 (ResNet-50+, ResNeXt, Wide).
@@ -92,6 +99,14 @@ class Bottleneck(M.Module):
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         return F.relu(out + identity)
+
+    def to_onnx(self, graph, x: str) -> str:
+        """:meth:`forward` emitted into an ONNX graph builder (``megzoo.inference.onnx_graph``)."""
+        identity = x if self.downsample is None else graph.module(self.downsample, x, "downsample")
+        out = graph.relu(graph.conv(self.conv1, x, norm=self.bn1))
+        out = graph.relu(graph.conv(self.conv2, out, norm=self.bn2))
+        out = graph.conv(self.conv3, out, norm=self.bn3)
+        return graph.relu(graph.add(out, identity))
 
 
 _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -176,6 +191,15 @@ class ResNet(ZooModel):
         if self.dropout is not None:
             x = self.dropout(x)
         return self.fc(x)
+
+    def _onnx_level(self, graph, index: int, x: str) -> str:
+        if index == 0:
+            return graph.max_pool(self.maxpool, graph.relu(graph.conv(self.conv1, x, norm=self.bn1)))
+        return graph.module(getattr(self, f"layer{index}"), x, f"layer{index}")
+
+    def _onnx_head(self, graph, x: str) -> str:
+        x = graph.global_avg_pool(x)  # dropout is nothing in inference
+        return x if self.fc is None else graph.linear(self.fc, x)
 
     def get_classifier(self):
         return self.fc

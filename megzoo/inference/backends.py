@@ -1,0 +1,274 @@
+"""Which runtime runs a compiled model: ONNX Runtime or MegEngine Lite, and ``backend="auto"``.
+
+:func:`compile` and :func:`load` are the front doors (``megzoo.compile``,
+``megzoo.inference.load``); they hand the work to :class:`~megzoo.inference.CompiledModel`
+(MegEngine Lite, :mod:`~megzoo.inference.compiled`) or
+:class:`~megzoo.inference.ort_compiled.OrtCompiledModel` (ONNX Runtime).
+
+``backend="auto"`` (:func:`best_backend`) is decided once per machine by a short measurement
+(:func:`measure_backends`: a ResNet-18 with random weights on a (2, 3, 96, 96) batch, each
+runtime timed for about a second in a fresh subprocess, so neither a crash of a MegEngine kernel
+nor MegEngine's poller thread can touch the caller; Lite with its heuristic kernel choice, as
+profiling alone would take 15-30 s, for about 10% more speed at this size), kept in a record beside the layout probe's
+(:func:`backend_record_path`). ``$MEGZOO_BACKEND`` (``lite`` or ``onnxruntime``) overrides it. A
+call that sets one of the Lite-only options (``layout``, ``algo``, ``profile_batch``,
+``cache_dir``, ``split_batch``, ``micro_batch``), or runs with ``$MEGZOO_LAYOUT`` set, means Lite.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Union
+
+from ..host import atomic_write_text, cpu_info, machine_tag
+from .compiled import CompiledModel, read_metadata
+from .layouts import megengine_version, probe_record_path
+from .onnx_graph import DEFAULT_OPSET
+from .ort import onnxruntime_version
+
+__all__ = ["BACKENDS", "compile", "load", "best_backend", "resolve_backend", "backend_record_path", "measure_backends",
+           "BackendUnavailableError"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+BACKENDS = ("auto", "onnxruntime", "lite")
+#: the Lite-only options of :func:`compile` and their defaults
+LITE_OPTIONS = {"layout": "auto", "algo": "profile", "profile_batch": None, "cache_dir": None, "split_batch": True,
+                "micro_batch": "auto"}
+#: seconds the measurement subprocess may take (Lite profiles its kernels first)
+MEASURE_TIMEOUT_S = 120.0
+MEASURE_SHAPE = (2, 3, 96, 96)
+
+
+class BackendUnavailableError(RuntimeError):
+    """The backend asked for cannot run here (ONNX Runtime not installed)."""
+
+
+def backend_record_path() -> Path:
+    """The record of this machine's ``auto`` choice, beside the layout probe's:
+    ``backend-choice-mge<version>-ort<version>-<machine tag>.json``."""
+    return probe_record_path().parent / (f"backend-choice-mge{megengine_version()}-ort{onnxruntime_version()}-"
+                                         f"{machine_tag()}.json")
+
+
+def _require_onnxruntime() -> None:
+    if onnxruntime_version() is None:
+        raise BackendUnavailableError("the onnxruntime backend needs ONNX Runtime, which is not installed: "
+                                      "pip install 'onnxruntime>=1.20' (a default dependency of megzoo), "
+                                      "or use backend='lite'")
+
+
+#: the subprocess: prints one JSON line per runtime, ``{"backend", "images_per_s"}`` or ``{"backend", "error"}``
+MEASURE_SRC = r"""
+import json, sys, time
+import numpy as np
+from megzoo.inference.backends import _time_backend
+for backend in sys.argv[1:]:
+    try:
+        print(json.dumps({"backend": backend, "images_per_s": _time_backend(backend)}), flush=True)
+    except Exception as exc:
+        print(json.dumps({"backend": backend, "error": f"{type(exc).__name__}: {exc}"[:300]}), flush=True)
+"""
+
+
+def _time_backend(backend: str, budget_s: float = 1.0) -> float:
+    """Images/s of ``backend`` on :data:`MEASURE_SHAPE` with a random-weight ResNet-18 (median run)."""
+    import tempfile
+
+    import numpy as np
+
+    from ..models import resnet18
+
+    model = resnet18()
+    model.eval()
+    x = np.random.RandomState(0).standard_normal(MEASURE_SHAPE).astype(np.float32)
+    with tempfile.TemporaryDirectory(prefix="megzoo-backend-") as tmp:
+        # Lite with its heuristic kernel choice: profiling would take 15-30 s here, for ~10% more speed
+        options = {"cache_dir": tmp, "algo": "heuristic"} if backend == "lite" else {}
+        compiled = compile(model, MEASURE_SHAPE, backend=backend, **options)
+        for _ in range(2):
+            compiled(x)
+        times, start = [], time.perf_counter()
+        while len(times) < 5 or time.perf_counter() - start < budget_s:
+            t0 = time.perf_counter()
+            compiled(x)
+            times.append(time.perf_counter() - t0)
+    return MEASURE_SHAPE[0] / sorted(times)[len(times) // 2]
+
+
+def measure_backends(timeout: float = MEASURE_TIMEOUT_S) -> Dict[str, Any]:
+    """Time both runtimes now in a subprocess (no record read or written): ``{"backend": the
+    faster, "images_per_s": {name: figure}, "errors": {name: reason}, "seconds"}``."""
+    names = ["lite"] + (["onnxruntime"] if onnxruntime_version() is not None else [])
+    t0 = time.perf_counter()
+    lines, errors = "", {}
+    try:
+        proc = subprocess.run([sys.executable, "-c", MEASURE_SRC, *names], capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+        lines = proc.stdout
+        if proc.returncode != 0:
+            errors["process"] = f"exit status {proc.returncode}: {(proc.stderr.strip().splitlines() or [''])[-1][:200]}"
+    except subprocess.TimeoutExpired as exc:
+        lines = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        errors["process"] = f"no answer within {timeout:g} s"
+    figures = {}
+    for line in lines.splitlines():
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(item, dict) and item.get("backend") in names:
+            if "images_per_s" in item:
+                figures[item["backend"]] = round(float(item["images_per_s"]), 2)
+            else:
+                errors[item["backend"]] = item.get("error", "failed")
+    for name in names:
+        if name not in figures:
+            errors.setdefault(name, errors.get("process", "not measured"))
+    choice = max(figures, key=figures.get) if figures else "lite"
+    return {"backend": choice, "images_per_s": figures, "errors": errors,
+            "seconds": round(time.perf_counter() - t0, 2), "workload": f"resnet18 random weights, {list(MEASURE_SHAPE)}"}
+
+
+_chosen: Dict[str, str] = {}  # record path -> the choice (once per process)
+
+
+def best_backend() -> str:
+    """What ``backend="auto"`` means here: ``$MEGZOO_BACKEND`` if set; else the faster runtime
+    by this machine's record (:func:`backend_record_path`), measured the first time
+    (:func:`measure_backends`) and then recorded; ``"lite"`` without ONNX Runtime."""
+    forced = os.environ.get("MEGZOO_BACKEND", "").strip().lower()
+    if forced and forced != "auto":
+        if forced not in BACKENDS:
+            raise ValueError(f"MEGZOO_BACKEND must be one of {BACKENDS}, got {forced!r}")
+        return forced
+    if onnxruntime_version() is None:
+        return "lite"
+    record = backend_record_path()
+    key = str(record)
+    if key in _chosen:
+        return _chosen[key]
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = None
+    if not (isinstance(data, dict) and data.get("backend") in ("lite", "onnxruntime")):
+        from filelock import FileLock
+
+        record.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(record) + ".lock"):  # one measurement per machine, even from parallel processes
+            try:
+                data = json.loads(record.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                data = measure_backends()
+                info = cpu_info()
+                data["machine"] = {k: info[k] for k in ("model_name", "vendor", "family", "model", "stepping")}
+                data["megengine"], data["onnxruntime"] = megengine_version(), onnxruntime_version()
+                try:
+                    atomic_write_text(record, json.dumps(data, indent=2) + "\n")
+                except OSError as exc:
+                    warnings.warn(f"megzoo: could not record the backend choice in {record}: {exc}", RuntimeWarning)
+    _chosen[key] = data["backend"]
+    return _chosen[key]
+
+
+def resolve_backend(backend: str, lite_options: Optional[Dict[str, Any]] = None) -> str:
+    """``"lite"`` or ``"onnxruntime"`` for a request (``lite_options``: the Lite-only options
+    given; any that differs from its default means Lite under ``"auto"``)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    given = sorted(k for k, v in (lite_options or {}).items() if v != LITE_OPTIONS[k])
+    forced_layout = os.environ.get("MEGZOO_LAYOUT", "").strip().lower()
+    if backend == "auto" and lite_options is not None and forced_layout not in ("", "auto"):
+        given.append("MEGZOO_LAYOUT")  # a layout asked for by the environment is a Lite request too
+    if backend == "auto":
+        backend = "lite" if given else best_backend()
+    if backend == "onnxruntime":
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to the lite backend only; pass backend='lite' "
+                             "(or leave them out for onnxruntime)")
+        _require_onnxruntime()
+    return backend
+
+
+def compile(model, input_shape: Optional[Sequence[int]] = None, threads: Optional[int] = None, *,
+            backend: str = "auto", fuse: bool = True, dynamic_batch: bool = True, max_shapes: int = 4,
+            opset: int = DEFAULT_OPSET, layout: str = "auto", algo: str = "profile",
+            profile_batch: Optional[int] = None, cache_dir: Optional[PathLike] = None, split_batch: bool = True,
+            micro_batch: Union[str, int, None] = "auto"):
+    """Compile ``model`` (a ``megengine.module.Module`` taking one (N, C, H, W) tensor) for fast
+    CPU inference; returns a callable taking numpy batches and returning numpy outputs.
+
+    Args:
+        input_shape: (N, C, H, W) to compile for now; None compiles on the first call. Other batch
+            sizes work on the same graph; another (C, H, W) compiles a new graph.
+        threads: worker threads; default the CPUs this process may use (``os.sched_getaffinity``).
+        backend: ``"onnxruntime"`` (the model exported to ONNX in memory, run by ONNX Runtime:
+            :class:`~megzoo.inference.ort_compiled.OrtCompiledModel`), ``"lite"`` (traced and run
+            by MegEngine Lite: :class:`~megzoo.inference.CompiledModel`) or ``"auto"`` (the faster
+            one on this machine, :func:`best_backend`; Lite when a Lite-only option is given or the
+            module has no ``to_onnx`` (megzoo's models have one), since Lite traces any module).
+        fuse: fold BatchNorm into the convolutions (and, for Lite, fuse conv + bias + ReLU).
+        dynamic_batch: one graph for every batch size; False compiles each full shape separately.
+        max_shapes: how many compiled graphs to keep (least recently used dropped first).
+        opset: the ONNX opset (onnxruntime backend).
+        layout, algo, profile_batch, cache_dir, split_batch, micro_batch: Lite only, see
+            :class:`~megzoo.inference.CompiledModel` and docs/performance.md.
+    """
+    lite = {"layout": layout, "algo": algo, "profile_batch": profile_batch, "cache_dir": cache_dir,
+            "split_batch": split_batch, "micro_batch": micro_batch}
+    if backend == "auto" and not hasattr(model, "to_onnx"):
+        backend = "lite"  # a module the ONNX exporter does not know: Lite traces any module
+    if resolve_backend(backend, lite) == "onnxruntime":
+        from .ort_compiled import OrtCompiledModel
+
+        return OrtCompiledModel(model, input_shape=input_shape, threads=threads, fuse=fuse,
+                                dynamic_batch=dynamic_batch, max_shapes=max_shapes, opset=opset)
+    return CompiledModel(model, input_shape=input_shape, threads=threads, fuse=fuse, dynamic_batch=dynamic_batch,
+                         max_shapes=max_shapes, **lite)
+
+
+def load(path: PathLike, threads: Optional[int] = None, *, algo: str = "profile",
+         profile_batch: Optional[int] = None, cache_dir: Optional[PathLike] = None,
+         split_batch: bool = True, micro_batch: Union[str, int, None] = "auto"):
+    """Load an exported model (see :func:`megzoo.inference.export`) to run without megzoo's model
+    code: a ``.onnx`` with ONNX Runtime, a ``.mge`` with MegEngine Lite. The batch size may
+    change where the file allows it; the spatial size is the exported one. ``model.metadata``
+    holds the metadata JSON beside the file when present. For a ``.mge``, a file whose layout
+    failed its probe here is refused (:class:`~megzoo.inference.LayoutUnavailableError`); the
+    other arguments are Lite's, as for :func:`compile`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such model file: {path}")
+    meta = read_metadata(path)
+    if _is_onnx(path):
+        given = {"algo": algo, "profile_batch": profile_batch, "cache_dir": cache_dir, "split_batch": split_batch,
+                 "micro_batch": micro_batch}
+        resolve_backend("onnxruntime", given)
+        from .ort_compiled import OrtCompiledModel
+
+        compiled = OrtCompiledModel(onnx_file=path, threads=threads, max_shapes=1)
+    else:
+        compiled = CompiledModel(mge_file=path, threads=threads, algo=algo, profile_batch=profile_batch,
+                                 cache_dir=cache_dir, split_batch=split_batch, max_shapes=1, micro_batch=micro_batch)
+    compiled.metadata = meta
+    compiled.output_names = list((meta or {}).get("output_names") or [])
+    shape = (meta or {}).get("input_shape")
+    if shape:
+        compiled._runner_for(tuple(shape))
+    return compiled
+
+
+def _is_onnx(path: Path) -> bool:
+    """An ONNX file by its name, else by its first bytes (a protobuf starting with ``ir_version``,
+    field 1, varint: 0x08), where a ``.mge`` starts with MegEngine's own magic."""
+    if path.suffix.lower() == ".onnx":
+        return True
+    if path.suffix.lower() == ".mge":
+        return False
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return len(head) == 2 and head[0] == 0x08 and head[1] < 0x80
