@@ -45,7 +45,7 @@ def child(path: str, threads: int, batch: int, size: int, profile_json: str, cac
     spec = importlib.util.spec_from_file_location("megzoo_bench_worker", BENCH_WORKER_PY)
     worker = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(worker)
-    runtime = worker.load_lite_module()
+    runtime = worker.load_standalone()
     LiteNet = runtime.LiteNet
 
     runtime.use_cache_file(cache)

@@ -87,7 +87,7 @@ def measure(fn: Callable[[], object], cfg: Dict) -> Dict[str, float]:
             "latency_p90_ms": percentile(times, 0.9) * 1e3, "repeats": len(times), "peak_rss_mib": peak_rss_mib()}
 
 
-def load_lite_module(path: Path = LITE_PY, name: str = "megzoo_lite_standalone"):
+def load_standalone(path: Path = LITE_PY, name: str = "megzoo_lite_standalone"):
     """``megzoo/inference/lite.py`` (or ``ort.py``) loaded by path, alone (no megzoo package, no
     MegEngine Python runtime)."""
     spec = importlib.util.spec_from_file_location(name, path)
@@ -137,7 +137,7 @@ def run_config(cfg: Dict) -> Dict:
         compiled.export(cfg["mge_path"], shape)
         return out
     elif mode == "optimised":
-        lite = load_lite_module()
+        lite = load_standalone()
         runner = lite.LiteRunner(cfg["mge_path"], cfg["threads"], cfg["algo"], cfg.get("algo_cache_file"),
                                  cfg.get("profile_batch"), cfg.get("split_batch", True), cfg.get("micro_batch"),
                                  cfg.get("split_algo_cache_file"))
@@ -171,7 +171,7 @@ def run_config(cfg: Dict) -> Dict:
             def fn():
                 runner.run(x)
     elif mode == "ort_alone":
-        ort = load_lite_module(ORT_PY, "megzoo_ort_standalone")
+        ort = load_standalone(ORT_PY, "megzoo_ort_standalone")
         runner = ort.OrtRunner(cfg["onnx_path"], cfg["threads"])
         out["threads"] = cfg["threads"]
         out["megengine_imported"] = "megengine" in sys.modules

@@ -103,8 +103,8 @@ static void *work(void *out) {
 int main(int argc, char **argv) {
     int threads = atoi(argv[1]);
     iters = atol(argv[2]);
-    pthread_t t[256];
-    float out[256];
+    pthread_t *t = malloc(sizeof(pthread_t) * threads);
+    float *out = malloc(sizeof(float) * threads);
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (int i = 0; i < threads; i++) pthread_create(&t[i], NULL, work, &out[i]);
@@ -140,9 +140,12 @@ def measure_fma_peak(threads: int, repeats: int = 5, compiler: Optional[str] = N
         runs, lanes = [], None
         iters = 300_000_000  # about 0.5 s per run at 2 x 230 GFLOP/s
         for _ in range(repeats):
-            out = subprocess.run([str(exe), str(threads), str(iters)], capture_output=True, text=True, timeout=120)
-            gflops, lanes, _ = out.stdout.split()
-            runs.append(float(gflops))
+            try:
+                out = subprocess.run([str(exe), str(threads), str(iters)], capture_output=True, text=True, timeout=120)
+                gflops, lanes, _ = out.stdout.split()
+                runs.append(float(gflops))
+            except (subprocess.SubprocessError, OSError, ValueError) as exc:
+                return {"gflops": None, "error": f"the FMA loop failed: {exc}"}
     return {"gflops": max(runs), "runs": runs, "lanes": int(lanes), "threads": threads,
             "how": f"{threads} threads x 12 independent {32 * int(lanes)}-bit FMA chains, best of {repeats}"}
 

@@ -21,7 +21,8 @@ import threading
 from typing import Dict, Iterator, List, Optional, Tuple
 
 __all__ = ["select_device", "quiet_device", "using_device", "cuda_available", "quiet_stderr", "is_cpu_device",
-           "move_tensors", "poller_yields", "poller_threads", "POLLER_THREAD_NAME"]
+           "move_tensors", "poller_yields", "poller_threads", "poller_policy", "can_undo_idle_policy",
+           "POLLER_THREAD_NAME"]
 
 _ALIASES = {"cpu": "cpux", "gpu": "gpux", "cuda": "gpux"}
 _cuda: Optional[bool] = None
@@ -143,7 +144,7 @@ POLLER_THREAD_NAME = "CompNodeSync"
 _poller_lock = threading.Lock()
 _poller_users = 0
 _poller_saved: Dict[int, Tuple[int, int]] = {}  # thread id -> (policy, priority) before poller_yields
-_poller_seen: Tuple[int, List[int]] = (-1, [])  # (threads in the process when last looked, poller ids)
+_poller_seen: Tuple[frozenset, List[int]] = (frozenset(), [])  # (thread ids when last looked, poller ids)
 
 
 def poller_threads() -> List[int]:
@@ -155,7 +156,8 @@ def poller_threads() -> List[int]:
         tasks = os.listdir("/proc/self/task")
     except OSError:
         return []
-    if len(tasks) == _poller_seen[0]:
+    current = frozenset(tasks)
+    if current == _poller_seen[0]:
         return list(_poller_seen[1])
     found = []
     for tid in tasks:
@@ -165,28 +167,54 @@ def poller_threads() -> List[int]:
                     found.append(int(tid))
         except OSError:  # the thread ended meanwhile
             continue
-    _poller_seen = (len(tasks), found)
+    _poller_seen = (current, found)
     return list(found)
+
+
+def can_undo_idle_policy() -> bool:
+    """Whether this process may move a thread from ``SCHED_IDLE`` back to ``SCHED_OTHER`` at nice
+    0: as root, with ``CAP_SYS_NICE``, or with ``RLIMIT_NICE`` at 20 or more (Linux's rule)."""
+    try:
+        if os.geteuid() == 0:
+            return True
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:") and int(line.split()[1], 16) & (1 << 23):  # CAP_SYS_NICE
+                    return True
+        import resource
+
+        return resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
+    except (OSError, ValueError, AttributeError, ImportError):
+        return False
+
+
+def poller_policy() -> int:
+    """The policy :func:`poller_yields` gives the poller: ``SCHED_IDLE`` where it can be undone
+    (:func:`can_undo_idle_policy`), else ``SCHED_BATCH``."""
+    return os.SCHED_IDLE if can_undo_idle_policy() else os.SCHED_BATCH
 
 
 @contextlib.contextmanager
 def poller_yields() -> Iterator[List[int]]:
-    """Meanwhile, MegEngine's poller thread runs under ``SCHED_BATCH``: it never preempts a
-    running thread when its 10-microsecond timer fires, so the threads of a compiled model
-    (ONNX Runtime's or Lite's) keep the cores. Once MegEngine has run one eager operation, that
-    thread wakes ~100,000 times a second for the rest of the process; on 2 cores it cost ONNX
-    Runtime a third of its speed (ResNet-50 batch 16: 39 instead of 56 images/s). Its policy is
-    restored when the last user leaves (``SCHED_BATCH`` -> ``SCHED_OTHER`` needs no privilege,
-    unlike ``SCHED_IDLE``, which an unprivileged process cannot undo). Yields the thread ids; a
-    no-op without such threads or where the scheduler cannot be set."""
+    """Meanwhile, MegEngine's poller thread runs at the lowest priority the process can undo:
+    ``SCHED_IDLE`` (it gets a core only when nothing else wants it) where this process may switch
+    it back (root, ``CAP_SYS_NICE``), else ``SCHED_BATCH`` (it no longer preempts a running thread
+    when its 10-microsecond timer fires, but still takes its fair share of a core when runnable).
+    Once MegEngine has run one eager operation that thread wakes ~100,000 times a second for the
+    rest of the process; on 2 cores it cost ONNX Runtime a third of its speed (ResNet-50 batch 16,
+    by the issue: 39 instead of 56 images/s). Under ``SCHED_IDLE`` it took no measurable CPU
+    during a compiled run here; under ``SCHED_BATCH`` 0.13-0.28 CPU-seconds of 2 seconds. The
+    previous policy is restored when the last user leaves. Yields the thread ids changed; a no-op
+    without such threads or where the scheduler cannot be set."""
     global _poller_users
     with _poller_lock:
         _poller_users += 1
         if _poller_users == 1:
+            policy = poller_policy() if poller_threads() else None
             for tid in poller_threads():
                 try:
                     before = (os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority)
-                    os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
+                    os.sched_setscheduler(tid, policy, os.sched_param(0))
                     _poller_saved[tid] = before
                 except (OSError, AttributeError):  # gone, not permitted, or not Linux
                     continue

@@ -122,8 +122,9 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Create or replace ``path`` atomically and durably: ``write(f)`` fills a temporary file
     (opened ``"wb"``) beside it, which is fsynced and renamed over ``path`` (``os.replace``), and
     the folder is fsynced. The folder is created if needed. On any error the temporary file is
-    removed and ``path`` keeps its old content: a reader never sees a part. The file gets the
-    permissions a plain ``open`` would give it (not the temporary file's 0o600)."""
+    removed and ``path`` keeps its old content: a reader never sees a part. A new file gets the
+    permissions a plain ``open`` would give it (not the temporary file's 0o600); a replaced one
+    keeps its own."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
@@ -132,7 +133,11 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _new_file_mode())
+        try:
+            mode = path.stat().st_mode & 0o7777  # a replaced file keeps its permissions
+        except OSError:
+            mode = _new_file_mode()
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,14 +1,14 @@
 """Small building blocks shared by the model families: norm-layer factory, frozen BN, exact
 adaptive average pooling and input checks."""
 import functools
-from typing import Callable, Sequence, Union
+from typing import Callable, Sequence, Tuple, Union
 
 import megengine
 import megengine.functional as F
 import megengine.module as M
 import numpy as np
 
-__all__ = ["FrozenBatchNorm2d", "AdaptiveAvgPool2d", "get_norm_layer", "NormLayer", "check_input"]
+__all__ = ["FrozenBatchNorm2d", "AdaptiveAvgPool2d", "get_norm_layer", "NormLayer", "check_input", "pair"]
 
 #: A callable ``channels -> module`` building one normalisation layer.
 NormLayer = Callable[[int], M.Module]
@@ -64,6 +64,13 @@ def get_norm_layer(norm: Union[None, str, NormLayer]) -> NormLayer:
         f"unknown norm_layer {norm!r}: use one of 'bn', 'frozen_bn', 'gn', 'gn:<groups>' "
         "or a callable taking the number of channels"
     )
+
+
+def pair(value) -> Tuple[int, int]:
+    """A kernel/stride/padding argument as ``(h, w)``: an int for both, or a 2-sequence."""
+    if isinstance(value, (tuple, list)):
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
 
 
 def _pooling_matrix(in_size: int, out_size: int) -> np.ndarray:

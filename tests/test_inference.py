@@ -310,14 +310,17 @@ def test_cli_benchmark_json_keys():
 
     proc = subprocess.run([sys.executable, "-m", "megzoo.cli", "benchmark", "--models", "resnet18", "--batch", "1",
                            "--json", "--input-size", "32", "--repeats", "2", "--min-repeats", "1", "--warmup", "0",
-                           "--time-budget", "0", "--algo", "heuristic"],
+                           "--time-budget", "0", "--algo", "heuristic",
+                           "--modes", "eager,optimised,onnxruntime,ort_alone,onnxruntime_untamed"],
                           capture_output=True, text=True, timeout=600, cwd=str(REPO))
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
+    assert report["machine"]["isa"] == f"measured: {report['machine']['cores']} threads x 12 independent " \
+        f"{32 * report['machine']['fma_loop']['lanes']}-bit FMA chains, best of 5"
     assert {"cpu", "cores", "clock_ghz", "peak_gflops", "estimated_peak_gflops"} <= set(report["machine"])
     assert report["machine"]["peak_gflops"] == report["machine"]["fma_loop"]["gflops"]  # measured, not assumed
     rows = report["results"]
-    assert [r["mode"] for r in rows] == ["eager", "optimised", "onnxruntime"]
+    assert [r["mode"] for r in rows] == ["eager", "optimised", "onnxruntime", "ort_alone", "onnxruntime_untamed"]
     for row in rows:
         assert set(row) == set(RESULT_KEYS)
         assert row["error"] is None and row["model"] == "resnet18" and row["batch"] == 1

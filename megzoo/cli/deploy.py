@@ -88,6 +88,8 @@ def register(subparsers) -> None:
     p.add_argument("--peak-gflops", type=float, default=None,
                    help="fp32 peak of the machine in GFLOP/s (default: measured with a compiled FMA loop, else "
                         "cores x FLOP/cycle x clock)")
+    p.add_argument("--no-measure-peak", dest="measure_peak", action="store_false",
+                   help="skip the FMA-loop measurement (the %% column then uses the estimate)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per configuration (default 1800)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(handler=cmd_benchmark)
@@ -197,6 +199,7 @@ def cmd_benchmark(args) -> int:
     report = run_benchmark(models, batches, threads=args.threads or usable_cpus(), input_size=args.input_size,
                            modes=modes, repeats=args.repeats, min_repeats=args.min_repeats, warmup=args.warmup,
                            time_budget=args.time_budget, algo=args.algo, layout=args.layout, cold=args.cold,
-                           peak_gflops=args.peak_gflops, timeout=args.timeout, micro_batch=args.micro_batch, log=log)
+                           peak_gflops=args.peak_gflops, timeout=args.timeout, micro_batch=args.micro_batch,
+                           measure_peak=args.measure_peak, log=log)
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 1 if any(r.get("error") for r in report["results"]) else 0

@@ -26,7 +26,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 from ..host import atomic_write_text, cpu_info, machine_tag
 from .compiled import CompiledModel, read_metadata
 from .layouts import megengine_version, probe_record_path
-from .onnx_graph import DEFAULT_OPSET
+from .onnx_graph import DEFAULT_OPSET, unsupported_modules
 from .ort import onnxruntime_version
 
 __all__ = ["BACKENDS", "compile", "load", "best_backend", "resolve_backend", "backend_record_path", "measure_backends",
@@ -54,23 +54,22 @@ def backend_record_path() -> Path:
                                          f"{machine_tag()}.json")
 
 
-def _require_onnxruntime() -> None:
+def _require_onnxruntime(asked_by: str = "backend='onnxruntime'") -> None:
     if onnxruntime_version() is None:
-        raise BackendUnavailableError("the onnxruntime backend needs ONNX Runtime, which is not installed: "
+        raise BackendUnavailableError(f"{asked_by} needs ONNX Runtime, which is not installed: "
                                       "pip install 'onnxruntime>=1.20' (a default dependency of megzoo), "
-                                      "or use backend='lite'")
+                                      "or use the lite backend")
 
 
-#: the subprocess: prints one JSON line per runtime, ``{"backend", "images_per_s"}`` or ``{"backend", "error"}``
+#: the subprocess of one runtime: prints ``{"backend", "images_per_s"}`` or ``{"backend", "error"}``
 MEASURE_SRC = r"""
-import json, sys, time
-import numpy as np
+import json, sys
 from megzoo.inference.backends import _time_backend
-for backend in sys.argv[1:]:
-    try:
-        print(json.dumps({"backend": backend, "images_per_s": _time_backend(backend)}), flush=True)
-    except Exception as exc:
-        print(json.dumps({"backend": backend, "error": f"{type(exc).__name__}: {exc}"[:300]}), flush=True)
+backend = sys.argv[1]
+try:
+    print(json.dumps({"backend": backend, "images_per_s": _time_backend(backend)}), flush=True)
+except Exception as exc:
+    print(json.dumps({"backend": backend, "error": f"{type(exc).__name__}: {exc}"[:300]}), flush=True)
 """
 
 
@@ -99,36 +98,41 @@ def _time_backend(backend: str, budget_s: float = 1.0) -> float:
     return MEASURE_SHAPE[0] / sorted(times)[len(times) // 2]
 
 
-def measure_backends(timeout: float = MEASURE_TIMEOUT_S) -> Dict[str, Any]:
-    """Time both runtimes now in a subprocess (no record read or written): ``{"backend": the
-    faster, "images_per_s": {name: figure}, "errors": {name: reason}, "seconds"}``."""
-    names = ["lite"] + (["onnxruntime"] if onnxruntime_version() is not None else [])
-    t0 = time.perf_counter()
-    lines, errors = "", {}
+def _measure_one(backend: str, timeout: float) -> Dict[str, Any]:
+    """``{"images_per_s": ...}`` or ``{"error": ...}`` of ``backend``, timed in a fresh subprocess."""
     try:
-        proc = subprocess.run([sys.executable, "-c", MEASURE_SRC, *names], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-c", MEASURE_SRC, backend], capture_output=True, text=True,
                               timeout=timeout, stdin=subprocess.DEVNULL)
-        lines = proc.stdout
-        if proc.returncode != 0:
-            errors["process"] = f"exit status {proc.returncode}: {(proc.stderr.strip().splitlines() or [''])[-1][:200]}"
-    except subprocess.TimeoutExpired as exc:
-        lines = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        errors["process"] = f"no answer within {timeout:g} s"
-    figures = {}
-    for line in lines.splitlines():
+    except subprocess.TimeoutExpired:
+        return {"error": f"no answer within {timeout:g} s"}
+    for line in proc.stdout.splitlines():
         try:
             item = json.loads(line)
         except ValueError:
             continue
-        if isinstance(item, dict) and item.get("backend") in names:
+        if isinstance(item, dict) and item.get("backend") == backend:
             if "images_per_s" in item:
-                figures[item["backend"]] = round(float(item["images_per_s"]), 2)
-            else:
-                errors[item["backend"]] = item.get("error", "failed")
+                return {"images_per_s": round(float(item["images_per_s"]), 2)}
+            return {"error": str(item.get("error", "failed"))}
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
+    return {"error": f"exit status {proc.returncode}: {tail}"}
+
+
+def measure_backends(timeout: float = MEASURE_TIMEOUT_S) -> Dict[str, Any]:
+    """Time each runtime now, each in its own subprocess (so a crashing MegEngine kernel costs
+    only its own figure; no record is read or written): ``{"backend": the faster of those
+    measured (onnxruntime if none was), "images_per_s": {name: figure}, "errors": {name: reason},
+    "seconds"}``."""
+    names = (["onnxruntime"] if onnxruntime_version() is not None else []) + ["lite"]
+    t0 = time.perf_counter()
+    figures, errors = {}, {}
     for name in names:
-        if name not in figures:
-            errors.setdefault(name, errors.get("process", "not measured"))
-    choice = max(figures, key=figures.get) if figures else "lite"
+        result = _measure_one(name, timeout)
+        if "images_per_s" in result:
+            figures[name] = result["images_per_s"]
+        else:
+            errors[name] = result["error"]
+    choice = max(figures, key=figures.get) if figures else names[0]
     return {"backend": choice, "images_per_s": figures, "errors": errors,
             "seconds": round(time.perf_counter() - t0, 2), "workload": f"resnet18 random weights, {list(MEASURE_SHAPE)}"}
 
@@ -167,30 +171,40 @@ def best_backend() -> str:
                 info = cpu_info()
                 data["machine"] = {k: info[k] for k in ("model_name", "vendor", "family", "model", "stepping")}
                 data["megengine"], data["onnxruntime"] = megengine_version(), onnxruntime_version()
-                try:
-                    atomic_write_text(record, json.dumps(data, indent=2) + "\n")
-                except OSError as exc:
-                    warnings.warn(f"megzoo: could not record the backend choice in {record}: {exc}", RuntimeWarning)
+                if data["errors"]:  # not kept: a busy or broken moment must not decide for good
+                    warnings.warn(f"megzoo: measuring the backends failed ({data['errors']}); using "
+                                  f"{data['backend']} in this process, measuring again in the next", RuntimeWarning)
+                else:
+                    try:
+                        atomic_write_text(record, json.dumps(data, indent=2) + "\n")
+                    except OSError as exc:
+                        warnings.warn(f"megzoo: could not record the backend choice in {record}: {exc}",
+                                      RuntimeWarning)
     _chosen[key] = data["backend"]
     return _chosen[key]
 
 
-def resolve_backend(backend: str, lite_options: Optional[Dict[str, Any]] = None) -> str:
+def resolve_backend(backend: str, lite_options: Optional[Dict[str, Any]] = None, what: str = "backend='lite'") -> str:
     """``"lite"`` or ``"onnxruntime"`` for a request (``lite_options``: the Lite-only options
-    given; any that differs from its default means Lite under ``"auto"``)."""
+    given; any that differs from its default means Lite under ``"auto"``). ``what``: how the
+    refusal of Lite options under onnxruntime says to ask for Lite."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     given = sorted(k for k, v in (lite_options or {}).items() if v != LITE_OPTIONS[k])
     forced_layout = os.environ.get("MEGZOO_LAYOUT", "").strip().lower()
     if backend == "auto" and lite_options is not None and forced_layout not in ("", "auto"):
         given.append("MEGZOO_LAYOUT")  # a layout asked for by the environment is a Lite request too
+    forced = os.environ.get("MEGZOO_BACKEND", "").strip().lower()
     if backend == "auto":
         backend = "lite" if given else best_backend()
+        asked_by = "MEGZOO_BACKEND=onnxruntime" if forced == "onnxruntime" else "backend='onnxruntime'"
+    else:
+        asked_by = f"backend={backend!r}"
     if backend == "onnxruntime":
         if given:
-            raise ValueError(f"{', '.join(given)} apply to the lite backend only; pass backend='lite' "
+            raise ValueError(f"{', '.join(given)} apply to the lite backend only; {what} "
                              "(or leave them out for onnxruntime)")
-        _require_onnxruntime()
+        _require_onnxruntime(asked_by)
     return backend
 
 
@@ -210,7 +224,9 @@ def compile(model, input_shape: Optional[Sequence[int]] = None, threads: Optiona
             :class:`~megzoo.inference.ort_compiled.OrtCompiledModel`), ``"lite"`` (traced and run
             by MegEngine Lite: :class:`~megzoo.inference.CompiledModel`) or ``"auto"`` (the faster
             one on this machine, :func:`best_backend`; Lite when a Lite-only option is given or the
-            module has no ``to_onnx`` (megzoo's models have one), since Lite traces any module).
+            module has a part the ONNX exporter has no mapping for
+            (:func:`~megzoo.inference.onnx_graph.unsupported_modules`), since Lite traces any module;
+            ONNX Runtime when an ``opset`` is given).
         fuse: fold BatchNorm into the convolutions (and, for Lite, fuse conv + bias + ReLU).
         dynamic_batch: one graph for every batch size; False compiles each full shape separately.
         max_shapes: how many compiled graphs to keep (least recently used dropped first).
@@ -220,9 +236,14 @@ def compile(model, input_shape: Optional[Sequence[int]] = None, threads: Optiona
     """
     lite = {"layout": layout, "algo": algo, "profile_batch": profile_batch, "cache_dir": cache_dir,
             "split_batch": split_batch, "micro_batch": micro_batch}
-    if backend == "auto" and not hasattr(model, "to_onnx"):
+    if backend == "auto" and unsupported_modules(model):
         backend = "lite"  # a module the ONNX exporter does not know: Lite traces any module
-    if resolve_backend(backend, lite) == "onnxruntime":
+    if backend == "auto" and opset != DEFAULT_OPSET and all(v == LITE_OPTIONS[k] for k, v in lite.items()):
+        backend = "onnxruntime"  # an opset asked for is an ONNX request
+    resolved = resolve_backend(backend, lite, what="pass backend='lite'")
+    if resolved == "lite" and opset != DEFAULT_OPSET:
+        raise ValueError("opset applies to the onnxruntime backend only")
+    if resolved == "onnxruntime":
         from .ort_compiled import OrtCompiledModel
 
         return OrtCompiledModel(model, input_shape=input_shape, threads=threads, fuse=fuse,
@@ -247,7 +268,7 @@ def load(path: PathLike, threads: Optional[int] = None, *, algo: str = "profile"
     if _is_onnx(path):
         given = {"algo": algo, "profile_batch": profile_batch, "cache_dir": cache_dir, "split_batch": split_batch,
                  "micro_batch": micro_batch}
-        resolve_backend("onnxruntime", given)
+        resolve_backend("onnxruntime", given, what="they are for .mge files")
         from .ort_compiled import OrtCompiledModel
 
         compiled = OrtCompiledModel(onnx_file=path, threads=threads, max_shapes=1)
@@ -263,12 +284,8 @@ def load(path: PathLike, threads: Optional[int] = None, *, algo: str = "profile"
 
 
 def _is_onnx(path: Path) -> bool:
-    """An ONNX file by its name, else by its first bytes (a protobuf starting with ``ir_version``,
-    field 1, varint: 0x08), where a ``.mge`` starts with MegEngine's own magic."""
-    if path.suffix.lower() == ".onnx":
-        return True
-    if path.suffix.lower() == ".mge":
-        return False
+    """An ONNX file by its first bytes (a protobuf starting with ``ir_version``: field 1, varint,
+    0x08, then a small version), whatever its name; a ``.mge`` starts with MegEngine's own magic."""
     with open(path, "rb") as f:
         head = f.read(2)
     return len(head) == 2 and head[0] == 0x08 and head[1] < 0x80

@@ -105,7 +105,97 @@ class CompileInfo:
         return self.trace_dump_s + self.load_s + self.first_run_s
 
 
-class CompiledModel:
+def check_threads(threads: Optional[int]) -> int:
+    """``threads`` (default :func:`default_threads`) if it is an int >= 1, else ValueError."""
+    if threads is None:
+        threads = default_threads()
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+    return threads
+
+
+class ShapeCachedModel:
+    """What both backends share: a call contract (numpy (N, C, H, W) float32 or a megengine Tensor
+    in, numpy outputs out: one array, or a list for several outputs) and an LRU of compiled
+    runners by input shape (``(C, H, W)`` with a dynamic batch, else the full shape; a model
+    loaded from a file has one). A backend provides ``_build(shape)``, and ``_dropped(runner)``
+    for a runner pushed out of the LRU. ``run_under_lock``: the runner is not safe to call from
+    several threads at once."""
+
+    backend = ""
+    file_kind = ""  #: "mge" or "onnx": what a loaded file is called in messages
+    run_under_lock = True
+
+    def _init_cache(self, threads, max_shapes, dynamic_batch, source_file, input_shape):
+        threads = check_threads(threads)
+        if not isinstance(max_shapes, int) or isinstance(max_shapes, bool) or max_shapes < 1:
+            raise ValueError(f"max_shapes must be an int >= 1, got {max_shapes!r}")
+        self.threads = threads
+        self.max_shapes = max_shapes
+        self.dynamic_batch = dynamic_batch
+        self._source_file = Path(source_file) if source_file is not None else None
+        self._runners: "OrderedDict[tuple, Any]" = OrderedDict()
+        self._lock = threading.RLock()
+        #: how each shape was compiled, in order
+        self.compile_log: List[CompileInfo] = []
+        self.output_names: List[str] = []
+        #: the metadata JSON of a loaded file (None for a compiled module)
+        self.metadata: Optional[Dict[str, Any]] = None
+        self.input_shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
+
+    @property
+    def cached_shapes(self) -> List[tuple]:
+        """Keys of the compiled graphs kept, least recently used first: ``(C, H, W)`` with a
+        dynamic batch, else the full input shape."""
+        with self._lock:
+            return list(self._runners)
+
+    def __call__(self, x):
+        """Run the compiled graph on ``x`` (N, C, H, W); returns a numpy array (a list of them for
+        a model with several outputs)."""
+        x = as_float32_batch(x)
+        if x.ndim < 1 or x.shape[0] < 1:
+            raise ValueError(f"input must have a non-empty batch axis, got shape {x.shape}")
+        with self._lock:
+            runner = self._runner_for(x.shape)  # compiling runs MegEngine eagerly: the poller keeps its policy
+            if self.run_under_lock:
+                with poller_yields():  # MegEngine's poller thread must not take the runtime's cores
+                    outputs = runner.run(x)
+        if not self.run_under_lock:
+            self._check_call(runner, x.shape)
+            with poller_yields():
+                outputs = runner.run(x)
+        return outputs[0] if len(outputs) == 1 and self.output_names != ["output0"] else outputs
+
+    def _check_call(self, runner, shape: tuple) -> None:
+        """Refuse ``shape`` for ``runner`` before running it (a backend may override)."""
+
+    def _key(self, shape: tuple) -> tuple:
+        return tuple(shape[1:]) if self.dynamic_batch else tuple(shape)
+
+    def _runner_for(self, shape: tuple):
+        key = self._key(shape)
+        runner = self._runners.get(key)
+        if runner is not None:
+            self._runners.move_to_end(key)
+            return runner
+        if self._source_file is not None and self._runners:  # a file has one graph: it cannot be re-made
+            raise ValueError(f"this .{self.file_kind} was made for inputs {next(iter(self._runners))}; "
+                             f"got input shape {shape}")
+        runner = self._build(tuple(int(s) for s in shape))
+        self._runners[key] = runner
+        while len(self._runners) > self.max_shapes:
+            self._dropped(self._runners.popitem(last=False)[1])
+        return runner
+
+    def _build(self, shape: tuple):
+        raise NotImplementedError
+
+    def _dropped(self, runner) -> None:
+        """A runner left the LRU."""
+
+
+class CompiledModel(ShapeCachedModel):
     """A model compiled for MegEngine Lite; call it with a numpy (N, C, H, W) float32 batch (or a
     megengine Tensor) to get numpy outputs. Build it with :func:`megzoo.compile` (from a module,
     ``backend="lite"``) or :func:`megzoo.inference.load` (from a ``.mge`` file).
@@ -139,6 +229,7 @@ class CompiledModel:
     """
 
     backend = "lite"
+    file_kind = "mge"
 
     def __init__(self, model=None, *, mge_file: Optional[PathLike] = None, input_shape: Optional[Sequence[int]] = None,
                  threads: Optional[int] = None, fuse: bool = True, layout: str = "auto", algo: str = "profile",
@@ -149,12 +240,6 @@ class CompiledModel:
             raise ValueError("give a model to trace or an mge_file to run, not both or neither")
         if algo not in ALGO_POLICIES:
             raise ValueError(f"algo must be one of {ALGO_POLICIES}, got {algo!r}")
-        if threads is None:
-            threads = default_threads()
-        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-            raise ValueError(f"threads must be an int >= 1, got {threads!r}")
-        if not isinstance(max_shapes, int) or max_shapes < 1:
-            raise ValueError(f"max_shapes must be an int >= 1, got {max_shapes!r}")
         if layout not in ("auto",) + LAYOUTS:
             raise ValueError(f"layout must be one of {('auto',) + LAYOUTS}, got {layout!r}")
         if mge_file is not None:
@@ -165,30 +250,20 @@ class CompiledModel:
         if micro_batch != "auto" and micro_batch is not None and (
                 not isinstance(micro_batch, int) or isinstance(micro_batch, bool) or micro_batch < 1):
             raise ValueError(f"micro_batch must be 'auto', None or an int >= 1, got {micro_batch!r}")
+        self._init_cache(threads, max_shapes, dynamic_batch, mge_file, input_shape)
         self.model = model
-        self.mge_file = Path(mge_file) if mge_file is not None else None
-        self.threads = threads
+        self.mge_file = self._source_file
         self.fuse = fuse
         #: convolution layout; ``"auto"`` is resolved at the first compile (:func:`best_layout`)
         self.layout = layout if fuse or layout != "auto" else "nchw"
         self.algo = algo
-        self.dynamic_batch = dynamic_batch
-        self.max_shapes = max_shapes
         self.profile_batch = profile_batch
         #: batches are cut over single-thread networks only when the graph takes any batch size
         self.split_batch = split_batch and dynamic_batch
         #: images each Lite network runs at a time (:func:`compile`); ``"auto"`` until the layout is known
         self.micro_batch = micro_batch
         self._cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self._runners: "OrderedDict[tuple, LiteRunner]" = OrderedDict()
         self._graph_dir: Optional[tempfile.TemporaryDirectory] = None  # traced graphs (removed with the object)
-        self._lock = threading.RLock()
-        #: how each shape was compiled, in order
-        self.compile_log: List[CompileInfo] = []
-        self.output_names: List[str] = []
-        #: the ``.mge.json`` metadata of a loaded file (None for a traced module)
-        self.metadata: Optional[Dict[str, Any]] = None
-        self.input_shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
         if self.input_shape is not None:
             self._runner_for(self.input_shape)
 
@@ -208,23 +283,6 @@ class CompiledModel:
         if self.algo != "profile":
             return None
         return algo_cache_file(1, self._cache_dir, split=True)
-
-    @property
-    def cached_shapes(self) -> List[tuple]:
-        """Keys of the compiled graphs kept, least recently used first: ``(C, H, W)`` with a
-        dynamic batch, else the full input shape."""
-        return list(self._runners)
-
-    def __call__(self, x):
-        """Run the compiled graph on ``x`` (N, C, H, W); returns a numpy array (a list of them for
-        a model with several outputs)."""
-        x = as_float32_batch(x)
-        if x.ndim < 1 or x.shape[0] < 1:
-            raise ValueError(f"input must have a non-empty batch axis, got shape {x.shape}")
-        with self._lock, poller_yields():  # MegEngine's poller thread must not take Lite's cores
-            runner = self._runner_for(x.shape)
-            outputs = runner.run(x)
-        return outputs[0] if len(outputs) == 1 and self.output_names != ["output0"] else outputs
 
     def export(self, path: PathLike, input_shape: Optional[Sequence[int]] = None) -> Path:
         """Write the optimised graph for ``input_shape`` (default: the compile shape) to ``path``."""
@@ -255,25 +313,10 @@ class CompiledModel:
                                 else None)
         return self.micro_batch
 
-    def _key(self, shape: tuple) -> tuple:
-        return tuple(shape[1:]) if self.dynamic_batch else tuple(shape)
-
-    def _runner_for(self, shape: tuple) -> LiteRunner:
-        key = self._key(shape)
-        runner = self._runners.get(key)
-        if runner is not None:
-            self._runners.move_to_end(key)
-            return runner
-        if self.mge_file is not None and self._runners:  # a .mge has one graph: it cannot be re-traced
-            raise ValueError(f"this .mge was compiled for inputs {next(iter(self._runners))}; got input shape {shape}")
-        runner = self._build(tuple(int(s) for s in shape))
-        self._runners[key] = runner
-        while len(self._runners) > self.max_shapes:
-            dropped = self._runners.popitem(last=False)[1]
-            dropped.close()
-            if self.mge_file is None:  # a traced graph of ours, never the user's file
-                Path(dropped.path).unlink(missing_ok=True)
-        return runner
+    def _dropped(self, runner: LiteRunner) -> None:
+        runner.close()
+        if self.mge_file is None:  # a traced graph of ours, never the user's file
+            Path(runner.path).unlink(missing_ok=True)
 
     def _build(self, shape: tuple) -> LiteRunner:
         with lite_lock:

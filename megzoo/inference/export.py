@@ -126,17 +126,22 @@ class ExportReport:
 
 
 FORMATS = ("mge", "onnx")
-#: the ``metadata_props`` an exported ``.onnx`` carries (the JSON beside it has everything)
+#: the ``metadata_props`` an exported ``.onnx`` carries, each JSON-encoded (the JSON beside it has everything)
 ONNX_PROPS = ("format", "model", "input_name", "input_shape", "batch_axis", "color_order", "pixel_range", "mean", "std",
               "class_names", "output_names", "megzoo_version")
 
 
 def export_format(path: PathLike, format: Optional[str] = None) -> str:
-    """``format`` checked, or the one ``path``'s suffix names (``.onnx`` -> ``onnx``, else ``mge``)."""
+    """``format`` checked, or the one ``path``'s suffix names (``.onnx`` -> ``onnx``, else
+    ``mge``). A ``.mge``/``.onnx`` name with the other format is refused."""
+    suffix = Path(path).suffix.lower()
     if format is None:
-        return "onnx" if Path(path).suffix.lower() == ".onnx" else "mge"
+        return "onnx" if suffix == ".onnx" else "mge"
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if suffix in (".mge", ".onnx") and suffix[1:] != format:
+        raise ValueError(f"{Path(path).name} names a {suffix[1:]} file but the format asked for is {format}: "
+                         f"name the output FILE.{format}, or leave the format out")
     return format
 
 
@@ -165,16 +170,16 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
     if len(shape) != 4 or min(shape) < 1:
         raise ValueError(f"input_shape must be (N, C, H, W) of positive sizes, got {input_shape!r}")
     if fmt == "onnx":
-        from .backends import resolve_backend
-        from .onnx_graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+        from .onnx_graph import DEFAULT_OPSET, check_opset
+        from .ort import onnxruntime_version
 
-        opset = DEFAULT_OPSET if opset is None else opset
-        if not isinstance(opset, int) or isinstance(opset, bool) or not MIN_OPSET <= opset <= MAX_OPSET:
-            raise ValueError(f"opset must be an int in [{MIN_OPSET}, {MAX_OPSET}], got {opset!r}")
+        opset = check_opset(DEFAULT_OPSET if opset is None else opset)
         if layout != "auto":
             raise ValueError("layout applies to .mge files only (ONNX Runtime chooses its own kernels)")
-        if check:
-            resolve_backend("onnxruntime")  # the parity check needs ONNX Runtime
+        if check and onnxruntime_version() is None:
+            raise RuntimeError("the parity check of an .onnx export runs the file with ONNX Runtime, which is not "
+                               "installed: pip install 'onnxruntime>=1.20', or export without the check "
+                               "(check=False, --no-check), or export a .mge")
     else:
         if opset is not None:
             raise ValueError("opset applies to .onnx files only")
@@ -267,7 +272,7 @@ def _parity_inputs(shape, batches, image, meta, seed) -> Dict[str, np.ndarray]:
 def _set_props(proto, meta: Dict[str, Any], parity: Optional[float] = None) -> None:
     from onnx import helper
 
-    props = {key: json.dumps(meta.get(key)) if not isinstance(meta.get(key), str) else meta[key] for key in ONNX_PROPS}
+    props = {key: json.dumps(meta.get(key)) for key in ONNX_PROPS}  # every value JSON, strings too
     if parity is not None:
         props["parity_max_rel"] = f"{parity:.3g}"
     del proto.metadata_props[:]

@@ -18,9 +18,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..layers import pair
 from .graph import INPUT_NAME
 
-__all__ = ["OnnxGraph", "UnsupportedModuleError", "build_onnx", "DEFAULT_OPSET", "MIN_OPSET", "MAX_OPSET", "BATCH_AXIS"]
+__all__ = ["OnnxGraph", "UnsupportedModuleError", "build_onnx", "check_opset", "unsupported_modules", "DEFAULT_OPSET", "MIN_OPSET", "MAX_OPSET", "BATCH_AXIS"]
 
 #: the opset written unless told (ONNX Runtime 1.14+, TensorRT 8.6+, OpenVINO 2023+ read it)
 DEFAULT_OPSET = 17
@@ -36,10 +37,41 @@ class UnsupportedModuleError(TypeError):
     """A module in the model has no ONNX mapping (e.g. a custom norm layer)."""
 
 
-def _pair(value) -> Tuple[int, int]:
-    if isinstance(value, (tuple, list)):
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
+def check_opset(opset) -> int:
+    """``opset`` if it is an int in [:data:`MIN_OPSET`, :data:`MAX_OPSET`], else ValueError."""
+    if not isinstance(opset, int) or isinstance(opset, bool) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"opset must be an int in [{MIN_OPSET}, {MAX_OPSET}], got {opset!r}")
+    return opset
+
+
+def _leaf_kinds():
+    """The module kinds with a mapping here, by exact type (a subclass may compute something else,
+    e.g. ``ConvRelu2d``), and the BatchNorm kinds that compute plain BatchNorm in inference."""
+    import megengine.module as M
+
+    from ..layers import AdaptiveAvgPool2d, FrozenBatchNorm2d
+
+    batch_norms = (M.BatchNorm2d, FrozenBatchNorm2d, M.SyncBatchNorm)
+    return batch_norms, (M.Conv2d, M.GroupNorm, M.ReLU, M.MaxPool2d, M.AvgPool2d, AdaptiveAvgPool2d, M.Linear,
+                         M.Dropout, M.Identity, M.Sequential) + batch_norms
+
+
+def _kind(module, kinds) -> bool:
+    return type(module) in kinds and not hasattr(module, "to_onnx")
+
+
+def unsupported_modules(model) -> List[str]:
+    """``"name (Type)"`` of every module in ``model`` the exporter cannot emit: a module without
+    ``to_onnx`` that is not one of the layer kinds mapped here (found without building anything,
+    so ``megzoo.compile(backend="auto")`` can choose Lite for such a model)."""
+    _, kinds = _leaf_kinds()
+    if not hasattr(model, "to_onnx"):
+        return [f"the model ({type(model).__name__}: no to_onnx)"]
+    found = []
+    for name, module in model.named_modules():
+        if name and not hasattr(module, "to_onnx") and type(module) not in kinds:
+            found.append(f"{name} ({type(module).__name__})")
+    return found
 
 
 def _array(tensor, dtype=np.float32) -> np.ndarray:
@@ -98,8 +130,11 @@ class OnnxGraph:
     def shape_of(self, x: str) -> Shape:
         return self.shapes[x]
 
+    def _where(self, module) -> str:
+        return self._names.get(id(module)) or ".".join(self._path) or "the model"
+
     def _unsupported(self, module, why: str) -> UnsupportedModuleError:
-        where = self._names.get(id(module)) or ".".join(self._path) or "the model"
+        where = self._where(module)
         return UnsupportedModuleError(f"cannot export {where} ({type(module).__name__}) to ONNX: {why}; "
                                       "megzoo.compile(..., backend='lite') and the .mge export run any module")
 
@@ -118,14 +153,15 @@ class OnnxGraph:
         out_channels = weight.shape[0]
         bias = _array(conv.bias).reshape(-1) if conv.bias is not None else np.zeros(out_channels)
         if c != weight.shape[1] * groups:
-            raise self._unsupported(conv, f"expects {weight.shape[1] * groups} input channels, the graph has {c}")
+            raise ValueError(f"{self._where(conv)} expects {weight.shape[1] * groups} input channels, the graph has {c}: "
+                             "check the export's input shape")
         if norm is not None and self.fold_bn and self._is_batch_norm(norm):
             scale, shift = self._bn_affine(norm)  # folded in float64, written as float32
             weight = weight.astype(np.float64) * scale[:, None, None, None]
             bias = bias.astype(np.float64) * scale + shift
             norm = None
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (_pair(conv.kernel_size), _pair(conv.stride), _pair(conv.padding),
-                                                  _pair(conv.dilation))
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (pair(conv.kernel_size), pair(conv.stride), pair(conv.padding),
+                                                  pair(conv.dilation))
         oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
         ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         y = self.node("Conv", [x, self.constant(weight, "weight"), self.constant(bias, "bias")], (out_channels, oh, ow),
@@ -134,9 +170,7 @@ class OnnxGraph:
 
     @staticmethod
     def _is_batch_norm(module) -> bool:
-        import megengine.module as M
-
-        return isinstance(module, M.BatchNorm2d)
+        return _kind(module, _leaf_kinds()[0])
 
     @staticmethod
     def _bn_affine(bn) -> Tuple[np.ndarray, np.ndarray]:
@@ -153,7 +187,9 @@ class OnnxGraph:
         import megengine.module as M
 
         c, h, w = self.shape_of(x)
-        if isinstance(module, M.BatchNorm2d):
+        if self._is_batch_norm(module):
+            if module.running_mean is None or module.running_var is None:
+                raise self._unsupported(module, "no running statistics (track_running_stats=False) to normalise with")
             scale, shift = self._bn_affine(module)
             if self.fold_bn:  # a BN without a convolution before it: one multiply-add
                 y = self.node("Mul", [x, self.constant(scale.reshape(c, 1, 1), "bn_scale")], (c, h, w))
@@ -165,7 +201,7 @@ class OnnxGraph:
             return self.node("BatchNormalization", [x, self.constant(gamma, "bn_gamma"), self.constant(beta, "bn_beta"),
                                                     self.constant(mean, "bn_mean"), self.constant(var, "bn_var")],
                              (c, h, w), epsilon=float(module.eps))
-        if isinstance(module, M.GroupNorm):
+        if type(module) is M.GroupNorm:
             groups = int(module.num_groups)
             # (N, C, H, W) -> (N, G, C/G*H*W), normalised per group, back, then the per-channel affine
             grouped = self.node("Reshape", [x, self.constant(np.array([0, groups, -1]), "shape")],
@@ -190,15 +226,15 @@ class OnnxGraph:
 
     def max_pool(self, pool, x: str) -> str:
         """``MaxPool2d`` (floor mode, padding with -inf as MegEngine does)."""
-        (kh, kw), (ph, pw) = _pair(pool.kernel_size), _pair(pool.padding)
-        sh, sw = _pair(pool.stride if pool.stride is not None else pool.kernel_size)
+        (kh, kw), (ph, pw) = pair(pool.kernel_size), pair(pool.padding)
+        sh, sw = pair(pool.stride if pool.stride is not None else pool.kernel_size)
         c, h, w = self.shape_of(x)
         shape = (c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
         return self.node("MaxPool", [x], shape, kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw])
 
     def avg_pool(self, x: str, kernel, stride=None, padding=0, count_include_pad: bool = False) -> str:
-        (kh, kw), (ph, pw) = _pair(kernel), _pair(padding)
-        sh, sw = _pair(stride if stride is not None else kernel)
+        (kh, kw), (ph, pw) = pair(kernel), pair(padding)
+        sh, sw = pair(stride if stride is not None else kernel)
         c, h, w = self.shape_of(x)
         shape = (c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
         return self.node("AveragePool", [x], shape, kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw],
@@ -213,6 +249,8 @@ class OnnxGraph:
         oh, ow = pool.output_size
         if (h, w) == (oh, ow):
             return x
+        if h < 1 or w < 1:
+            raise ValueError(f"{self._where(pool)} gets a {h}x{w} map: the export's input is too small for the model")
         if h % oh == 0 and w % ow == 0:
             return self.avg_pool(x, (h // oh, w // ow))
         rows = self.node("MatMul", [self.constant(_pooling_matrix(h, oh), "pool_rows"), x], (c, oh, w))
@@ -232,7 +270,8 @@ class OnnxGraph:
         (features,) = self.shape_of(x)
         weight = _array(linear.weight)
         if weight.shape[1] != features:
-            raise self._unsupported(linear, f"expects {weight.shape[1]} features, the graph has {features}")
+            raise ValueError(f"{self._where(linear)} expects {weight.shape[1]} features, the graph has {features}: "
+                             "check the export's input shape")
         bias = _array(linear.bias) if linear.bias is not None else np.zeros(weight.shape[0])
         return self.node("Gemm", [x, self.constant(weight, "weight"), self.constant(bias, "bias")], (weight.shape[0],),
                          transB=1)
@@ -257,7 +296,7 @@ class OnnxGraph:
     def _is_conv(module) -> bool:
         import megengine.module as M
 
-        return isinstance(module, M.Conv2d)
+        return _kind(module, (M.Conv2d,))
 
     def module(self, module, x: str, name: Optional[str] = None) -> str:
         """Emit any supported module (its own ``to_onnx`` first, then the layer kinds above)."""
@@ -265,27 +304,28 @@ class OnnxGraph:
 
         from ..layers import AdaptiveAvgPool2d
 
+        kind = type(module)
         with self._at(name):
             if hasattr(module, "to_onnx"):
                 return module.to_onnx(self, x)
-            if isinstance(module, M.Sequential):
+            if kind is M.Sequential:
                 return self.sequential(module, x)
-            if isinstance(module, M.Conv2d) and type(module) is M.Conv2d:
+            if kind is M.Conv2d:
                 return self.conv(module, x)
-            if isinstance(module, (M.BatchNorm2d, M.GroupNorm)):
+            if self._is_batch_norm(module) or kind is M.GroupNorm:
                 return self.norm(module, x)
-            if isinstance(module, M.ReLU):
+            if kind is M.ReLU:
                 return self.relu(x)
-            if isinstance(module, M.MaxPool2d):
+            if kind is M.MaxPool2d:
                 return self.max_pool(module, x)
-            if isinstance(module, M.AvgPool2d):
+            if kind is M.AvgPool2d:
                 return self.avg_pool(x, module.kernel_size, module.stride, module.padding,
                                      count_include_pad=str(module.mode).lower() == "average")
-            if isinstance(module, AdaptiveAvgPool2d):
+            if kind is AdaptiveAvgPool2d:
                 return self.adaptive_avg_pool(module, x)
-            if isinstance(module, M.Linear):
+            if kind is M.Linear:
                 return self.linear(module, x)
-            if isinstance(module, (M.Dropout, M.Identity)):
+            if kind in (M.Dropout, M.Identity):
                 return x  # inference: nothing to do
             raise self._unsupported(module, "no ONNX mapping for this layer kind (supported: Conv2d, BatchNorm2d, "
                                     "GroupNorm, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Linear, Dropout, "
@@ -309,9 +349,9 @@ class OnnxGraph:
 
     # --- the finished model ---------------------------------------------------------------------
     def to_model(self, outputs: Sequence[str], output_names: Sequence[str], opset: int, doc: str = "",
-                 metadata: Optional[Dict[str, str]] = None):
+                 metadata: Optional[Dict[str, str]] = None, check: bool = True):
         """The ``onnx.ModelProto`` with ``outputs`` renamed to ``output_names``, checked by
-        ``onnx.checker`` (with shape inference)."""
+        ``onnx.checker`` with shape inference when ``check``."""
         import onnx
         from onnx import TensorProto, helper
 
@@ -330,21 +370,23 @@ class OnnxGraph:
         model.ir_version = helper.find_min_ir_version_for(opsets)  # readable by runtimes of that opset's time
         if metadata:
             helper.set_model_props(model, {str(k): str(v) for k, v in metadata.items()})
-        onnx.checker.check_model(model, full_check=True)
+        if check:
+            onnx.checker.check_model(model, full_check=True)
         return model
 
 
 def build_onnx(model, input_shape: Sequence[int], *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
                fold_bn: bool = True, output_names: Optional[Sequence[str]] = None,
-               metadata: Optional[Dict[str, str]] = None):
+               metadata: Optional[Dict[str, str]] = None, check: bool = True):
     """``model`` (a megzoo model, or any module with ``to_onnx(graph, x)`` returning one value
     name or a list of them) as a checked ``onnx.ModelProto`` for (N, C, H, W) ``input_shape``
     inputs named :data:`~megzoo.inference.graph.INPUT_NAME`. Outputs are named ``output`` (one)
-    or ``output0``, ``output1``, ... (a list, e.g. a ``features_only`` backbone)."""
+    or ``output0``, ``output1``, ... (a list, e.g. a ``features_only`` backbone). ``check``: run
+    ``onnx.checker`` (a second serialisation: 6 of VGG-16's 11 s; the compile path leaves it to
+    ONNX Runtime's own loading checks)."""
     from .graph import output_names as default_names
 
-    if not isinstance(opset, int) or isinstance(opset, bool) or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ValueError(f"opset must be an int in [{MIN_OPSET}, {MAX_OPSET}], got {opset!r}")
+    check_opset(opset)
     if not hasattr(model, "to_onnx"):
         raise UnsupportedModuleError(f"{type(model).__name__} has no to_onnx(graph, x): ONNX export covers megzoo's "
                                      "model families (ResNet/ResNeXt/Wide-ResNet, VGG) and modules that emit themselves; "
@@ -357,4 +399,4 @@ def build_onnx(model, input_shape: Sequence[int], *, opset: int = DEFAULT_OPSET,
     if len(names) != len(listed):
         raise ValueError(f"{len(listed)} outputs but {len(names)} output names")
     return graph.to_model(listed, names, opset, doc=getattr(model, "model_name", type(model).__name__),
-                          metadata=metadata)
+                          metadata=metadata, check=check)

@@ -17,14 +17,22 @@ __all__ = ["OrtRunner", "onnxruntime_version"]
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+#: the distributions that install the ``onnxruntime`` module
+ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml",
+                     "ort-nightly", "onnxruntime-silicon")
+
+
 def onnxruntime_version() -> Optional[str]:
     """The installed ONNX Runtime's version without importing it, or None when it is missing."""
-    try:
-        from importlib.metadata import PackageNotFoundError, version
+    import importlib.util
+    from importlib.metadata import PackageNotFoundError, version
 
-        return version("onnxruntime")
-    except PackageNotFoundError:
-        return None
+    for name in ORT_DISTRIBUTIONS:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return "unknown" if importlib.util.find_spec("onnxruntime") is not None else None
 
 
 class OrtRunner:

@@ -8,17 +8,15 @@ runs an exported ``.onnx`` (:func:`megzoo.inference.load`). The call contract is
 :class:`~megzoo.inference.CompiledModel`'s: numpy (N, C, H, W) float32 in, numpy outputs out.
 """
 import os
-import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
 from ..device import poller_yields
-from .compiled import CompileInfo, as_float32_batch, default_threads
-from .onnx_graph import DEFAULT_OPSET, build_onnx
+from .compiled import CompileInfo, ShapeCachedModel
+from .onnx_graph import DEFAULT_OPSET, UnsupportedModuleError, build_onnx, check_opset, unsupported_modules
 from .ort import OrtRunner
 
 __all__ = ["OrtCompiledModel"]
@@ -26,7 +24,7 @@ __all__ = ["OrtCompiledModel"]
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-class OrtCompiledModel:
+class OrtCompiledModel(ShapeCachedModel):
     """A model compiled for ONNX Runtime; call it with a numpy (N, C, H, W) float32 batch (or a
     megengine Tensor). Give a ``model`` to export (:func:`megzoo.compile` with
     ``backend="onnxruntime"``) or an ``onnx_file`` to run (:func:`megzoo.inference.load`).
@@ -37,54 +35,28 @@ class OrtCompiledModel:
     ``max_shapes``: sessions kept (least recently used dropped); ``opset``: ONNX opset."""
 
     backend = "onnxruntime"
+    file_kind = "onnx"
+    run_under_lock = False  # ONNX Runtime sessions may run from several threads at once
 
     def __init__(self, model=None, *, onnx_file: Optional[PathLike] = None, input_shape: Optional[Sequence[int]] = None,
                  threads: Optional[int] = None, fuse: bool = True, dynamic_batch: bool = True, max_shapes: int = 4,
                  opset: int = DEFAULT_OPSET):
         if (model is None) == (onnx_file is None):
             raise ValueError("give a model to export or an onnx_file to run, not both or neither")
-        if threads is None:
-            threads = default_threads()
-        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-            raise ValueError(f"threads must be an int >= 1, got {threads!r}")
-        if not isinstance(max_shapes, int) or max_shapes < 1:
-            raise ValueError(f"max_shapes must be an int >= 1, got {max_shapes!r}")
+        check_opset(opset)
+        if model is not None:
+            missing = unsupported_modules(model)
+            if missing:
+                raise UnsupportedModuleError(f"cannot export {', '.join(missing[:3])} to ONNX (no mapping for that "
+                                             "layer kind); megzoo.compile(..., backend='lite') runs any module")
+        self._init_cache(threads, max_shapes, dynamic_batch, onnx_file, input_shape)
         self.model = model
-        self.onnx_file = Path(onnx_file) if onnx_file is not None else None
-        self.threads = threads
+        self.onnx_file = self._source_file
         self.fuse = fuse
-        self.dynamic_batch = dynamic_batch
-        self.max_shapes = max_shapes
         self.opset = opset
-        self._runners: "OrderedDict[tuple, OrtRunner]" = OrderedDict()
-        self._lock = threading.RLock()
-        #: how each shape was compiled (``trace_dump_s``: building the ONNX graph), in order
-        self.compile_log: List[CompileInfo] = []
-        self.output_names: List[str] = []
-        #: the ``.onnx.json`` metadata of a loaded file (None for an exported module)
-        self.metadata: Optional[Dict[str, Any]] = None
-        self.input_shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
+        # compile_log's ``trace_dump_s`` is building the ONNX graph, ``load_s`` creating the session
         if self.input_shape is not None:
             self._runner_for(self.input_shape)
-
-    @property
-    def cached_shapes(self) -> List[tuple]:
-        """Keys of the sessions kept, least recently used first: ``(C, H, W)`` with a dynamic
-        batch, else the full input shape."""
-        return list(self._runners)
-
-    def __call__(self, x):
-        """Run the model on ``x`` (N, C, H, W); a numpy array (a list of them for several outputs)."""
-        x = as_float32_batch(x)
-        if x.ndim < 1 or x.shape[0] < 1:
-            raise ValueError(f"input must have a non-empty batch axis, got shape {x.shape}")
-        with self._lock:
-            runner = self._runner_for(x.shape)
-        if self.onnx_file is not None:
-            self._check_file_shape(runner, x.shape)
-        with poller_yields():
-            outputs = runner.run(x)
-        return outputs[0] if len(outputs) == 1 and self.output_names != ["output0"] else outputs
 
     def export(self, path: PathLike, input_shape: Optional[Sequence[int]] = None) -> Path:
         """Write the ONNX graph for ``input_shape`` (default: the compile shape) to ``path``
@@ -104,22 +76,9 @@ class OrtCompiledModel:
         return f"OrtCompiledModel(threads={self.threads}, opset={self.opset}, shapes={self.cached_shapes})"
 
     # --- internals ----------------------------------------------------------------------------
-    def _key(self, shape: tuple) -> tuple:
-        return tuple(shape[1:]) if self.dynamic_batch else tuple(shape)
-
-    def _runner_for(self, shape: tuple) -> OrtRunner:
-        key = self._key(shape)
-        runner = self._runners.get(key)
-        if runner is not None:
-            self._runners.move_to_end(key)
-            return runner
-        if self.onnx_file is not None and self._runners:
-            raise ValueError(f"this .onnx was exported for inputs {next(iter(self._runners))}; got input shape {shape}")
-        runner = self._build(tuple(int(s) for s in shape))
-        self._runners[key] = runner
-        while len(self._runners) > self.max_shapes:
-            self._runners.popitem(last=False)
-        return runner
+    def _check_call(self, runner: OrtRunner, shape: tuple) -> None:
+        if self.onnx_file is not None:
+            self._check_file_shape(runner, shape)
 
     def _check_file_shape(self, runner: OrtRunner, shape: tuple) -> None:
         fixed = [d if isinstance(d, int) else None for d in runner.input_shape]
@@ -134,7 +93,7 @@ class OrtCompiledModel:
             source: Union[bytes, Path] = self.onnx_file
         else:
             proto = build_onnx(self.model, (1,) + shape[1:] if self.dynamic_batch else shape, opset=self.opset,
-                               dynamic_batch=self.dynamic_batch, fold_bn=self.fuse)
+                               dynamic_batch=self.dynamic_batch, fold_bn=self.fuse, check=False)
             source = proto.SerializeToString()
         built = time.perf_counter()
         runner = OrtRunner(source, self.threads)

@@ -176,7 +176,13 @@ class ZooModel(M.Module):
     def to_onnx(self, graph, x: str):
         """Emit this model's inference graph into ``graph`` (an ONNX graph builder) from the value
         named ``x``; returns the output value name (logits or pre-logits), or the list of feature
-        maps at ``out_indices`` for a backbone, as :meth:`forward` does."""
+        maps at ``out_indices`` for a backbone, as :meth:`forward` does. The graph's input shape
+        is checked as :meth:`forward` checks an input."""
+
+        class _Shape:  # what check_input reads of an input
+            shape = tuple(graph.input_shape)
+
+        self._check(_Shape())
         if self.features_only:
             maps = []
             for index in range(self.out_indices[-1] + 1):

@@ -56,6 +56,7 @@ from megengine.autodiff import Function
 
 from ..device import is_cpu_device
 from ..host import usable_cpus
+from ..layers import pair
 
 __all__ = ["METHODS", "FORWARDS", "enable", "disable", "fast_conv", "is_enabled", "conv2d", "conv2d_weight_grad",
            "conv2d_input_grad", "AUTO_METHOD", "is_cpu_device", "blas_conv2d", "blas_input_grad", "blas_weight_grad"]
@@ -69,12 +70,6 @@ METHODS = ("auto", "blas", "swap", "gemm", "im2col", "native")
 FORWARDS = ("native", "blas")
 
 _ATTR = "_megzoo_fast_conv"
-
-
-def _pair(value) -> Tuple[int, int]:
-    if isinstance(value, (tuple, list)):
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
 
 
 
@@ -93,7 +88,7 @@ def conv2d_input_grad(dy: Tensor, weight: Tensor, input_shape, stride=1, padding
     from megengine.core.tensor.utils import astensor1d
     from megengine.functional.debug_param import get_execution_strategy
 
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
     op = builtin.ConvolutionBackwardData(stride_h=sh, stride_w=sw, pad_h=ph, pad_w=pw, dilate_h=dh, dilate_w=dw,
                                          strategy=get_execution_strategy(),
                                          sparse="dense" if groups == 1 else "group")
@@ -323,7 +318,7 @@ def conv2d_weight_grad(x: Tensor, dy: Tensor, weight_shape, stride=1, padding=0,
                        method: str = "auto") -> Tensor:
     """Gradient of ``conv2d(x, weight, ...)`` with respect to ``weight`` (of ``weight_shape``:
     (O, C, KH, KW), or (G, O/G, C/G, KH, KW) when grouped), given the output gradient ``dy``."""
-    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    stride, padding, dilation = pair(stride), pair(padding), pair(dilation)
     weight_shape = tuple(int(s) for s in weight_shape)
     if method == "auto":
         method = AUTO_METHOD
@@ -404,7 +399,7 @@ def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1, p
     """``megengine.functional.conv2d`` (zero padding, default compute mode) with the fast backward
     pass; same output. ``bias`` must have shape (1, O, 1, 1) as in ``Conv2d``. Without gradient
     recording (inference) this is ``F.conv2d`` itself."""
-    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    stride, padding, dilation = pair(stride), pair(padding), pair(dilation)
     need_x, need_w = _tracked(x), _tracked(weight)
     need_b = bias is not None and _tracked(bias)
     if not (need_x or need_w or need_b) or method == "native":
