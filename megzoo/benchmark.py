@@ -34,9 +34,10 @@ WORKER = Path(__file__).resolve().parent / "bench_worker.py"
 
 
 def cpu_peak_gflops(threads: int) -> Dict[str, object]:
-    """fp32 peak estimate: cores x FLOP/cycle x clock, with the assumptions spelled out.
-    FLOP/cycle: 2 FMA pipes x vector lanes x 2 (AVX-512/AVX2 with FMA: 32 per core; AVX without
-    FMA: 16; SSE: 8). Zen 4 runs AVX-512 on two 256-bit pipes, which is also 32."""
+    """fp32 peak estimate (the fallback of :func:`measure_fma_peak`): cores x FLOP/cycle x clock,
+    with the assumptions spelled out. FLOP/cycle: 2 FMA pipes x vector lanes x 2 (AVX-512 with
+    FMA: 64 per core, but 32 on Zen 4, which runs AVX-512 on two 256-bit pipes; AVX2 with FMA:
+    32; AVX without FMA: 16; SSE: 8)."""
     info = cpu_info()
     flags = info["flags"]
     try:
@@ -48,8 +49,11 @@ def cpu_peak_gflops(threads: int) -> Dict[str, object]:
         mhz = max(mhz, max_khz / 1000)
     except (OSError, ValueError):
         pass
-    if "fma" in flags and ("avx512f" in flags or "avx2" in flags):
-        per_cycle, isa = 32, "AVX-512/AVX2 + FMA: 2 FMA units x 8 fp32 lanes x 2"
+    zen4 = info.get("vendor") == "AuthenticAMD" and str(info.get("family")) == "25"
+    if "fma" in flags and "avx512f" in flags and not zen4:
+        per_cycle, isa = 64, "AVX-512 + FMA: 2 FMA units x 16 fp32 lanes x 2"
+    elif "fma" in flags and ("avx512f" in flags or "avx2" in flags):
+        per_cycle, isa = 32, "AVX2 (or Zen 4's double-pumped AVX-512) + FMA: 2 FMA units x 8 fp32 lanes x 2"
     elif "avx" in flags:
         per_cycle, isa = 16, "AVX without FMA: 2 units x 8 lanes"
     else:

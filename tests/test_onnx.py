@@ -484,3 +484,17 @@ def test_fma_limit_without_a_compiler():
         assert measure_fma_peak(1, repeats=1) == {"gflops": None, "error": "no C compiler (cc or gcc) on PATH"}
     finally:
         monkeypatch.undo()
+
+
+def test_peak_estimate_counts_full_width_avx512_except_on_zen4(monkeypatch):
+    from megzoo import benchmark
+
+    def cpu(family):
+        return lambda: {"model_name": "AMD EPYC", "vendor": "AuthenticAMD", "family": family, "model": "1",
+                        "stepping": "1", "mhz": "3000", "flags": frozenset({"avx2", "fma", "avx512f"})}
+
+    monkeypatch.setattr(benchmark, "cpu_info", cpu("26"))
+    monkeypatch.setattr(benchmark.Path, "read_text", lambda self: (_ for _ in ()).throw(OSError()))
+    assert (benchmark.cpu_peak_gflops(2)["flop_per_cycle"], benchmark.cpu_peak_gflops(2)["peak_gflops"]) == (64, 384.0)
+    monkeypatch.setattr(benchmark, "cpu_info", cpu("25"))
+    assert (benchmark.cpu_peak_gflops(2)["flop_per_cycle"], benchmark.cpu_peak_gflops(2)["peak_gflops"]) == (32, 192.0)
