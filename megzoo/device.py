@@ -15,6 +15,7 @@ Device names: ``cpu`` (= ``cpux``), ``gpu``/``cuda`` (= ``gpux``), or any MegEng
 (see its docstring).
 """
 import contextlib
+import functools
 import os
 import sys
 import threading
@@ -171,9 +172,11 @@ def poller_threads() -> List[int]:
     return list(found)
 
 
+@functools.lru_cache(maxsize=None)
 def can_undo_idle_policy() -> bool:
     """Whether this process may move a thread from ``SCHED_IDLE`` back to ``SCHED_OTHER`` at nice
-    0: as root, with ``CAP_SYS_NICE``, or with ``RLIMIT_NICE`` at 20 or more (Linux's rule)."""
+    0: as root, with ``CAP_SYS_NICE``, or with ``RLIMIT_NICE`` at 20 or more (Linux's rule).
+    Read once per process (it is asked at every compiled call)."""
     try:
         if os.geteuid() == 0:
             return True
@@ -209,15 +212,15 @@ def poller_yields() -> Iterator[List[int]]:
     global _poller_users
     with _poller_lock:
         _poller_users += 1
-        if _poller_users == 1:
-            policy = poller_policy() if poller_threads() else None
-            for tid in poller_threads():
-                try:
-                    before = (os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority)
-                    os.sched_setscheduler(tid, policy, os.sched_param(0))
-                    _poller_saved[tid] = before
-                except (OSError, AttributeError):  # gone, not permitted, or not Linux
-                    continue
+        found = poller_threads() if _poller_users == 1 else []
+        policy = poller_policy() if found else None
+        for tid in found:
+            try:
+                before = (os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority)
+                os.sched_setscheduler(tid, policy, os.sched_param(0))
+                _poller_saved[tid] = before
+            except (OSError, AttributeError):  # gone, not permitted, or not Linux
+                continue
         tids = list(_poller_saved)
     try:
         yield tids

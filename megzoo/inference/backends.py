@@ -28,6 +28,7 @@ from .compiled import CompiledModel, read_metadata
 from .layouts import megengine_version, probe_record_path
 from .onnx_graph import DEFAULT_OPSET, unsupported_modules
 from .ort import onnxruntime_version
+from .ort_compiled import OrtCompiledModel
 
 __all__ = ["BACKENDS", "compile", "load", "best_backend", "resolve_backend", "backend_record_path", "measure_backends",
            "BackendUnavailableError"]
@@ -244,8 +245,6 @@ def compile(model, input_shape: Optional[Sequence[int]] = None, threads: Optiona
     if resolved == "lite" and opset != DEFAULT_OPSET:
         raise ValueError("opset applies to the onnxruntime backend only")
     if resolved == "onnxruntime":
-        from .ort_compiled import OrtCompiledModel
-
         return OrtCompiledModel(model, input_shape=input_shape, threads=threads, fuse=fuse,
                                 dynamic_batch=dynamic_batch, max_shapes=max_shapes, opset=opset)
     return CompiledModel(model, input_shape=input_shape, threads=threads, fuse=fuse, dynamic_batch=dynamic_batch,
@@ -269,8 +268,6 @@ def load(path: PathLike, threads: Optional[int] = None, *, algo: str = "profile"
         given = {"algo": algo, "profile_batch": profile_batch, "cache_dir": cache_dir, "split_batch": split_batch,
                  "micro_batch": micro_batch}
         resolve_backend("onnxruntime", given, what="they are for .mge files")
-        from .ort_compiled import OrtCompiledModel
-
         compiled = OrtCompiledModel(onnx_file=path, threads=threads, max_shapes=1)
     else:
         compiled = CompiledModel(mge_file=path, threads=threads, algo=algo, profile_batch=profile_batch,

@@ -21,6 +21,7 @@ from ..weights.catalog import MEAN_BGR, STD_BGR
 from .compiled import CompiledModel, as_float32_batch, metadata_path
 from .graph import DEFAULT_TOLERANCE, INPUT_NAME, trace_and_dump
 from .layouts import megengine_version, resolve_layout
+from .ort_compiled import OrtCompiledModel
 
 __all__ = ["export", "export_format", "FORMATS", "check_parity", "ParityError", "ExportReport", "make_test_image", "DEFAULT_TOLERANCE"]
 
@@ -229,8 +230,6 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
             batches = [shape[0]] + ([_second_batch(shape[0])] if fmt == "onnx" and dynamic_batch else [])
             inputs = _parity_inputs(shape, batches, image, meta, seed)
             if fmt == "onnx":
-                from .ort_compiled import OrtCompiledModel
-
                 compiled = OrtCompiledModel(onnx_file=staged, threads=threads, max_shapes=len(batches))
             else:
                 compiled = CompiledModel(mge_file=staged, threads=threads, algo=algo, max_shapes=1, layout=layout)
