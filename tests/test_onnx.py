@@ -498,3 +498,14 @@ def test_peak_estimate_counts_full_width_avx512_except_on_zen4(monkeypatch):
     assert (benchmark.cpu_peak_gflops(2)["flop_per_cycle"], benchmark.cpu_peak_gflops(2)["peak_gflops"]) == (64, 384.0)
     monkeypatch.setattr(benchmark, "cpu_info", cpu("25"))
     assert (benchmark.cpu_peak_gflops(2)["flop_per_cycle"], benchmark.cpu_peak_gflops(2)["peak_gflops"]) == (32, 192.0)
+
+
+def test_both_formats_of_a_one_map_backbone_return_a_list_without_their_metadata(tmp_path):
+    model = _randomise(megzoo.resnet18(features_only=True, out_indices=(4,)))
+    x = np.random.RandomState(0).standard_normal((2, 3, 32, 32)).astype("float32")
+    for name in ("one.mge", "one.onnx"):
+        export(model, tmp_path / name, (1, 3, 32, 32))
+        (tmp_path / (name + ".json")).unlink()  # a file that travelled without its JSON
+        out = load(tmp_path / name)(x)
+        assert isinstance(out, list) and [o.shape for o in out] == [(2, 512, 1, 1)], name
+        assert _rel(out[0], _eager(model, x)[0]) < 1e-4

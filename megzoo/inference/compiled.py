@@ -343,7 +343,7 @@ class CompiledModel(ShapeCachedModel):
             runner.run(np.zeros(shape, dtype=np.float32))  # plan memory, choose algorithms
             ran = time.perf_counter()
             if not self.output_names:
-                self.output_names = ["output"] if len(runner.output_names) == 1 else runner.output_names
+                self.output_names = list(runner.output_names)  # the graph's own names, as ONNX Runtime reads them
         # the cache is rewritten after each compile (entries in any order): same size = nothing added
         hit = bool(existed and cache_file.exists() and cache_file.stat().st_size == before)
         self.compile_log.append(CompileInfo(shape, dumped - t0, loaded - dumped, ran - loaded, existed, hit))
