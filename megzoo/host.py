@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Dict, FrozenSet, Union
 
-__all__ = ["megzoo_home", "usable_cpus", "cpu_info", "cpu_flags", "machine_tag", "atomic_write",
+__all__ = ["megzoo_home", "usable_cpus", "cpu_info", "cpu_flags", "machine_tag", "machine_record", "atomic_write",
            "atomic_write_bytes", "atomic_write_text"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -77,6 +77,13 @@ def cpu_info() -> Dict[str, object]:
 def cpu_flags() -> FrozenSet[str]:
     """This CPU's ISA flags as ``/proc/cpuinfo`` lists them (``avx2``, ``avx512f``, ...)."""
     return cpu_info()["flags"]  # type: ignore[return-value]
+
+
+def machine_record() -> Dict[str, object]:
+    """The CPU's identity as the per-machine records (layout probe, backend choice) keep it:
+    ``{"model_name", "vendor", "family", "model", "stepping"}``."""
+    info = cpu_info()
+    return {k: info[k] for k in ("model_name", "vendor", "family", "model", "stepping")}
 
 
 def machine_tag() -> str:

@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
-from ..host import atomic_write_text, cpu_info, machine_tag
+from ..host import atomic_write_text, machine_record, machine_tag
 from .compiled import CompiledModel, read_metadata
 from .layouts import megengine_version, probe_record_path
 from .onnx_graph import DEFAULT_OPSET, unsupported_modules
@@ -141,6 +141,15 @@ def measure_backends(timeout: float = MEASURE_TIMEOUT_S) -> Dict[str, Any]:
 _chosen: Dict[str, str] = {}  # record path -> the choice (once per process)
 
 
+def _read_choice(record: Path) -> Optional[Dict[str, Any]]:
+    """The record's contents when it holds a choice, else None (missing, unreadable, or not one)."""
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("backend") in ("lite", "onnxruntime") else None
+
+
 def best_backend() -> str:
     """What ``backend="auto"`` means here: ``$MEGZOO_BACKEND`` if set; else the faster runtime
     by this machine's record (:func:`backend_record_path`), measured the first time
@@ -156,21 +165,16 @@ def best_backend() -> str:
     key = str(record)
     if key in _chosen:
         return _chosen[key]
-    try:
-        data = json.loads(record.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        data = None
-    if not (isinstance(data, dict) and data.get("backend") in ("lite", "onnxruntime")):
+    data = _read_choice(record)
+    if data is None:
         from filelock import FileLock
 
         record.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(record) + ".lock"):  # one measurement per machine, even from parallel processes
-            try:
-                data = json.loads(record.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
+            data = _read_choice(record)  # another process may have measured meanwhile
+            if data is None:
                 data = measure_backends()
-                info = cpu_info()
-                data["machine"] = {k: info[k] for k in ("model_name", "vendor", "family", "model", "stepping")}
+                data["machine"] = machine_record()
                 data["megengine"], data["onnxruntime"] = megengine_version(), onnxruntime_version()
                 if data["errors"]:  # not kept: a busy or broken moment must not decide for good
                     warnings.warn(f"megzoo: measuring the backends failed ({data['errors']}); using "
@@ -185,13 +189,18 @@ def best_backend() -> str:
     return _chosen[key]
 
 
+def _lite_options_given(lite_options: Optional[Dict[str, Any]]) -> list:
+    """The names of the Lite-only options set to something other than their defaults."""
+    return sorted(k for k, v in (lite_options or {}).items() if v != LITE_OPTIONS[k])
+
+
 def resolve_backend(backend: str, lite_options: Optional[Dict[str, Any]] = None, what: str = "backend='lite'") -> str:
     """``"lite"`` or ``"onnxruntime"`` for a request (``lite_options``: the Lite-only options
     given; any that differs from its default means Lite under ``"auto"``). ``what``: how the
     refusal of Lite options under onnxruntime says to ask for Lite."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    given = sorted(k for k, v in (lite_options or {}).items() if v != LITE_OPTIONS[k])
+    given = _lite_options_given(lite_options)
     forced_layout = os.environ.get("MEGZOO_LAYOUT", "").strip().lower()
     if backend == "auto" and lite_options is not None and forced_layout not in ("", "auto"):
         given.append("MEGZOO_LAYOUT")  # a layout asked for by the environment is a Lite request too
@@ -239,7 +248,7 @@ def compile(model, input_shape: Optional[Sequence[int]] = None, threads: Optiona
             "split_batch": split_batch, "micro_batch": micro_batch}
     if backend == "auto" and unsupported_modules(model):
         backend = "lite"  # a module the ONNX exporter does not know: Lite traces any module
-    if backend == "auto" and opset != DEFAULT_OPSET and all(v == LITE_OPTIONS[k] for k, v in lite.items()):
+    if backend == "auto" and opset != DEFAULT_OPSET and not _lite_options_given(lite):
         backend = "onnxruntime"  # an opset asked for is an ONNX request
     resolved = resolve_backend(backend, lite, what="pass backend='lite'")
     if resolved == "lite" and opset != DEFAULT_OPSET:

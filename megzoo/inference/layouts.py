@@ -36,7 +36,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from ..host import atomic_write_text, cpu_info, machine_tag, megzoo_home
+from ..host import atomic_write_text, cpu_info, machine_record, machine_tag, megzoo_home
 from .graph import DEFAULT_TOLERANCE, LAYOUTS, trace_and_dump
 
 __all__ = ["LayoutUnavailableError", "PROBE_TIMEOUT_S", "probe_record_path", "run_probe", "layout_verdict",
@@ -206,8 +206,7 @@ def layout_verdict(layout: str) -> Dict[str, object]:
     _probed_here.add((str(record), layout))
     verdicts = _read_record(record)  # another process may have added a verdict meanwhile
     verdicts[layout] = verdict
-    info = cpu_info()
-    machine = {k: info[k] for k in ("model_name", "vendor", "family", "model", "stepping")}
+    machine = machine_record()
     try:
         atomic_write_text(record, json.dumps({"megengine": megengine_version(), "machine": machine,
                                               "verdicts": verdicts}, indent=2) + "\n")

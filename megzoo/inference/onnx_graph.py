@@ -224,21 +224,20 @@ class OnnxGraph:
             raise ValueError(f"cannot add maps of shapes {self.shape_of(a)} and {self.shape_of(b)}")
         return self.node("Add", [a, b], self.shape_of(a))
 
-    def max_pool(self, pool, x: str) -> str:
-        """``MaxPool2d`` (floor mode, padding with -inf as MegEngine does)."""
-        (kh, kw), (ph, pw) = pair(pool.kernel_size), pair(pool.padding)
-        sh, sw = pair(pool.stride if pool.stride is not None else pool.kernel_size)
-        c, h, w = self.shape_of(x)
-        shape = (c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
-        return self.node("MaxPool", [x], shape, kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw])
-
-    def avg_pool(self, x: str, kernel, stride=None, padding=0, count_include_pad: bool = False) -> str:
+    def _pool(self, op: str, x: str, kernel, stride, padding, **attrs) -> str:
+        """One pooling node (floor mode) over a (C, H, W) map; ``stride`` None means ``kernel``."""
         (kh, kw), (ph, pw) = pair(kernel), pair(padding)
         sh, sw = pair(stride if stride is not None else kernel)
         c, h, w = self.shape_of(x)
         shape = (c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
-        return self.node("AveragePool", [x], shape, kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw],
-                         count_include_pad=int(count_include_pad))
+        return self.node(op, [x], shape, kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw], **attrs)
+
+    def max_pool(self, pool, x: str) -> str:
+        """``MaxPool2d`` (floor mode, padding with -inf as MegEngine does)."""
+        return self._pool("MaxPool", x, pool.kernel_size, pool.stride, pool.padding)
+
+    def avg_pool(self, x: str, kernel, stride=None, padding=0, count_include_pad: bool = False) -> str:
+        return self._pool("AveragePool", x, kernel, stride, padding, count_include_pad=int(count_include_pad))
 
     def adaptive_avg_pool(self, pool, x: str) -> str:
         """megzoo's :class:`~megzoo.layers.AdaptiveAvgPool2d` for this graph's map size: nothing,
