@@ -5,7 +5,10 @@ Run with a Python that has torch and torchvision (not megzoo's):
     /tmp/tvenv/bin/python benchmarks/torch_worker.py '{"model": "resnet50", "batch": 1, "mode": "eager", ...}'
 
 Modes: ``eager`` (NCHW, inference_mode), ``channels_last`` (NHWC memory format), ``jit``
-(``torch.jit.trace`` + ``torch.jit.freeze``, channels_last when it helps is left to the caller).
+(``torch.jit.trace`` + ``torch.jit.freeze``, channels_last when it helps is left to the caller);
+``int8`` (``torch.ao.quantization`` FX graph mode, the ``x86`` backend and its default qconfig
+mapping: per-channel weights, histogram activation observers, calibrated on 2 random batches)
+and ``int8_jit`` (that model traced and frozen).
 Prints one line ``@@RESULT@@{json}`` with images/s (median), p50/p90 latency and peak RSS.
 """
 import importlib.util
@@ -31,13 +34,17 @@ def main(cfg):
     shape = (cfg["batch"], 3, cfg["input_size"], cfg["input_size"])
     x = torch.randn(shape)
     mode = cfg["mode"]
+    if mode.startswith("int8"):
+        model = _int8(torch, model, x, mode == "int8_jit")
     with torch.inference_mode():
-        if mode in ("channels_last", "jit_channels_last"):
+        if mode.startswith("int8"):
+            pass
+        elif mode in ("channels_last", "jit_channels_last"):
             model = model.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
         if mode.startswith("jit"):
             model = torch.jit.freeze(torch.jit.trace(model, x))
-        elif mode not in ("eager", "channels_last"):
+        elif mode not in ("eager", "channels_last", "int8", "int8_jit"):
             raise ValueError(f"unknown mode {mode!r}")
 
         def fn():
@@ -46,6 +53,24 @@ def main(cfg):
         result = bench_worker.measure(fn, cfg)
     return {"model": cfg["model"], "batch": cfg["batch"], "input_size": cfg["input_size"], "mode": f"torch_{mode}",
             "threads": torch.get_num_threads(), **result, "torch_version": torch.__version__}
+
+
+def _int8(torch, model, x, jit: bool):
+    """``model`` quantized by PyTorch's FX graph mode for the x86 backend (calibrated on random
+    batches: speed only)."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.backends.quantized.engine = "x86"
+    prepared = prepare_fx(model, get_default_qconfig_mapping("x86"), (x,))
+    with torch.inference_mode():
+        for _ in range(2):
+            prepared(torch.randn(x.shape))
+    model = convert_fx(prepared)
+    if jit:
+        with torch.inference_mode():
+            model = torch.jit.freeze(torch.jit.trace(model, x))
+    return model
 
 
 if __name__ == "__main__":

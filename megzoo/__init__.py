@@ -24,3 +24,6 @@ __all__ += ["TrainConfig", "TrainResult"]
 from . import inference  # noqa: E402  (fast inference: megzoo.compile, megzoo.inference.export/load)
 from .inference import CompiledModel, compile  # noqa: E402,A001  (megzoo.compile; kept out of __all__ so
 __all__ += ["inference", "CompiledModel"]  # that `from megzoo import *` does not shadow the builtin compile)
+from . import quantization  # noqa: E402  (int8: megzoo.quantize, megzoo.quantization.prepare_qat)
+from .quantization import quantize  # noqa: E402
+__all__ += ["quantization", "quantize"]

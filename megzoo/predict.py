@@ -137,7 +137,11 @@ class Classifier:
             and the CPU otherwise, chosen without MegEngine's CUDA probing messages (see
             :func:`megzoo.device.quiet_device`). MegEngine's default device is left as it is; a
             built model stays where it is, and inputs go to the device of its parameters.
-        progress: show the weights download progress bar.
+        progress: show the weights download progress bar (and the calibration's).
+        int8: run the model quantized to int8 (:func:`megzoo.quantize`): calibrated on
+            ``calibration`` (a folder of images, read with this classifier's preprocessing;
+            ``observer`` as there), or loaded as it is from a ``megzoo train --qat`` checkpoint
+            given as ``weights`` (no calibration needed). An int8 model given as ``model`` is used as it is.
 
     A checkpoint saved by ``megzoo train`` (``best.pkl`` with its ``best.json``) brings its own
     number of classes, class names and preprocessing (:func:`checkpoint_metadata`); explicit
@@ -147,7 +151,8 @@ class Classifier:
     def __init__(self, model="resnet50", weights=None, *, num_classes: Optional[int] = None, preprocess=None,
                  runner: Optional[Runner] = None, categories: Optional[Sequence[str]] = None,
                  workers: Optional[int] = 0, batch_size: int = 32, device: Optional[str] = None,
-                 progress: bool = True, backend: str = "auto", threads: Optional[int] = None):
+                 progress: bool = True, backend: str = "auto", threads: Optional[int] = None,
+                 int8: bool = False, calibration=None, observer: Optional[str] = None):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if backend not in BACKENDS:
@@ -162,9 +167,13 @@ class Classifier:
             classes = meta.get("classes")
             if categories is None and classes and len(classes) == num_classes:
                 categories = classes
+        from .quantization import is_qat_checkpoint, load_qat_checkpoint
+
+        qat = int8 and isinstance(model, str) and is_qat_checkpoint(weights)
         if isinstance(model, str):
             with using_device(quiet_device(device)):
-                self.model = _build(model, weights, num_classes, progress)
+                self.model = (load_qat_checkpoint(weights, model, num_classes) if qat
+                              else _build(model, weights, num_classes, progress))
         else:
             self.model = model
         report = getattr(self.model, "load_report", None)
@@ -172,6 +181,10 @@ class Classifier:
         self.weights = getattr(report, "source", None)
         self.num_classes = int(getattr(self.model, "num_classes", 0) or 0)
         self.preprocess = resolve_preprocess(self.model if preprocess is None else preprocess)
+        if int8 and getattr(self.model, "precision", None) != "int8":
+            self.model = _quantized(self.model, calibration, self.preprocess, observer, progress)
+        elif calibration is not None and not int8:
+            raise ValueError("calibration images are for int8=True (--int8)")
         self.preprocessor = EvalPreprocessor(self.preprocess, workers=workers)
         self._custom_runner = runner
         self._runners = {}  # "eager" / "compiled", made when first used
@@ -268,6 +281,16 @@ class Classifier:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _quantized(model, calibration, preprocess, observer: Optional[str], progress: bool):
+    """``model`` quantized on ``calibration`` (a folder) with ``preprocess``."""
+    from .quantization import DEFAULT_OBSERVER, quantize
+
+    if calibration is None:
+        raise ValueError("int8 needs calibration images (calibration=DIR, --calibration DIR: e.g. the training "
+                         "images), or a QAT checkpoint (megzoo train --qat) as the weights")
+    return quantize(model, calibration, observer=observer or DEFAULT_OBSERVER, preprocess=preprocess, progress=progress)
 
 
 def _build(name: str, weights, num_classes: Optional[int], progress: bool):

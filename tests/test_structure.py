@@ -6,7 +6,7 @@ Layers, lowest first (a module may import its own layer and the ones below, neve
 1. ``weights`` (catalogue, downloads, safe reading, generic loading: no model knowledge);
 2. ``models`` and ``registry`` (families own their checkpoint conversions);
 3. the library: ``inference``, ``transforms``, ``predict``, ``evaluate``, ``train``, ``benchmark``,
-   ``bench_worker``, ``model_source``;
+   ``bench_worker``, ``model_source``, ``quantization``;
 4. ``cli``.
 
 Every import counts, at the top of a module or inside a function: a lazy import that points up
@@ -26,7 +26,7 @@ LAYERS = {
     "weights": 1,
     "models": 2, "registry": 2,
     "inference": 3, "transforms": 3, "predict": 3, "evaluate": 3, "train": 3, "benchmark": 3, "bench_worker": 3,
-    "model_source": 3,
+    "model_source": 3, "quantization": 3,
     "cli": 4,
 }
 MAX_LINES = 600

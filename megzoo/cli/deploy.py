@@ -47,8 +47,19 @@ def register(subparsers) -> None:
                    help="internal convolution layout: auto (nchw88 on x86 with AVX2 where it passes its probe on "
                         "this machine, else nchw), nchw (portable), nchw88 (x86), nchw44 (ARM); input and output stay "
                         "NCHW. A layout that failed its probe here is refused (.mge only)")
-    p.add_argument("--tolerance", type=float, default=1e-4,
-                   help="parity tolerance: max |exported - eager| / max |eager| (default 1e-4)")
+    p.add_argument("--int8", action="store_true",
+                   help="write the model quantized to int8 (an int8 QDQ .onnx, or an int8 NCHW .mge), calibrated on "
+                        "--calibration DIR, or a `megzoo train --qat` checkpoint as it is; checked against the eager "
+                        "int8 model, with its top-1 agreement with the fp32 model printed (docs/quantization.md)")
+    p.add_argument("--calibration", metavar="DIR", default=None,
+                   help="--int8: calibration images (e.g. the training folder), read with the model's preprocessing")
+    p.add_argument("--calibration-images", type=int, default=512, metavar="N",
+                   help="--int8: calibration images used at most, spread over the folder (default 512)")
+    p.add_argument("--observer", choices=("minmax", "histogram", "ema"), default=None,
+                   help="--int8: how activation ranges are set (default minmax, measured: docs/quantization.md)")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="parity tolerance: max |exported - eager| / max |eager| (default 1e-4); with --int8, max "
+                        "|exported - eager int8| in int8 output steps (default 4)")
     p.add_argument("--image", metavar="FILE", default=None,
                    help="real image for the parity check (default: docs/sample.jpg if present, else a generated one)")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the parity check")
@@ -152,16 +163,27 @@ def cmd_export(args) -> int:
     if args.weights is None and not Path(args.model).expanduser().exists():
         print(f"note: exporting {args.model} with random weights (pass --weights TAG|FILE for trained ones)",
               file=sys.stderr)
-    model, meta = model_from_source(args.model, weights=args.weights, arch=args.arch, num_classes=args.num_classes,
-                                    trust_pickle=args.trust_pickle)
+    if args.calibration is not None and not args.int8:
+        raise ValueError("--calibration is for --int8 exports")
+    int8 = _Int8Export(args, shape) if args.int8 else None
+    if int8 is not None and int8.qat_checkpoint:
+        model, meta = int8.qat_model()
+    else:
+        model, meta = model_from_source(args.model, weights=args.weights, arch=args.arch,
+                                        num_classes=args.num_classes, trust_pickle=args.trust_pickle)
     if shape[1] != getattr(model, "in_channels", shape[1]):
         raise ValueError(f"--input-shape has {shape[1]} channels but the model takes {model.in_channels}")
     image = Path(args.image) if args.image else _default_image()
     t0 = time.perf_counter()
+    float_model, parity_inputs = model, None
+    if int8 is not None:
+        model, parity_inputs = int8.quantized(model)
+    tolerance = args.tolerance if args.tolerance is not None else (4.0 if int8 else 1e-4)
     try:
         options = dict(opset=args.opset, dynamic_batch=not args.static_batch) if fmt == "onnx" else dict(layout=args.layout)
         report = export(model, args.output, shape, format=fmt, fuse=args.fuse, metadata=meta, check=args.check,
-                        tolerance=args.tolerance, image=image, threads=args.threads, **options)
+                        tolerance=tolerance, image=image, threads=args.threads, parity_inputs=parity_inputs,
+                        **options)
     except ParityError as exc:
         print(f"megzoo export: error: {exc}", file=sys.stderr)
         print(f"megzoo export: {args.output} not written", file=sys.stderr)
@@ -173,13 +195,86 @@ def cmd_export(args) -> int:
     print(f"wrote {report.path} ({size / 2**20:.1f} MiB, {'fused' if args.fuse else 'not fused'}, {kind}, "
           f"input {meta['input_name']} {'x'.join(str(v) for v in meta['input_shape'])} {meta['color_order']}, "
           f"outputs {', '.join(meta['output_names'])}) and {report.metadata_path.name} in {time.perf_counter() - t0:.1f} s")
-    if report.parity:
-        print(f"parity vs eager (tolerance {args.tolerance:g}, max |diff| / max |logit|):")
+    if report.parity and int8 is not None:
+        print(f"parity vs the eager int8 model (tolerance {tolerance:g} output steps; one step = what one "
+              "quantization step of the last int8 tensor changes in the logits):")
+        for name, r in report.parity["inputs"].items():
+            print(f"  {name:<34} max abs diff {r['max_abs']:.3g}  = {r['rel']:.2f} steps of {r['step']:.3g}  "
+                  f"(logit scale {r['scale']:.3g})  ok")
+    elif report.parity:
+        print(f"parity vs eager (tolerance {tolerance:g}, max |diff| / max |logit|):")
         for name, r in report.parity["inputs"].items():
             print(f"  {name:<34} max abs diff {r['max_abs']:.3g}  logit scale {r['scale']:.3g}  relative {r['rel']:.3g}  ok")
     else:
         print("parity check skipped (--no-check)")
+    if int8 is not None:
+        int8.print_agreement(float_model, report.path, args.threads)
     return 0
+
+
+class _Int8Export:
+    """The int8 side of ``megzoo export --int8``: a QAT checkpoint or a calibration, the parity
+    inputs (calibration images), the top-1 agreement with the fp32 model."""
+
+    AGREEMENT_IMAGES = 256
+
+    def __init__(self, args, shape):
+        from ..quantization import is_qat_checkpoint
+
+        self.args, self.shape = args, shape
+        self.checkpoint = args.weights or args.model
+        self.qat_checkpoint = is_qat_checkpoint(self.checkpoint)
+        if not self.qat_checkpoint and args.calibration is None:
+            raise ValueError("--int8 needs --calibration DIR (calibration images, e.g. the training folder), "
+                             "or a `megzoo train --qat` checkpoint (its best.pkl) as the weights")
+
+    def _preprocess(self, model):
+        from ..train.checkpoint import read_weights_metadata
+        from ..transforms import resolve_preprocess
+
+        saved = (read_weights_metadata(self.checkpoint) or {}).get("preprocess")
+        size = self.shape[2]
+        spec = saved if saved else model
+        pre = resolve_preprocess(spec)
+        return resolve_preprocess(spec, input_size=size, resize_size=pre.resize_size if pre.input_size == size else None)
+
+    def qat_model(self):
+        from ..quantization import load_qat_checkpoint
+
+        model = load_qat_checkpoint(self.checkpoint, None if self.args.model == self.checkpoint else self.args.model,
+                                    self.args.num_classes)
+        return model, {"model": model.model_name, "weights": str(Path(self.checkpoint).resolve())}
+
+    def quantized(self, model):
+        """(the int8 model, parity inputs: a batch of calibration images when there are some)."""
+        from ..quantization import DEFAULT_OBSERVER, calibration_batches, quantize
+
+        self.preprocess = self._preprocess(model)
+        if self.args.calibration is None:  # a QAT checkpoint: already int8
+            return model, None
+        observer = self.args.observer or DEFAULT_OBSERVER
+        t0 = time.perf_counter()
+        q = quantize(model, self.args.calibration, observer=observer, max_images=self.args.calibration_images,
+                     preprocess=self.preprocess)
+        calib = q.quantization["calibration"]
+        print(f"calibrated on {calib['images']} images of {calib['source']} ({observer} observer) in "
+              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        batch = next(iter(calibration_batches(self.args.calibration, self.preprocess, batch_size=8, max_images=8)))
+        return q, {"calibration images": batch}
+
+    def print_agreement(self, float_model, path, threads):
+        """Top-1 agreement of the written int8 file with the fp32 model, on calibration images."""
+        from ..inference import compile as compile_model, load
+        from ..quantization import calibration_batches, top1_agreement
+
+        if self.args.calibration is None or getattr(float_model, "precision", "float32") != "float32":
+            return
+        fp32 = compile_model(float_model, threads=threads)
+        written = load(path, threads=threads)
+        batches = calibration_batches(self.args.calibration, self.preprocess, batch_size=32,
+                                      max_images=self.AGREEMENT_IMAGES)
+        same, n = top1_agreement(fp32, written, batches)
+        print(f"top-1 agreement of {Path(path).name} with the fp32 model: {100 * same:.1f}% of {n} calibration images")
 
 
 # ------------------------------------------------------------------------------------------------

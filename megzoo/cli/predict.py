@@ -50,6 +50,13 @@ def _model_options(p) -> None:
                         "the model as it is; auto (default): compiled on the CPU for 12 images or more")
     p.add_argument("--threads", type=_positive, default=None, metavar="N",
                    help="threads of the compiled backend (default: the CPUs this process may use)")
+    p.add_argument("--int8", action="store_true",
+                   help="run the model quantized to int8: calibrated on --calibration DIR, or as fine-tuned by "
+                        "`megzoo train --qat` (its best.pkl as --weights); docs/quantization.md")
+    p.add_argument("--calibration", metavar="DIR", default=None,
+                   help="calibration images for --int8 (e.g. the training folder), read with the model's preprocessing")
+    p.add_argument("--observer", choices=("minmax", "histogram", "ema"), default=None,
+                   help="how --int8 calibration sets activation ranges (default minmax, measured)")
 
 
 def _positive(text: str) -> int:
@@ -99,7 +106,8 @@ def _classifier(args, **kwargs):
     name = _weights_name(args.model, args.weights)
     try:
         return Classifier(args.model, args.weights, num_classes=args.num_classes, backend=args.backend,
-                          threads=args.threads, progress=not getattr(args, "no_progress", False), **kwargs)
+                          threads=args.threads, progress=not getattr(args, "no_progress", False), int8=args.int8,
+                          calibration=args.calibration, observer=args.observer, **kwargs)
     except WeightsError as exc:
         message = " ".join(str(exc).split())
         print(f"megzoo {args.command}: error: {message}", file=sys.stderr)

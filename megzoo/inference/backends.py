@@ -13,6 +13,8 @@ profiling alone would take 15-30 s, for about 10% more speed at this size), kept
 (:func:`backend_record_path`). ``$MEGZOO_BACKEND`` (``lite`` or ``onnxruntime``) overrides it. A
 call that sets one of the Lite-only options (``layout``, ``algo``, ``profile_batch``,
 ``cache_dir``, ``split_batch``, ``micro_batch``), or runs with ``$MEGZOO_LAYOUT`` set, means Lite.
+An int8 model (:func:`megzoo.quantize`) runs on ONNX Runtime under ``auto`` without measuring:
+MegEngine 1.13's x86 int8 kernels were 3-7x slower in every measurement (docs/quantization.md).
 """
 import json
 import os
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
 from ..host import atomic_write_text, machine_record, machine_tag
-from .compiled import CompiledModel, read_metadata
+from .compiled import CompiledModel, is_int8, read_metadata
 from .layouts import megengine_version, probe_record_path
 from .onnx_graph import DEFAULT_OPSET, unsupported_modules
 from .ort import onnxruntime_version
@@ -250,6 +252,9 @@ def compile(model, input_shape: Optional[Sequence[int]] = None, threads: Optiona
         backend = "lite"  # a module the ONNX exporter does not know: Lite traces any module
     if backend == "auto" and opset != DEFAULT_OPSET and not _lite_options_given(lite):
         backend = "onnxruntime"  # an opset asked for is an ONNX request
+    if backend == "auto" and is_int8(model) and not _lite_options_given(lite) and not os.environ.get(
+            "MEGZOO_BACKEND", "").strip() and onnxruntime_version() is not None:
+        backend = "onnxruntime"  # int8: ONNX Runtime's kernels, measured several times faster than Lite's
     resolved = resolve_backend(backend, lite, what="pass backend='lite'")
     if resolved == "lite" and opset != DEFAULT_OPSET:
         raise ValueError("opset applies to the onnxruntime backend only")
@@ -277,7 +282,9 @@ def load(path: PathLike, threads: Optional[int] = None, *, algo: str = "profile"
         given = {"algo": algo, "profile_batch": profile_batch, "cache_dir": cache_dir, "split_batch": split_batch,
                  "micro_batch": micro_batch}
         resolve_backend("onnxruntime", given, what="they are for .mge files")
-        compiled = OrtCompiledModel(onnx_file=path, threads=threads, max_shapes=1)
+        compiled = OrtCompiledModel(onnx_file=path, threads=threads, max_shapes=1,
+                                    split_batch=bool((meta or {}).get("int8")))
+        compiled.int8 = bool((meta or {}).get("int8"))
     else:
         compiled = CompiledModel(mge_file=path, threads=threads, algo=algo, profile_batch=profile_batch,
                                  cache_dir=cache_dir, split_batch=split_batch, max_shapes=1, micro_batch=micro_batch)

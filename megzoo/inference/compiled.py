@@ -82,6 +82,11 @@ def dump_graph(model, input_shape: Sequence[int], file: PathLike, *, fuse: bool 
     return trace_and_dump(model, input_shape, file, fuse=fuse, layout=layout)
 
 
+def is_int8(model) -> bool:
+    """True for an int8 model (``megzoo.quantize``'s result: its ``precision`` says so)."""
+    return getattr(model, "precision", None) == "int8"
+
+
 def as_float32_batch(x) -> np.ndarray:
     """``x`` (a numpy array or a megengine Tensor) as a C-contiguous float32 numpy array."""
     if hasattr(x, "numpy") and not isinstance(x, np.ndarray):
@@ -242,6 +247,11 @@ class CompiledModel(ShapeCachedModel):
             raise ValueError(f"algo must be one of {ALGO_POLICIES}, got {algo!r}")
         if layout not in ("auto",) + LAYOUTS:
             raise ValueError(f"layout must be one of {('auto',) + LAYOUTS}, got {layout!r}")
+        if model is not None and is_int8(model):
+            if layout not in ("auto", "nchw"):
+                raise ValueError(f"layout {layout!r} has no int8 kernels in MegEngine 1.13 (its x86 int8 convolutions "
+                                 "are NCHW only): use layout='nchw' (or 'auto') for an int8 model")
+            layout = "nchw"
         if mge_file is not None:
             # a file: the layout it was dumped with (metadata, else the graph itself) must have passed here
             layout = require_layout(file_layout(mge_file) if layout == "auto" else layout)

@@ -18,12 +18,17 @@ import numpy as np
 from .._version import __version__
 from ..host import atomic_write_bytes, atomic_write_text
 from ..weights.catalog import MEAN_BGR, STD_BGR
-from .compiled import CompiledModel, as_float32_batch, metadata_path
+from .compiled import CompiledModel, as_float32_batch, is_int8, metadata_path
 from .graph import DEFAULT_TOLERANCE, INPUT_NAME, trace_and_dump
 from .layouts import megengine_version, resolve_layout
 from .ort_compiled import OrtCompiledModel
 
-__all__ = ["export", "export_format", "FORMATS", "check_parity", "ParityError", "ExportReport", "make_test_image", "DEFAULT_TOLERANCE"]
+__all__ = ["export", "export_format", "FORMATS", "check_parity", "ParityError", "ExportReport", "make_test_image",
+           "DEFAULT_TOLERANCE", "INT8_TOLERANCE_STEPS"]
+
+#: the int8 parity tolerance: max |exported - eager| in output steps (what one quantization step
+#: of the last int8 tensor is worth in the logits, ``QuantizableModel.output_step``)
+INT8_TOLERANCE_STEPS = 4.0
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -48,9 +53,12 @@ def eager_outputs(model, x: np.ndarray) -> List[np.ndarray]:
 
 def check_parity(model, compiled, inputs: Dict[str, np.ndarray], tolerance: float = DEFAULT_TOLERANCE) -> Dict[str, Any]:
     """Compare ``compiled(x)`` with eager ``model(x)`` for each named input. The error of one
-    input is ``max |compiled - eager| / max |eager|`` (relative to the logit scale). Returns
-    ``{"tolerance", "inputs": {name: {"max_abs", "scale", "rel"}}, "max_rel"}``; raises
-    :class:`ParityError` listing every input when one is above ``tolerance``."""
+    input is ``max |compiled - eager| / max |eager|`` (relative to the logit scale); for an int8
+    model it is ``max |compiled - eager|`` in output steps (``model.output_step(x)``: one
+    quantization step of the last int8 tensor, as the logits see it) and ``tolerance`` counts
+    steps. Returns ``{"tolerance", "unit", "inputs": {name: {"max_abs", "scale", "rel"[, "step"]}},
+    "max_rel"}``; raises :class:`ParityError` listing every input when one is above ``tolerance``."""
+    int8 = is_int8(model)
     results = {}
     for name, x in inputs.items():
         x = as_float32_batch(x)
@@ -62,17 +70,23 @@ def check_parity(model, compiled, inputs: Dict[str, np.ndarray], tolerance: floa
                               f"!= eager {[r.shape for r in ref]}")
         max_abs = max(float(np.max(np.abs(g - r))) if r.size else 0.0 for g, r in zip(got, ref))
         scale = max(float(np.max(np.abs(r))) if r.size else 0.0 for r in ref)
-        rel = max_abs / scale if scale > 0 else max_abs
+        if int8:
+            step = model.output_step(x)
+            rel = max_abs / step if step > 0 else max_abs
+        else:
+            rel = max_abs / scale if scale > 0 else max_abs
         if not np.isfinite(rel):
             rel = float("inf")
-        results[name] = {"max_abs": max_abs, "scale": scale, "rel": rel}
+        results[name] = {"max_abs": max_abs, "scale": scale, "rel": rel, **({"step": step} if int8 else {})}
     max_rel = max((r["rel"] for r in results.values()), default=0.0)
-    report = {"tolerance": tolerance, "inputs": results, "max_rel": max_rel}
+    unit = "int8 output steps" if int8 else "relative to the logit scale"
+    report = {"tolerance": tolerance, "unit": unit, "inputs": results, "max_rel": max_rel}
     if max_rel > tolerance:
         lines = [f"  {n}: max |exported - eager| = {r['max_abs']:.3g}, logit scale {r['scale']:.3g}, "
-                 f"relative {r['rel']:.3g}" for n, r in results.items()]
-        raise ParityError(f"parity check failed: exported model differs from eager by {max_rel:.3g} relative "
-                          f"to the logit scale, above the tolerance {tolerance:g}\n" + "\n".join(lines))
+                 + (f"{r['rel']:.3g} steps of {r['step']:.3g}" if int8 else f"relative {r['rel']:.3g}")
+                 for n, r in results.items()]
+        raise ParityError(f"parity check failed: exported model differs from eager by {max_rel:.3g} {unit}, "
+                          f"above the tolerance {tolerance:g}\n" + "\n".join(lines))
     return report
 
 
@@ -149,7 +163,8 @@ def export_format(path: PathLike, format: Optional[str] = None) -> str:
 def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224), *, format: Optional[str] = None,
            fuse: bool = True, layout: str = "auto", metadata: Optional[Dict[str, Any]] = None, check: bool = True,
            tolerance: float = DEFAULT_TOLERANCE, image: Optional[PathLike] = None, threads: Optional[int] = None,
-           algo: str = "heuristic", seed: int = 0, opset: Optional[int] = None, dynamic_batch: bool = True) -> ExportReport:
+           algo: str = "heuristic", seed: int = 0, opset: Optional[int] = None, dynamic_batch: bool = True,
+           parity_inputs: Optional[Dict[str, np.ndarray]] = None) -> ExportReport:
     """Write ``model`` at ``path`` as a MegEngine Lite ``.mge`` (``format="mge"``) or an ONNX
     model (``format="onnx"``; default: by the suffix of ``path``), plus ``path + ".json"``
     metadata (input name and shape, preprocessing, class names, versions, parity results).
@@ -164,7 +179,17 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
     are compared with eager ``model(x)`` on a random batch and a real image (``image``, else a
     generated one) preprocessed as the metadata says; for a dynamic-batch ONNX file at two batch
     sizes. Above ``tolerance`` (max abs difference over the logit scale) :class:`ParityError` is
-    raised and nothing is written (an existing file at ``path`` is left as it was)."""
+    raised and nothing is written (an existing file at ``path`` is left as it was).
+
+    An int8 model (:func:`megzoo.quantize`) is written as a QDQ ``.onnx`` or an int8 ``.mge``
+    (NCHW: MegEngine's x86 int8 kernels have no other layout); its metadata says ``"int8": true``
+    with how it was quantized, and ``tolerance`` counts int8 output steps (default
+    :data:`INT8_TOLERANCE_STEPS`; see :func:`check_parity`). ``parity_inputs`` (name ->
+    preprocessed batch, e.g. calibration images) replace the generated check inputs; the real
+    image is still added."""
+    int8 = is_int8(model)
+    if int8 and tolerance == DEFAULT_TOLERANCE:
+        tolerance = INT8_TOLERANCE_STEPS
     path = Path(path)
     fmt = export_format(path, format)
     shape = tuple(int(s) for s in input_shape)
@@ -186,7 +211,9 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
             raise ValueError("opset applies to .onnx files only")
         if not dynamic_batch:
             raise ValueError("a .mge always takes any batch size; dynamic_batch=False applies to .onnx files")
-        layout = resolve_layout(layout, fuse)
+        if int8 and layout not in ("auto", "nchw"):
+            raise ValueError(f"layout {layout!r} has no int8 kernels in MegEngine 1.13: an int8 .mge is NCHW")
+        layout = "nchw" if int8 else resolve_layout(layout, fuse)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta: Dict[str, Any] = {
         "format": "megzoo-onnx/1" if fmt == "onnx" else "megzoo-mge/1",
@@ -211,6 +238,9 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
         meta.update(opset=opset, batch_axis="N" if dynamic_batch else None, onnxruntime_version=onnxruntime_version())
     else:
         meta["layout"] = layout
+    if int8:
+        meta["int8"] = True
+        meta["quantization"] = dict(getattr(model, "quantization", {}) or {})
     meta.update(metadata or {})
     seconds: Dict[str, float] = {}
     # written beside the target and renamed into place once checked: never a half-written or
@@ -229,8 +259,11 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
             t0 = time.perf_counter()
             batches = [shape[0]] + ([_second_batch(shape[0])] if fmt == "onnx" and dynamic_batch else [])
             inputs = _parity_inputs(shape, batches, image, meta, seed)
+            if parity_inputs:
+                inputs = {**{k: v for k, v in inputs.items() if not k.startswith("random")}, **parity_inputs}
             if fmt == "onnx":
-                compiled = OrtCompiledModel(onnx_file=staged, threads=threads, max_shapes=len(batches))
+                compiled = OrtCompiledModel(onnx_file=staged, threads=threads, max_shapes=len(batches) + 4,
+                                            split_batch=int8)
             else:
                 compiled = CompiledModel(mge_file=staged, threads=threads, algo=algo, max_shapes=1, layout=layout)
             compiled.output_names = meta["output_names"]
@@ -272,6 +305,9 @@ def _set_props(proto, meta: Dict[str, Any], parity: Optional[float] = None) -> N
     from onnx import helper
 
     props = {key: json.dumps(meta.get(key)) for key in ONNX_PROPS}  # every value JSON, strings too
+    if meta.get("int8"):  # an int8 file says so, and how it was quantized
+        props["int8"] = "true"
+        props["quantization"] = json.dumps(meta.get("quantization"))
     if parity is not None:
         props["parity_max_rel"] = f"{parity:.3g}"
     del proto.metadata_props[:]

@@ -51,9 +51,11 @@ def _leaf_kinds():
 
     from ..layers import AdaptiveAvgPool2d, FrozenBatchNorm2d
 
+    from .onnx_qdq import quantized_kinds
+
     batch_norms = (M.BatchNorm2d, FrozenBatchNorm2d, M.SyncBatchNorm)
     return batch_norms, (M.Conv2d, M.GroupNorm, M.ReLU, M.MaxPool2d, M.AvgPool2d, AdaptiveAvgPool2d, M.Linear,
-                         M.Dropout, M.Identity, M.Sequential) + batch_norms
+                         M.Dropout, M.Identity, M.Sequential) + batch_norms + quantized_kinds()
 
 
 def _kind(module, kinds) -> bool:
@@ -98,6 +100,8 @@ class OnnxGraph:
         self._count: Dict[str, int] = {}
         self._path: List[str] = []  # module names down to the one being emitted (for error messages)
         self._names: Dict[int, str] = {}  # id(module) -> its name in the exported model (error messages)
+        #: value name -> (scale, zero point, ONNX element type) of the int8 values (``onnx_qdq``)
+        self.qparams: Dict[str, Tuple[float, int, int]] = {}
 
     def name_modules(self, root) -> None:
         """Error messages name modules by their path in ``root`` (``layer1.0.bn1``)."""
@@ -116,6 +120,14 @@ class OnnxGraph:
         array = np.asarray(array)
         array = array.astype(np.int64 if array.dtype.kind in "iu" else np.float32)
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def raw_constant(self, array: np.ndarray, kind: str = "const") -> str:
+        """An initializer of ``array``'s own dtype (int8, uint8, int32 for the int8 graphs)."""
+        from onnx import numpy_helper
+
+        name = self._fresh(kind)
+        self.initializers.append(numpy_helper.from_array(np.array(array, order="C"), name))  # 0-d stays 0-d
         return name
 
     def node(self, op: str, inputs: Sequence[str], shape: Shape, **attrs) -> str:
@@ -233,8 +245,25 @@ class OnnxGraph:
         return self.node(op, [x], shape, kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw], **attrs)
 
     def max_pool(self, pool, x: str) -> str:
-        """``MaxPool2d`` (floor mode, padding with -inf as MegEngine does)."""
-        return self._pool("MaxPool", x, pool.kernel_size, pool.stride, pool.padding)
+        """``MaxPool2d`` (floor mode, padding with -inf as MegEngine does); on an int8 value, at
+        the same scale (ONNX Runtime then pools the 8-bit values)."""
+        from .onnx_qdq import requantize_like
+
+        return requantize_like(self, self._pool("MaxPool", x, pool.kernel_size, pool.stride, pool.padding), x)
+
+    def elemwise(self, module, *inputs: str) -> str:
+        """A MegEngine ``Elemwise`` of several values: int8 ``ADD``/``FUSE_ADD_RELU``
+        (:mod:`~megzoo.inference.onnx_qdq`), or float ``ADD``/``FUSE_ADD_RELU``."""
+        import megengine.module as M
+
+        from .onnx_qdq import emit_elemwise, quantized_kinds
+
+        if type(module) in quantized_kinds():
+            return emit_elemwise(self, module, inputs)
+        if type(module) is M.Elemwise and str(module.method).upper() in ("ADD", "FUSE_ADD_RELU"):
+            y = self.add(*inputs)
+            return self.relu(y) if str(module.method).upper() == "FUSE_ADD_RELU" else y
+        raise self._unsupported(module, f"Elemwise {getattr(module, 'method', '?')!r} has no mapping")
 
     def avg_pool(self, x: str, kernel, stride=None, padding=0, count_include_pad: bool = False) -> str:
         return self._pool("AveragePool", x, kernel, stride, padding, count_include_pad=int(count_include_pad))
@@ -307,6 +336,10 @@ class OnnxGraph:
         with self._at(name):
             if hasattr(module, "to_onnx"):
                 return module.to_onnx(self, x)
+            from .onnx_qdq import emit_quantized, quantized_kinds
+
+            if kind in quantized_kinds():
+                return emit_quantized(self, module, x)
             if kind is M.Sequential:
                 return self.sequential(module, x)
             if kind is M.Conv2d:

@@ -196,6 +196,30 @@ class ZooModel(M.Module):
             x = self._onnx_level(graph, index, x)
         return self._onnx_head(graph, x)
 
+    def to_quantizable(self):
+        """A :class:`~megzoo.models.quantizable.QuantizableModel` made from a copy of this model
+        (this one is left as it is): every conv + BN (+ ReLU) fused, the residual adds as
+        quantizable ops, stubs around the int8 part; it computes what this model computes until
+        :mod:`megzoo.quantization` calibrates or fine-tunes it. A family provides
+        ``_fused_level(index)`` and ``_float_head()``."""
+        import copy
+
+        from .quantizable import QuantizableModel, QuantizationError
+
+        if self.features_only:
+            raise QuantizationError(f"{self.model_name} is a features_only backbone: megzoo quantizes classifiers "
+                                    "(build the model without features_only, quantize it, then use its levels)")
+        model = copy.deepcopy(self)
+        model.eval()
+        levels = [model._fused_level(i) for i in range(len(model._all_levels()))]
+        return QuantizableModel(model, levels, model._float_head())
+
+    def _fused_level(self, index: int) -> M.Module:
+        raise NotImplementedError(f"{type(self).__name__} has no quantizable form of its level {index}")
+
+    def _float_head(self) -> M.Module:
+        raise NotImplementedError(f"{type(self).__name__} has no float head for its quantizable form")
+
     def _onnx_level(self, graph, index: int, x: str) -> str:
         raise NotImplementedError(f"{type(self).__name__} has no ONNX export of its level {index}")
 

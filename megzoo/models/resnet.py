@@ -18,9 +18,10 @@ from ..layers import NormLayer, get_norm_layer
 from ._registry import register_model
 from ._builder import build_model, builder_doc
 from .base import FeatureInfo, FeatureLevel, ZooModel
+from .quantizable import fuse_conv
 
 __all__ = [
-    "ResNet", "BasicBlock", "Bottleneck",
+    "ResNet", "BasicBlock", "Bottleneck", "FusedBlock", "PooledClassifier",
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
     "resnext50_32x4d", "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2",
 ]
@@ -69,6 +70,12 @@ class BasicBlock(M.Module):
         out = graph.conv(self.conv2, out, norm=self.bn2)
         return graph.relu(graph.add(out, identity))
 
+    def fused(self, where: str) -> "FusedBlock":
+        """This block in quantizable form (``where``: its name, for errors)."""
+        return FusedBlock([fuse_conv(self.conv1, self.bn1, True, f"{where}.conv1"),
+                           fuse_conv(self.conv2, self.bn2, False, f"{where}.conv2")],
+                          _fused_downsample(self.downsample, where))
+
 
 class Bottleneck(M.Module):
     """1x1 reduce, 3x3 (grouped, possibly dilated), 1x1 expand by 4 (ResNet-50+, ResNeXt, Wide).
@@ -107,6 +114,60 @@ class Bottleneck(M.Module):
         out = graph.relu(graph.conv(self.conv2, out, norm=self.bn2))
         out = graph.conv(self.conv3, out, norm=self.bn3)
         return graph.relu(graph.add(out, identity))
+
+    def fused(self, where: str) -> "FusedBlock":
+        """This block in quantizable form (``where``: its name, for errors)."""
+        return FusedBlock([fuse_conv(self.conv1, self.bn1, True, f"{where}.conv1"),
+                           fuse_conv(self.conv2, self.bn2, True, f"{where}.conv2"),
+                           fuse_conv(self.conv3, self.bn3, False, f"{where}.conv3")],
+                          _fused_downsample(self.downsample, where))
+
+
+def _fused_downsample(downsample: Optional[M.Sequential], where: str) -> Optional[M.Module]:
+    if downsample is None:
+        return None
+    return fuse_conv(downsample[0], downsample[1], False, f"{where}.downsample.0")
+
+
+class FusedBlock(M.Module):
+    """A residual block in quantizable form: ``body`` (its fused conv + BN (+ ReLU) modules in
+    order), the fused projection ``downsample`` (or None) and ``relu(body + shortcut)`` as one
+    ``Elemwise("FUSE_ADD_RELU")``. Same function and shapes as the block it was made from."""
+
+    def __init__(self, body, downsample: Optional[M.Module]):
+        super().__init__()
+        self.body = M.Sequential(*body)
+        self.downsample = downsample
+        self.add_relu = M.Elemwise("FUSE_ADD_RELU")
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.add_relu(self.body(x), identity)
+
+    def to_onnx(self, graph, x: str) -> str:
+        """:meth:`forward` emitted into an ONNX graph builder (``megzoo.inference.onnx_graph``)."""
+        identity = x if self.downsample is None else graph.module(self.downsample, x, "downsample")
+        return graph.elemwise(self.add_relu, graph.module(self.body, x, "body"), identity)
+
+
+class PooledClassifier(M.Module):
+    """ResNet's head as a module (the float part of the quantizable form): mean over H and W,
+    then ``fc`` ((N, C, H, W) -> (N, num_classes)); without ``fc``, the pooled (N, C)."""
+
+    def __init__(self, fc: Optional[M.Linear]):
+        super().__init__()
+        self.fc = fc
+
+    def forward(self, x):
+        x = F.mean(x, axis=(2, 3))
+        return x if self.fc is None else self.fc(x)
+
+    def get_classifier(self) -> Optional[M.Linear]:
+        return self.fc
+
+    def to_onnx(self, graph, x: str) -> str:
+        x = graph.global_avg_pool(x)
+        return x if self.fc is None else graph.linear(self.fc, x)
 
 
 _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -200,6 +261,15 @@ class ResNet(ZooModel):
     def _onnx_head(self, graph, x: str) -> str:
         x = graph.global_avg_pool(x)  # dropout is nothing in inference
         return x if self.fc is None else graph.linear(self.fc, x)
+
+    def _fused_level(self, index: int) -> M.Module:
+        if index == 0:
+            return M.Sequential(fuse_conv(self.conv1, self.bn1, True, "conv1"), self.maxpool)
+        stage = getattr(self, f"layer{index}")
+        return M.Sequential(*[block.fused(f"layer{index}.{i}") for i, block in enumerate(stage)])
+
+    def _float_head(self) -> M.Module:
+        return PooledClassifier(self.fc)  # dropout is nothing in inference
 
     def get_classifier(self):
         return self.fc

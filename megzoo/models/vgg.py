@@ -19,6 +19,7 @@ from ..layers import AdaptiveAvgPool2d, get_norm_layer
 from ._registry import register_model
 from ._builder import build_model, builder_doc
 from .base import FeatureInfo, FeatureLevel, ZooModel
+from .quantizable import fuse_conv
 
 __all__ = [
     "VGG", "VGGStage", "VGGHead", "convert_basecls_state_dict",
@@ -78,6 +79,10 @@ class VGGHead(M.Module):
         for layer in list(self.classifier)[:6]:
             x = layer(x)
         return x
+
+    def get_classifier(self) -> Optional[M.Linear]:
+        """The final Linear, or None without one (``num_classes=0``)."""
+        return self.classifier[6] if len(self.classifier) == 7 else None
 
     def to_onnx(self, graph, x: str, pre_logits: bool = False) -> str:
         """:meth:`forward` emitted into an ONNX graph builder (``megzoo.inference.onnx_graph``)."""
@@ -161,10 +166,22 @@ class VGG(ZooModel):
     def _onnx_head(self, graph, x: str) -> str:
         return graph.module(self.head, x, "head")
 
+    def _fused_level(self, index: int) -> M.Module:
+        stage = getattr(self, f"s{index + 1}")
+        fused = []
+        for i in range(stage.depth):
+            block = list(getattr(stage, f"b{i + 1}"))  # conv, [norm], ReLU
+            norm = block[1] if len(block) == 3 else None
+            fused.append(fuse_conv(block[0], norm, True, f"s{index + 1}.b{i + 1}"))
+        return M.Sequential(*fused, stage.max_pool)
+
+    def _float_head(self) -> M.Module:
+        return self.head
+
     def get_classifier(self) -> Optional[M.Linear]:
         if self.head is None:  # removed by as_features
             return None
-        return self.head.classifier[6] if len(self.head.classifier) == 7 else None
+        return self.head.get_classifier()
 
     def reset_classifier(self, num_classes: int) -> None:
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:

@@ -40,6 +40,7 @@ class TrainConfig:
     model: str = "resnet50"  #: registered model name (`megzoo list`)
     num_classes: Optional[int] = None  #: classifier outputs (default: the number of class folders)
     pretrained: Union[bool, str, None] = None  #: start from weights: True/'default', a tag (`megzoo info MODEL`), or a .pkl/.pth path or URL; the classifier is re-initialised when the number of classes differs
+    qat: bool = False  #: quantization-aware fine-tuning: train the int8 form (fake-quantized weights and activations) of the model, e.g. from --pretrained best.pkl with a low --lr; best.pkl then reloads as the int8 model (docs/quantization.md)
     freeze_stages: Optional[int] = None  #: freeze the stem and the first N stages, their BatchNorm in inference mode (default: nothing)
     backbone_lr_mult: float = 1.0  #: backbone learning rate = this x the head's (fine-tuning: 0.1)
     model_kwargs: dict = field(default_factory=dict)  #: more builder keywords (e.g. drop_rate); API only

@@ -227,13 +227,19 @@ class Trainer:
         the same initial weights on every process."""
         config = self.config
         self.model = module if module is not None else self._build_model()
+        if config.qat:
+            from ..quantization import prepare_qat
+
+            if config.freeze_stages is not None:
+                raise ValueError("freeze_stages does not combine with qat (the fused int8 form has no stages to freeze)")
+            self.model = prepare_qat(self.model)  # fused and fake-quantized (a copy of the float model)
         move_module(self.model)  # a module built before the device was chosen
         if config.freeze_stages is not None:
             if not hasattr(self.model, "freeze"):
                 raise ValueError("freeze_stages needs a megzoo model (with .freeze())")
             self.model.freeze(config.freeze_stages)
         self.fast_conv = None
-        if config.fast_conv != "off" and is_cpu_device(self.device):
+        if config.fast_conv != "off" and is_cpu_device(self.device) and not config.qat:  # QAT: MegEngine's own
             if enable_fast_conv(self.model, method=config.fast_conv, forward=config.fast_conv_forward):
                 self.fast_conv = config.fast_conv + (", BLAS forward" if config.fast_conv_forward == "blas" else "")
         broadcast_module(self.model)
@@ -331,6 +337,7 @@ class Trainer:
                            "mean": list(p.mean), "std": list(p.std)},
             "model_kwargs": _jsonable(self.config.model_kwargs),
             "weights_file": ckpt.BEST,
+            **({"qat": True, "quantization": _jsonable(getattr(self.model, "quantization", {}))} if self.config.qat else {}),
         }
 
     def _write_json(self, name: str, value) -> str:

@@ -1,0 +1,22 @@
+"""int8 quantization of megzoo models: post-training calibration and quantization-aware fine-tuning.
+
+    q = megzoo.quantize(model, "data/train")    # post-training: calibrate, convert (a copy)
+    q(x)                                         # eager MegEngine int8
+    megzoo.compile(q)                            # ONNX Runtime on the int8 QDQ graph (or backend="lite")
+    megzoo.inference.export(q, "m.onnx")         # an int8 .onnx (or .mge for MegEngine Lite)
+
+The modules: :mod:`~megzoo.quantization.calibration` (the calibration images),
+:mod:`~megzoo.quantization.ptq` (:func:`quantize`, the observers),
+:mod:`~megzoo.quantization.qat` (:func:`prepare_qat`, :func:`convert_qat`, QAT checkpoints).
+The quantizable form itself (fused modules, stubs) is the models' (:mod:`megzoo.models.quantizable`);
+its ONNX form is the exporter's (:mod:`megzoo.inference.onnx_qdq`). See docs/quantization.md.
+"""
+from ..models.quantizable import QuantizableModel, QuantizationError, precision_of
+from .compare import top1_agreement
+from .calibration import DEFAULT_MAX_IMAGES, CalibrationSet, calibration_batches, list_images
+from .ptq import DEFAULT_OBSERVER, OBSERVERS, as_quantizable, observer_qconfig, quantize
+from .qat import QAT_OBSERVER, convert_qat, is_qat_checkpoint, load_qat_checkpoint, prepare_qat
+
+__all__ = ["quantize", "prepare_qat", "convert_qat", "load_qat_checkpoint", "is_qat_checkpoint", "QuantizableModel",
+           "QuantizationError", "precision_of", "OBSERVERS", "DEFAULT_OBSERVER", "QAT_OBSERVER", "observer_qconfig",
+           "as_quantizable", "calibration_batches", "list_images", "CalibrationSet", "DEFAULT_MAX_IMAGES", "top1_agreement"]
