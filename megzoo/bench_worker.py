@@ -18,6 +18,12 @@ megzoo process after one eager forward, as a user's process is; with ``cfg["poll
 false the session is called directly, without :func:`megzoo.device.poller_yields`; the graph is
 exported to ``cfg["onnx_path"]``) and ``ort_alone`` (that file run by
 :class:`~megzoo.inference.ort.OrtRunner` loaded by path: no megzoo package, no MegEngine).
+The int8 modes quantize the model first (:func:`megzoo.quantization.quantize`, calibrated on
+:data:`INT8_CALIBRATION_BATCHES` random batches of the configuration's shape, at most
+:data:`INT8_CALIBRATION_BATCH` images each: speed only) and report ``quantize_s`` and
+``compile_s``: ``onnxruntime_int8`` (``megzoo.compile(backend="onnxruntime")`` on the int8 QDQ
+graph, exported to ``cfg["onnx_path"]`` when given) and ``lite_int8`` (``megzoo.compile(
+backend="lite", layout="nchw")``, MegEngine's int8 kernels being NCHW only; ``compiled(x)`` timed).
 """
 import importlib.util
 import json
@@ -30,6 +36,9 @@ from typing import Callable, Dict, List
 RESULT_MARK = "@@RESULT@@"
 LITE_PY = Path(__file__).resolve().parent / "inference" / "lite.py"
 ORT_PY = Path(__file__).resolve().parent / "inference" / "ort.py"
+#: calibration of the int8 modes: this many random batches of at most INT8_CALIBRATION_BATCH images
+INT8_CALIBRATION_BATCHES = 2
+INT8_CALIBRATION_BATCH = 8
 
 
 def percentile(values: List[float], q: float) -> float:
@@ -170,6 +179,36 @@ def run_config(cfg: Dict) -> Dict:
 
             def fn():
                 runner.run(x)
+    elif mode in ("onnxruntime_int8", "lite_int8"):
+        import megengine
+
+        from .inference import compile as compile_model
+        from .quantization import quantize
+        from .registry import get_model
+
+        model = get_model(cfg["model"])
+        model.eval()
+        model(megengine.tensor(x[:1])).numpy()  # a megzoo user's process has run MegEngine eagerly
+        rng = np.random.RandomState(1)
+        calib = [rng.standard_normal((min(cfg["batch"], INT8_CALIBRATION_BATCH),) + shape[1:]).astype(np.float32)
+                 for _ in range(INT8_CALIBRATION_BATCHES)]
+        t0 = time.perf_counter()
+        qmodel = quantize(model, calib, progress=False)
+        out["quantize_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if mode == "onnxruntime_int8":
+            compiled = compile_model(qmodel, shape, threads=cfg["threads"], backend="onnxruntime")
+        else:
+            compiled = compile_model(qmodel, shape, threads=cfg["threads"], backend="lite", algo=cfg["algo"],
+                                      layout="nchw", cache_dir=cfg.get("cache_dir"),
+                                      split_batch=cfg.get("split_batch", True), profile_batch=cfg.get("profile_batch"),
+                                      micro_batch=cfg.get("micro_batch", "auto"))
+        out.update(compile_s=time.perf_counter() - t0, threads=cfg["threads"], precision=qmodel.precision)
+        if mode == "onnxruntime_int8" and cfg.get("onnx_path"):
+            compiled.export(cfg["onnx_path"], shape)
+
+        def fn():
+            compiled(x)
     elif mode == "ort_alone":
         ort = load_standalone(ORT_PY, "megzoo_ort_standalone")
         runner = ort.OrtRunner(cfg["onnx_path"], cfg["threads"])

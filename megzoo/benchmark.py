@@ -27,8 +27,11 @@ RESULT_KEYS = ("model", "batch", "input_size", "threads", "mode", "images_per_s"
 #: ``optimised``: the Lite backend's exported ``.mge`` in a process of its own; ``onnxruntime``:
 #: the ONNX Runtime backend inside a megzoo process; ``ort_alone``: its exported ``.onnx`` run
 #: by ONNX Runtime in a process without megzoo or MegEngine (the standalone speed);
-#: ``onnxruntime_untamed``: as ``onnxruntime`` without :func:`megzoo.device.poller_yields`
-MODES = ("eager", "optimised", "onnxruntime", "ort_alone", "onnxruntime_untamed")
+#: ``onnxruntime_untamed``: as ``onnxruntime`` without :func:`megzoo.device.poller_yields`;
+#: ``onnxruntime_int8`` / ``lite_int8``: the model quantized (:func:`megzoo.quantization.quantize`,
+#: calibrated on random batches: speed only) and compiled for ONNX Runtime / MegEngine Lite (NCHW)
+MODES = ("eager", "optimised", "onnxruntime", "ort_alone", "onnxruntime_untamed", "onnxruntime_int8", "lite_int8")
+INT8_MODES = ("onnxruntime_int8", "lite_int8")
 DEFAULT_MODES = ("eager", "optimised", "onnxruntime")
 WORKER = Path(__file__).resolve().parent / "bench_worker.py"
 
@@ -193,8 +196,9 @@ def run_benchmark(models: Sequence[str], batches: Sequence[int], *, threads: int
                   peak_gflops: Optional[float] = None, timeout: float = 1800, split_batch: bool = True,
                   profile_batch: Optional[int] = None, micro_batch="auto", measure_peak: bool = True,
                   log: Optional[Callable[[str], None]] = None) -> dict:
-    """Run the benchmark; returns ``{"machine": {...}, "results": [row, ...], "compile": [...]}``
-    with rows of :data:`RESULT_KEYS`. A ``layout`` that failed its probe on this machine raises
+    """Run the benchmark; returns ``{"machine": {...}, "results": [row, ...], "compile": [...],
+    "int8": [...]}`` with rows of :data:`RESULT_KEYS` (``int8``: the quantize and compile seconds
+    of each int8 row). A ``layout`` that failed its probe on this machine raises
     :class:`~megzoo.inference.LayoutUnavailableError` before anything runs."""
 
     say = log or (lambda msg: None)
@@ -218,7 +222,7 @@ def run_benchmark(models: Sequence[str], batches: Sequence[int], *, threads: int
             machine["isa"] = f"measured: {fma['how']}"
             machine["flop_per_cycle"] = None
     machine["load_average"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    results, compiles = [], []
+    results, compiles, int8 = [], [], []
     base = dict(input_size=input_size, threads=threads, algo=algo, layout=layout, repeats=repeats, min_repeats=min_repeats,
                 warmup=warmup, time_budget=time_budget, split_batch=split_batch, profile_batch=profile_batch,
                 micro_batch=micro_batch)
@@ -240,6 +244,14 @@ def run_benchmark(models: Sequence[str], batches: Sequence[int], *, threads: int
                         run = dict(cfg, mode="onnxruntime" if mode != "ort_alone" else mode, onnx_path=onnx_path,
                                    poller_yields=mode != "onnxruntime_untamed")
                         rows.append({**cfg, **run_worker(run, timeout), "mode": mode})
+                for mode in INT8_MODES:
+                    if mode in modes:
+                        say(f"{name} batch {batch}: {mode} (quantize, compile, run) ...")
+                        run = dict(cfg, mode=mode, onnx_path=str(Path(tmp) / f"{name}-b{batch}-int8.onnx"))
+                        r = run_worker(run, timeout)
+                        rows.append({**cfg, **r, "mode": mode})
+                        int8.append({"model": name, "batch": batch, "mode": mode, "error": r.get("error"),
+                                     **{k: r.get(k) for k in ("precision", "quantize_s", "compile_s")}})
                 for row in rows:
                     row.setdefault("error", None)
                     row["gmacs"] = round(gmacs, 3)
@@ -249,7 +261,7 @@ def run_benchmark(models: Sequence[str], batches: Sequence[int], *, threads: int
                         cores = row.get("threads") or threads
                         row["peak_fraction"] = row["gflops"] / (machine["peak_gflops"] * cores / machine["cores"])
                     results.append({k: row.get(k) for k in RESULT_KEYS})
-    return {"machine": machine, "results": results, "compile": compiles}
+    return {"machine": machine, "results": results, "compile": compiles, "int8": int8}
 
 
 def _optimised_row(cfg: dict, tmp: Path, cold: bool, compiles: list, timeout: float, say) -> dict:
@@ -285,7 +297,8 @@ def format_table(report: dict) -> str:
         peak = f"fp32 limit {m['peak_gflops']} GFLOP/s ({m['isa']})"
     lines = [f"machine: {m['cpu'] or 'unknown CPU'} (family {m.get('cpu_family') or '?'}), {m['cores']} threads; "
              f"{peak}; load average at start {m.get('load_average')}",
-             "peak fraction = GMACs x 2 x images/s / peak of the threads used (eager uses 1 thread)",
+             "peak fraction = GMACs x 2 x images/s / peak of the threads used (eager uses 1 thread; int8 rows "
+             "against the same fp32 limit)",
              f"{'model':<10} {'batch':>5} {'mode':<19} {'thr':>3} {'img/s':>8} {'p50 ms':>9} {'p90 ms':>9} "
              f"{'peak MiB':>9} {'% peak':>7}"]
     for r in report["results"]:
@@ -306,4 +319,12 @@ def format_table(report: dict) -> str:
                              f"{'micro-batch ' + str(micro) if micro else 'whole shares'}  {c['cache']:<6} algo cache: "
                              f"{c['compile_s']:.1f} s (trace+dump {c['trace_dump_s']:.1f}, load {c['load_s']:.1f}, "
                              f"first run {c['first_run_s']:.1f}), peak {c.get('peak_rss_mib', 0):.0f} MiB")
+    if report.get("int8"):
+        lines.append("int8 (megzoo.quantization.quantize on random calibration batches, then megzoo.compile):")
+        for q in report["int8"]:
+            if q.get("error"):
+                lines.append(f"  {q['model']} batch {q['batch']} {q['mode']}: error: {q['error']}")
+            else:
+                lines.append(f"  {q['model']:<10} batch {q['batch']:>3}  {q['mode']:<17} quantize {q['quantize_s']:.1f} s, "
+                             f"compile {q['compile_s']:.1f} s")
     return "\n".join(lines)

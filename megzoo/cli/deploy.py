@@ -59,7 +59,7 @@ def register(subparsers) -> None:
                    help="--int8: how activation ranges are set (default minmax, measured: docs/quantization.md)")
     p.add_argument("--tolerance", type=float, default=None,
                    help="parity tolerance: max |exported - eager| / max |eager| (default 1e-4); with --int8, max "
-                        "|exported - eager int8| in int8 output steps (default 4)")
+                        "|exported - eager int8| in int8 output steps (default 1)")
     p.add_argument("--image", metavar="FILE", default=None,
                    help="real image for the parity check (default: docs/sample.jpg if present, else a generated one)")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the parity check")
@@ -80,7 +80,9 @@ def register(subparsers) -> None:
     p.add_argument("--modes", default="eager,optimised,onnxruntime",
                    help="which paths to run, of eager, optimised (Lite), onnxruntime, ort_alone (the exported .onnx "
                         "in a process without megzoo), onnxruntime_untamed (without keeping MegEngine's poller "
-                        "thread back); default eager,optimised,onnxruntime")
+                        "thread back), onnxruntime_int8 and lite_int8 (the model quantized to int8 on random "
+                        "calibration batches, then run by ONNX Runtime / MegEngine Lite); "
+                        "default eager,optimised,onnxruntime")
     p.add_argument("--repeats", type=int, default=20, help="timed runs at most (median reported; default 20)")
     p.add_argument("--min-repeats", type=int, default=3, help="timed runs at least (default 3)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
@@ -149,7 +151,7 @@ def _default_image() -> Optional[Path]:
 
 def cmd_export(args) -> int:
     from ..inference import ParityError, export, resolve_layout
-    from ..inference.export import export_format
+    from ..inference.export import INT8_TOLERANCE_STEPS, export_format
     from ..model_source import model_from_source
 
     shape = _parse_shape(args.input_shape)
@@ -178,7 +180,7 @@ def cmd_export(args) -> int:
     float_model, parity_inputs = model, None
     if int8 is not None:
         model, parity_inputs = int8.quantized(model)
-    tolerance = args.tolerance if args.tolerance is not None else (4.0 if int8 else 1e-4)
+    tolerance = args.tolerance if args.tolerance is not None else (INT8_TOLERANCE_STEPS if int8 else 1e-4)
     try:
         options = dict(opset=args.opset, dynamic_batch=not args.static_batch) if fmt == "onnx" else dict(layout=args.layout)
         report = export(model, args.output, shape, format=fmt, fuse=args.fuse, metadata=meta, check=args.check,
@@ -196,8 +198,8 @@ def cmd_export(args) -> int:
           f"input {meta['input_name']} {'x'.join(str(v) for v in meta['input_shape'])} {meta['color_order']}, "
           f"outputs {', '.join(meta['output_names'])}) and {report.metadata_path.name} in {time.perf_counter() - t0:.1f} s")
     if report.parity and int8 is not None:
-        print(f"parity vs the eager int8 model (tolerance {tolerance:g} output steps; one step = what one "
-              "quantization step of the last int8 tensor changes in the logits):")
+        print(f"parity vs the eager int8 model (tolerance {tolerance:g} output step{'' if tolerance == 1 else 's'}; "
+              "one step = the most one quantization step of the last int8 tensor moves the top logit):")
         for name, r in report.parity["inputs"].items():
             print(f"  {name:<34} max abs diff {r['max_abs']:.3g}  = {r['rel']:.2f} steps of {r['step']:.3g}  "
                   f"(logit scale {r['scale']:.3g})  ok")
