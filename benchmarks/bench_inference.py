@@ -12,6 +12,12 @@ eagerly, as a user's has; ``ort_alone``: the same ``.onnx`` in a process without
 MegEngine, the standalone speed; with ``--poller-check`` also ``onnxruntime_untamed``, without
 keeping MegEngine's poller thread back), and, when ``--torch-python`` has torch and
 torchvision, PyTorch eager, channels_last and ``jit.trace`` + ``freeze`` with the same threads.
+With ``--int8`` also int8: ``onnxruntime_int8`` (the model quantized by
+:func:`megzoo.quantization.quantize` on 2 random batches, run by ONNX Runtime on its QDQ graph),
+``lite_int8`` (the same on MegEngine Lite, NCHW; off with ``--no-lite``) and PyTorch's ``int8``
+(``torch.ao`` FX, x86 backend) and ``int8_jit`` (that traced and frozen); the summary then adds
+megzoo int8 (ONNX Runtime) against the better PyTorch int8 mode and against megzoo's fp32
+``onnxruntime`` row.
 The machine's fp32 limit is measured first with a compiled FMA loop
 (:func:`megzoo.benchmark.measure_fma_peak`, not NumPy's sgemm, whose speed depends on the
 OpenBLAS build and settings). It prints images/s (median), p50/p90 latency, peak RSS, the
@@ -67,6 +73,9 @@ def main(argv=None):
     p.add_argument("--torch-modes", default=",".join(TORCH_MODES))
     p.add_argument("--no-eager", action="store_true", help="skip MegEngine eager (slow at batch 16)")
     p.add_argument("--no-lite", action="store_true", help="skip the Lite backend (its first compile profiles)")
+    p.add_argument("--int8", action="store_true",
+                   help="also int8: megzoo's onnxruntime_int8 and lite_int8 (not with --no-lite) and, with "
+                        "--torch-python, PyTorch's int8 and int8_jit")
     p.add_argument("--poller-check", action="store_true",
                    help="also time ONNX Runtime in a megzoo process without megzoo.device.poller_yields")
     p.add_argument("--layout", choices=("auto", "nchw", "nchw88"), default="auto",
@@ -96,7 +105,11 @@ def main(argv=None):
     log(f"megzoo's default backend here (backend='auto'): {default}")
     modes = (() if args.no_eager else ("eager",)) + (() if args.no_lite else ("optimised",)) + (
         "onnxruntime", "ort_alone") + (("onnxruntime_untamed",) if args.poller_check else ())
+    if args.int8:
+        modes += ("onnxruntime_int8",) + (() if args.no_lite else ("lite_int8",))
     torch_modes = [m for m in args.torch_modes.split(",") if m] if args.torch_python else []
+    if args.int8 and args.torch_python:
+        torch_modes += [m for m in ("int8", "int8_jit") if m not in torch_modes]
     report, rows = None, []
     for name in models:  # megzoo and PyTorch back to back per configuration, so drifting load hits both alike
         gmacs = get_model_entry(name).gmacs * (args.input_size / 224) ** 2
@@ -108,8 +121,9 @@ def main(argv=None):
                                  timeout=args.timeout, split_batch=args.split_batch,
                                  micro_batch=parse_micro_batch(args.micro_batch), log=log)
             if report is None:
-                report = {**part, "results": [], "compile": []}
+                report = {**part, "results": [], "compile": [], "int8": []}
             report["compile"] += part["compile"]
+            report["int8"] += part["int8"]
             rows += part["results"]
             for mode in torch_modes:
                 log(f"{name} batch {batch}: torch {mode} ...")
@@ -145,9 +159,12 @@ def main(argv=None):
             sel = [r for r in rows if r["model"] == name and r["batch"] == batch and not r.get("error")]
             by_mode = {r["mode"]: r for r in sel}
             ips = lambda mode: by_mode[mode]["images_per_s"] if mode in by_mode else None  # noqa: E731
-            torch_rows = [r for r in sel if r["mode"].startswith("torch_")]
-            best = max(torch_rows, key=lambda r: r["images_per_s"], default=None)
+            torch_rows = [r for r in sel if r["mode"].startswith("torch_") and not r["mode"].startswith("torch_int8")]
+            best = max(torch_rows, key=lambda r: r["images_per_s"], default=None)  # fp32 against fp32
+            best_int8 = max((r for r in sel if r["mode"].startswith("torch_int8")), key=lambda r: r["images_per_s"],
+                            default=None)
             mine = by_mode.get(default_mode)
+            int8 = ips("onnxruntime_int8")
             summary.append({
                 "model": name, "batch": batch, "megengine_eager": ips("eager"), "megzoo_lite": ips("optimised"),
                 "megzoo_onnxruntime": ips("onnxruntime"), "ort_alone": ips("ort_alone"),
@@ -159,6 +176,11 @@ def main(argv=None):
                 "ratio_in_process_vs_alone": ips("onnxruntime") and ips("ort_alone") and
                 ips("onnxruntime") / ips("ort_alone"),
                 "default_limit_fraction": mine and mine.get("peak_fraction"),
+                "megzoo_int8": int8, "megzoo_lite_int8": ips("lite_int8"),
+                "torch_int8_best": best_int8 and best_int8["images_per_s"],
+                "torch_int8_best_mode": best_int8 and best_int8["mode"][6:],
+                "ratio_int8_vs_torch_int8_best": int8 and best_int8 and int8 / best_int8["images_per_s"],
+                "ratio_int8_vs_fp32": int8 and ips("onnxruntime") and int8 / ips("onnxruntime"),
                 "peak_mib": {r["mode"]: round(r["peak_rss_mib"]) for r in sel},
             })
     report["summary"] = summary
@@ -169,16 +191,19 @@ def main(argv=None):
     for r in rows:
         if r["mode"].startswith("torch_"):
             if r.get("error"):
-                print(f"{r['model']:<10} {r['batch']:>5} {r['mode']:<16} error: {r['error']}")
+                print(f"{r['model']:<10} {r['batch']:>5} {r['mode']:<19} error: {r['error']}")
             else:
-                print(f"{r['model']:<10} {r['batch']:>5} {r['mode']:<16} {r['threads']:>3} {r['images_per_s']:>8.2f} "
+                print(f"{r['model']:<10} {r['batch']:>5} {r['mode']:<19} {r['threads']:>3} {r['images_per_s']:>8.2f} "
                       f"{r['latency_p50_ms']:>9.1f} {r['latency_p90_ms']:>9.1f} {r['peak_rss_mib']:>9.0f} "
                       f"{100 * r['peak_fraction']:>6.1f}%")
     fmt = lambda v, spec=".1f": "-" if v is None else format(v, spec)  # noqa: E731
     header = ["model", "batch", "MegEngine eager", "megzoo Lite", "megzoo ONNX Runtime", "ORT alone",
-              "PyTorch best (mode)", f"default ({default}) / PyTorch best", "default % of limit", "ORT in megzoo / alone"]
+              "PyTorch fp32 best (mode)", f"default ({default}) / PyTorch best", "default % of limit", "ORT in megzoo / alone"]
     if args.poller_check:
         header.append("ORT without poller_yields")
+    if args.int8:
+        header += ["megzoo int8 (ORT)", "megzoo Lite int8", "PyTorch int8 best (mode)", "megzoo int8 / PyTorch int8 best",
+                   "int8 / fp32 (ORT)"]
     print(f"\nfp32 limit: {report['machine']['peak_gflops']} GFLOP/s ({report['machine']['isa']})")
     print("\n| " + " | ".join(header) + " |" if args.markdown else "\n" + "  ".join(header))
     if args.markdown:
@@ -191,7 +216,15 @@ def main(argv=None):
                  fmt(s_["ratio_in_process_vs_alone"], ".2f")]
         if args.poller_check:
             cells.append(fmt(s_["onnxruntime_untamed"]))
+        if args.int8:
+            cells += [fmt(s_["megzoo_int8"]), fmt(s_["megzoo_lite_int8"]),
+                      f"{fmt(s_['torch_int8_best'])} ({s_['torch_int8_best_mode'] or '-'})",
+                      fmt(s_["ratio_int8_vs_torch_int8_best"], ".2f"), fmt(s_["ratio_int8_vs_fp32"], ".2f")]
         print("| " + " | ".join(cells) + " |" if args.markdown else "  ".join(cells))
+    if args.int8 and args.json:
+        print(f"\nint8 in {args.json}: rows onnxruntime_int8, lite_int8, torch_int8, torch_int8_jit; report['int8'] "
+              "(quantize_s, compile_s); summary keys megzoo_int8, megzoo_lite_int8, torch_int8_best, "
+              "torch_int8_best_mode, ratio_int8_vs_torch_int8_best, ratio_int8_vs_fp32")
     print(f"\nload average before {tuple(round(v, 2) for v in load_before)}, "
           f"after {tuple(round(v, 2) for v in report['load_average']['after'])}")
     return 0
