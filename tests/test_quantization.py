@@ -53,6 +53,8 @@ def _trained_bn(model, seed=0):
 
 @pytest.fixture(scope="module")
 def r18():
+    np.random.seed(0)  # the same initial weights whatever ran before in this process
+    megengine.random.seed(0)
     return _trained_bn(megzoo.resnet18(num_classes=6))
 
 
@@ -173,12 +175,12 @@ def test_qdq_graph_becomes_int8_kernels_in_onnx_runtime(r18_int8, tmp_path):
     assert ops["Conv"] == 0 and ops.get("FusedConv", 0) == 0 and ops["Relu"] == 0
 
 
-def test_onnx_runtime_int8_matches_eager_int8_within_an_output_step(r18_int8):
+def test_onnx_runtime_int8_matches_eager_int8_within_two_output_steps(r18_int8):
     x = _rng_batch(6, seed=0)[:6]  # calibration images, as the export check uses
     compiled = megzoo.compile(r18_int8, backend="onnxruntime")
     got, ref = compiled(x), _run(r18_int8, x)
     step = r18_int8.output_step(x)
-    assert 0 < step and np.abs(got - ref).max() <= step
+    assert 0 < step and np.abs(got - ref).max() <= 2 * step
 
 
 def test_auto_compiles_int8_on_onnx_runtime_and_lite_is_exact(r18_int8, monkeypatch):
@@ -206,7 +208,7 @@ def test_vgg_int8_on_both_runtimes(norm):
     assert ("ConvBnRelu2d" if norm else "ConvRelu2d") in kinds
     x = _rng_batch(2, seed=9)
     ref = _run(q, x)
-    assert np.abs(megzoo.compile(q, backend="onnxruntime")(x) - ref).max() <= q.output_step(x)
+    assert np.abs(megzoo.compile(q, backend="onnxruntime")(x) - ref).max() <= 2 * q.output_step(x)
     np.testing.assert_allclose(megzoo.compile(q, backend="lite", algo="heuristic")(x), ref, atol=1e-5)
 
 
@@ -238,14 +240,14 @@ def test_export_int8_writes_metadata_and_checks_in_steps(r18_int8, tmp_path, suf
     report = export(r18_int8, path, (1, 3, SIZE, SIZE), parity_inputs={"calibration": _rng_batch(4)})
     meta = json.loads((tmp_path / f"r18_int8.{suffix}.json").read_text())
     assert meta["int8"] is True and meta["quantization"]["observer"] == "minmax"
-    assert meta["parity"]["tolerance"] == 1.0 and report.parity["unit"] == "int8 output steps"
+    assert meta["parity"]["tolerance"] == 2.0 and report.parity["unit"] == "int8 output steps"
     assert set(report.parity["inputs"]) >= {"calibration"}
-    assert all(r["rel"] <= 1.0 and r["step"] > 0 for r in report.parity["inputs"].values())
+    assert all(r["rel"] <= 2.0 and r["step"] > 0 for r in report.parity["inputs"].values())
     if suffix == "mge":
         assert meta["layout"] == "nchw"
     loaded = load(path)
     x = _rng_batch(4)  # calibration images
-    assert np.abs(loaded(x) - _run(r18_int8, x)).max() <= r18_int8.output_step(x)
+    assert np.abs(loaded(x) - _run(r18_int8, x)).max() <= 2 * r18_int8.output_step(x)
     if suffix == "onnx":
         import onnx
 
@@ -319,7 +321,7 @@ def test_cli_export_int8_prints_parity_in_steps_and_agreement(tmp_path, capsys):
                  "--input-shape", f"1,3,{SIZE},{SIZE}", "-o", str(out)])
     printed = capsys.readouterr()
     assert code == 0, printed.err
-    assert "parity vs the eager int8 model (tolerance 1 output step; one step = the most" in printed.out
+    assert "parity vs the eager int8 model (tolerance 2 output steps; one step = the most" in printed.out
     assert "top-1 agreement of r18_int8.onnx with the fp32 model:" in printed.out
     assert "of 12 calibration images" in printed.out
     assert "calibrated on 12 images of" in printed.err

@@ -59,7 +59,7 @@ def register(subparsers) -> None:
                    help="--int8: how activation ranges are set (default minmax, measured: docs/quantization.md)")
     p.add_argument("--tolerance", type=float, default=None,
                    help="parity tolerance: max |exported - eager| / max |eager| (default 1e-4); with --int8, max "
-                        "|exported - eager int8| in int8 output steps (default 1)")
+                        "|exported - eager int8| in int8 output steps (default 2)")
     p.add_argument("--image", metavar="FILE", default=None,
                    help="real image for the parity check (default: docs/sample.jpg if present, else a generated one)")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the parity check")

@@ -28,7 +28,7 @@ __all__ = ["export", "export_format", "FORMATS", "check_parity", "ParityError", 
 
 #: the int8 parity tolerance: max |exported - eager| in output steps (what one quantization step
 #: of the last int8 tensor is worth in the logits, ``QuantizableModel.output_step``)
-INT8_TOLERANCE_STEPS = 1.0
+INT8_TOLERANCE_STEPS = 2.0
 
 PathLike = Union[str, "os.PathLike[str]"]
 
