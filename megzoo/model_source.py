@@ -18,8 +18,23 @@ from .registry import get_model, get_model_entry, get_weights, list_models
 from .weights import pretrained_value
 from .weights.errors import UnsafeCheckpointError, WeightsError
 from .weights.serialization import is_torch_zip, load_checkpoint
+from .weights.sidecar import read_weights_metadata
 
-__all__ = ["model_from_source", "guess_arch", "UntrustedPickleError"]
+__all__ = ["model_from_source", "guess_arch", "sidecar_metadata", "UntrustedPickleError"]
+
+#: the preprocessing fields of a sidecar's ``preprocess`` record, as export metadata names them
+_PREPROCESS_KEYS = ("color_order", "mean", "std", "resize_size", "input_size", "interpolation")
+
+
+def sidecar_metadata(weights) -> Dict[str, Any]:
+    """Export metadata from the JSON sidecar of a ``megzoo train`` checkpoint (``best.json``
+    beside ``best.pkl``): the evaluation preprocessing it was trained with and its class names
+    (empty when ``weights`` has no sidecar)."""
+    saved = read_weights_metadata(weights) or {}
+    meta: Dict[str, Any] = {k: v for k, v in (saved.get("preprocess") or {}).items() if k in _PREPROCESS_KEYS}
+    if saved.get("classes"):
+        meta["class_names"] = list(saved["classes"])
+    return meta
 
 
 class UntrustedPickleError(WeightsError):
@@ -73,7 +88,12 @@ def model_from_source(source: str, *, weights: Optional[str] = None, arch: Optio
         if module is not None:
             model, name = module, getattr(module, "model_name", type(module).__name__)
         else:
-            name = arch or guess_arch(path)
+            saved = read_weights_metadata(path) or {}  # a megzoo train checkpoint names its model
+            name = arch or saved.get("model") or guess_arch(path)
+            if saved and name == saved.get("model"):
+                kwargs = {**dict(saved.get("model_kwargs") or {}), **kwargs}
+                if num_classes is None and saved.get("num_classes"):
+                    kwargs["num_classes"] = int(saved["num_classes"])
             try:
                 if name is None:
                     load_checkpoint(path)  # a pickled module is named as such, not as a missing --arch
@@ -93,4 +113,6 @@ def model_from_source(source: str, *, weights: Optional[str] = None, arch: Optio
                     resize_size=pre.resize_size, input_size=pre.input_size, interpolation=pre.interpolation)
     if getattr(model, "num_classes", None) == 1000:
         meta["class_names"] = imagenet1k_categories()
+    if registered is None:  # a local checkpoint's own preprocessing and classes (megzoo train's sidecar)
+        meta.update(sidecar_metadata(weights if weights is not None else source))
     return model, meta

@@ -31,7 +31,7 @@ from .images import describe_source
 from .inference import compile as compile_model
 from .metrics import softmax
 from .registry import get_model
-from .train.checkpoint import read_weights_metadata as checkpoint_metadata
+from .weights.sidecar import read_weights_metadata as checkpoint_metadata
 from .transforms import EvalPreprocessor, as_image_list, resolve_preprocess
 from .weights.errors import WeightsError
 

@@ -509,3 +509,24 @@ def test_both_formats_of_a_one_map_backbone_return_a_list_without_their_metadata
         out = load(tmp_path / name)(x)
         assert isinstance(out, list) and [o.shape for o in out] == [(2, 512, 1, 1)], name
         assert _rel(out[0], _eager(model, x)[0]) < 1e-4
+
+
+def test_a_trained_checkpoint_exports_with_its_own_model_classes_and_preprocessing(tmp_path, capsys):
+    """``megzoo export best.pkl``: the sidecar (``best.json``) names the model, its classes, its
+    width options and the preprocessing it was trained with; the metadata carries them."""
+    from megzoo.cli import main
+
+    model = megzoo.resnet18(num_classes=3, drop_rate=0.2)
+    megengine.save({k: np.array(v) for k, v in model.state_dict().items()}, str(tmp_path / "best.pkl"))
+    pre = {"input_size": 32, "resize_size": 36, "interpolation": "linear", "color_order": "BGR",
+           "mean": [1.0, 2.0, 3.0], "std": [4.0, 5.0, 6.0]}
+    (tmp_path / "best.json").write_text(json.dumps({
+        "model": "resnet18", "num_classes": 3, "classes": ["cat", "dog", "eel"], "preprocess": pre,
+        "model_kwargs": {"drop_rate": 0.2}, "weights_file": "best.pkl"}))
+    out = tmp_path / "best.onnx"
+    assert main(["export", str(tmp_path / "best.pkl"), "--input-shape", "1,3,32,32", "-o", str(out)]) == 0, \
+        capsys.readouterr().err
+    meta = json.loads((tmp_path / "best.onnx.json").read_text())
+    assert meta["model"] == "resnet18" and meta["class_names"] == ["cat", "dog", "eel"]
+    assert (meta["mean"], meta["std"], meta["resize_size"], meta["input_size"]) == ([1.0, 2.0, 3.0], [4.0, 5.0, 6.0],
+                                                                                    36, 32)

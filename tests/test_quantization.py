@@ -179,7 +179,7 @@ def test_qdq_graph_becomes_int8_kernels_in_onnx_runtime(r18_int8, tmp_path):
     from megzoo.inference.onnx_graph import build_onnx
 
     ops = _optimized_ops(build_onnx(r18_int8, (1, 3, SIZE, SIZE)), tmp_path)
-    assert ops["QLinearConv"] == 20  # every convolution of ResNet-18 (17 + stem + 3 projections - 1) in int8
+    assert ops["QLinearConv"] == 20  # every convolution of ResNet-18 (16 in blocks + stem + 3 projections)
     assert ops["QLinearAdd"] == 8  # the residual adds, their ReLU folded into the quantization
     assert ops["Conv"] == 0 and ops.get("FusedConv", 0) == 0 and ops["Relu"] == 0
 
@@ -190,6 +190,59 @@ def test_onnx_runtime_int8_matches_eager_int8_within_two_output_steps(r18_int8):
     got, ref = compiled(x), _run(r18_int8, x)
     step = r18_int8.output_step(x)
     assert 0 < step and np.abs(got - ref).max() <= 2 * step
+
+
+def test_last_step_is_the_scale_of_the_tensor_the_head_reads(r18_int8):
+    from megengine.core.tensor import dtype as qdtype
+
+    last_block = r18_int8.levels[-1][-1]  # the residual add runs after the block body's last conv
+    add_step = qdtype.get_scale(last_block.add_relu.output_dtype)
+    body_step = qdtype.get_scale(last_block.body[-1].output_dtype)
+    assert r18_int8.last_step() == pytest.approx(add_step, rel=1e-6)
+    assert abs(add_step - body_step) > 1e-3 * add_step  # the two differ: the wrong one would be caught
+    x = _rng_batch(2, seed=3)
+    assert r18_int8.last_step(x) == pytest.approx(add_step, rel=1e-6)
+    with pytest.raises(QuantizationError, match="in float32 form: it has no int8 steps yet"):
+        megzoo.resnet18(num_classes=6).to_quantizable().output_step(x)
+
+
+def test_static_batch_int8_onnx_loads_and_checks_on_its_batch(r18_int8, tmp_path):
+    from megzoo.inference import export, load
+
+    path = tmp_path / "r18_static.onnx"
+    report = export(r18_int8, path, (2, 3, SIZE, SIZE), dynamic_batch=False, parity_inputs={"calib": _rng_batch(8)})
+    assert report.metadata["dynamic_batch"] is False and report.parity["max_rel"] <= 2.0
+    loaded = load(path, threads=2)
+    assert loaded.int8 and not loaded._runner_for((2, 3, SIZE, SIZE)).split_batch  # one batch size: nothing to split
+    x = _rng_batch(2, seed=6)
+    assert np.abs(loaded(x) - _run(r18_int8, x)).max() <= 2 * r18_int8.output_step(x)
+    with pytest.raises(ValueError, match=r"a static-batch export: export again without --static-batch"):
+        loaded(_rng_batch(3))
+
+
+def test_explicit_tolerance_is_kept_for_int8(r18_int8, tmp_path):
+    from megzoo.inference import export
+
+    report = export(r18_int8, tmp_path / "a.onnx", (1, 3, SIZE, SIZE), tolerance=5.0,
+                    parity_inputs={"calib": _rng_batch(2)})
+    assert report.parity["tolerance"] == 5.0
+    float_report = export(megzoo.resnet18(num_classes=2), tmp_path / "f.onnx", (1, 3, SIZE, SIZE))
+    assert float_report.parity["tolerance"] == 1e-4
+
+
+def test_frozen_batch_norm_stays_frozen_under_qat():
+    model = megzoo.resnet18(num_classes=3, norm_layer="frozen_bn")
+    qat = prepare_qat(model)
+    trainable = {id(p) for p in qat.trainable_parameters()}
+    frozen = [p for m in qat.modules() if type(m).__name__ == "FrozenBatchNorm2d" for p in m.parameters()]
+    assert frozen and not any(id(p) in trainable for p in frozen)
+    n_conv = sum(int(np.prod(p.shape)) for p in qat.parameters() if id(p) in trainable)
+    assert n_conv == sum(int(np.prod(p.shape)) for p in qat.parameters()) - sum(int(np.prod(p.shape)) for p in frozen)
+
+
+def test_max_images_must_be_positive(r18):
+    with pytest.raises(ValueError, match=r"max_images must be a positive int \(or None for all\), got 0"):
+        quantize(r18, _rng_batch(2), max_images=0, progress=False)
 
 
 def test_auto_compiles_int8_on_onnx_runtime_and_lite_is_exact(r18_int8, monkeypatch):
@@ -286,7 +339,7 @@ def _shapes(root, n=6):
     return root
 
 
-def test_qat_checkpoint_reloads_as_the_int8_model(tmp_path):
+def test_qat_checkpoint_reloads_as_the_int8_model(tmp_path, capsys):
     from megzoo.train import TrainConfig
     from megzoo.train.trainer import Trainer
 
@@ -307,6 +360,33 @@ def test_qat_checkpoint_reloads_as_the_int8_model(tmp_path):
     np.testing.assert_allclose(_run(reloaded, x), _run(converted, x),
                                atol=1e-5)
     assert reloaded.precision == "int8" and reloaded.num_classes == 3
+
+    # loaded as float weights: the error says how to load it
+    from megzoo.weights.convert import ArchitectureMismatchError
+
+    with pytest.raises(ArchitectureMismatchError, match=r"quantization-aware .* checkpoint, which loads as the int8 "
+                                                        r"model: add --int8"):
+        megzoo.resnet18(pretrained=str(best), num_classes=3)
+    # resuming the QAT run as a float one is refused before anything is loaded
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match=r"last.pkl is a quantization-aware \(qat\) run, and this one is not qat; "
+                                         r"use another output folder \(--output\) or start afresh"):
+        Trainer(replace(config, qat=False, epochs=2))
+
+    # export of the QAT checkpoint at a static batch: calibration images check it, no recalibration
+    from megzoo.cli import main
+
+    out = tmp_path / "qat_static.onnx"
+    code = main(["export", str(best), "--int8", "--calibration", str(data / "train"), "--static-batch",
+                 "--input-shape", f"2,3,{SIZE},{SIZE}", "-o", str(out)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "calibrated on" not in printed.err  # a QAT checkpoint is already int8
+    assert "top-1 agreement with an fp32 model not measured: a QAT checkpoint has no fp32 form" in printed.out
+    meta = json.loads((tmp_path / "qat_static.onnx.json").read_text())
+    assert meta["dynamic_batch"] is False and "calibration images" in meta["parity"]["inputs"]
+    assert meta["class_names"] == ["dark", "light", "mid"] and meta["quantization"]["method"] == "qat"
 
 
 def test_prepare_qat_is_a_fake_quantized_copy(r18):

@@ -11,6 +11,8 @@ from typing import List, Optional
 
 
 def register(subparsers) -> None:
+    from ..quantization.ptq import OBSERVERS
+
     p = subparsers.add_parser(
         "export", help="write a .mge for MegEngine Lite or an .onnx (+ OUTPUT.json metadata), checked against eager",
         description="Write a model as a .mge for MegEngine Lite (traced; BN folded, conv+bias+ReLU fused) or as "
@@ -53,9 +55,9 @@ def register(subparsers) -> None:
                         "int8 model, with its top-1 agreement with the fp32 model printed (docs/quantization.md)")
     p.add_argument("--calibration", metavar="DIR", default=None,
                    help="--int8: calibration images (e.g. the training folder), read with the model's preprocessing")
-    p.add_argument("--calibration-images", type=int, default=512, metavar="N",
+    p.add_argument("--calibration-images", type=_positive_int, default=512, metavar="N",
                    help="--int8: calibration images used at most, spread over the folder (default 512)")
-    p.add_argument("--observer", choices=("minmax", "histogram", "ema"), default=None,
+    p.add_argument("--observer", choices=tuple(OBSERVERS), default=None,
                    help="--int8: how activation ranges are set (default minmax, measured: docs/quantization.md)")
     p.add_argument("--tolerance", type=float, default=None,
                    help="parity tolerance: max |exported - eager| / max |eager| (default 1e-4); with --int8, max "
@@ -140,6 +142,18 @@ def _micro_batch(text: str):
         return parse_micro_batch(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
 
 
 def _default_image() -> Optional[Path]:
@@ -231,7 +245,7 @@ class _Int8Export:
                              "or a `megzoo train --qat` checkpoint (its best.pkl) as the weights")
 
     def _preprocess(self, model):
-        from ..train.checkpoint import read_weights_metadata
+        from ..weights.sidecar import read_weights_metadata
         from ..transforms import resolve_preprocess
 
         saved = (read_weights_metadata(self.checkpoint) or {}).get("preprocess")
@@ -245,15 +259,18 @@ class _Int8Export:
 
         model = load_qat_checkpoint(self.checkpoint, None if self.args.model == self.checkpoint else self.args.model,
                                     self.args.num_classes)
-        return model, {"model": model.model_name, "weights": str(Path(self.checkpoint).resolve())}
+        from ..model_source import sidecar_metadata
+
+        return model, {"model": model.model_name, "weights": str(Path(self.checkpoint).resolve()),
+                       **sidecar_metadata(self.checkpoint)}
 
     def quantized(self, model):
         """(the int8 model, parity inputs: a batch of calibration images when there are some)."""
-        from ..quantization import DEFAULT_OBSERVER, calibration_batches, quantize
+        from ..quantization import DEFAULT_OBSERVER, quantize
 
         self.preprocess = self._preprocess(model)
-        if self.args.calibration is None:  # a QAT checkpoint: already int8
-            return model, None
+        if self.qat_checkpoint:  # already int8; calibration images (if any) only check it
+            return model, (self._parity_batch() if self.args.calibration is not None else None)
         observer = self.args.observer or DEFAULT_OBSERVER
         t0 = time.perf_counter()
         q = quantize(model, self.args.calibration, observer=observer, max_images=self.args.calibration_images,
@@ -261,20 +278,32 @@ class _Int8Export:
         calib = q.quantization["calibration"]
         print(f"calibrated on {calib['images']} images of {calib['source']} ({observer} observer) in "
               f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        return q, self._parity_batch()
+
+    def _parity_batch(self):
+        from ..quantization import calibration_batches
+
         batch = next(iter(calibration_batches(self.args.calibration, self.preprocess, batch_size=8, max_images=8)))
-        return q, {"calibration images": batch}
+        return {"calibration images": batch}
 
     def print_agreement(self, float_model, path, threads):
         """Top-1 agreement of the written int8 file with the fp32 model, on calibration images."""
         from ..inference import compile as compile_model, load
         from ..quantization import calibration_batches, top1_agreement
 
-        if self.args.calibration is None or getattr(float_model, "precision", "float32") != "float32":
+        if self.args.calibration is None:
+            return
+        if getattr(float_model, "precision", "float32") != "float32":
+            print("top-1 agreement with an fp32 model not measured: a QAT checkpoint has no fp32 form here "
+                  "(megzoo eval --weights best.pkl --int8 measures its accuracy)")
             return
         fp32 = compile_model(float_model, threads=threads)
         written = load(path, threads=threads)
-        batches = calibration_batches(self.args.calibration, self.preprocess, batch_size=32,
+        batch_size = self.shape[0] if self.args.static_batch else 32
+        batches = calibration_batches(self.args.calibration, self.preprocess, batch_size=batch_size,
                                       max_images=self.AGREEMENT_IMAGES)
+        if self.args.static_batch:  # the file takes its one batch size: full batches only
+            batches = (b for b in batches if len(b) == batch_size)
         same, n = top1_agreement(fp32, written, batches)
         print(f"top-1 agreement of {Path(path).name} with the fp32 model: {100 * same:.1f}% of {n} calibration images")
 

@@ -37,6 +37,8 @@ def register(subparsers) -> None:
 
 
 def _model_options(p) -> None:
+    from ..quantization.ptq import OBSERVERS
+
     p.add_argument("--model", default="resnet50", help="model name (default resnet50; `megzoo list --pretrained`)")
     p.add_argument("--weights", metavar="TAG|FILE", default=None, help=_WEIGHTS_HELP)
     p.add_argument("--num-classes", type=_positive, default=None, metavar="N",
@@ -55,7 +57,7 @@ def _model_options(p) -> None:
                         "`megzoo train --qat` (its best.pkl as --weights); docs/quantization.md")
     p.add_argument("--calibration", metavar="DIR", default=None,
                    help="calibration images for --int8 (e.g. the training folder), read with the model's preprocessing")
-    p.add_argument("--observer", choices=("minmax", "histogram", "ema"), default=None,
+    p.add_argument("--observer", choices=tuple(OBSERVERS), default=None,
                    help="how --int8 calibration sets activation ranges (default minmax, measured)")
 
 

@@ -162,7 +162,7 @@ def export_format(path: PathLike, format: Optional[str] = None) -> str:
 
 def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224), *, format: Optional[str] = None,
            fuse: bool = True, layout: str = "auto", metadata: Optional[Dict[str, Any]] = None, check: bool = True,
-           tolerance: float = DEFAULT_TOLERANCE, image: Optional[PathLike] = None, threads: Optional[int] = None,
+           tolerance: Optional[float] = None, image: Optional[PathLike] = None, threads: Optional[int] = None,
            algo: str = "heuristic", seed: int = 0, opset: Optional[int] = None, dynamic_batch: bool = True,
            parity_inputs: Optional[Dict[str, np.ndarray]] = None) -> ExportReport:
     """Write ``model`` at ``path`` as a MegEngine Lite ``.mge`` (``format="mge"``) or an ONNX
@@ -188,8 +188,8 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
     preprocessed batch, e.g. calibration images) replace the generated check inputs; the real
     image is still added."""
     int8 = is_int8(model)
-    if int8 and tolerance == DEFAULT_TOLERANCE:
-        tolerance = INT8_TOLERANCE_STEPS
+    if tolerance is None:
+        tolerance = INT8_TOLERANCE_STEPS if int8 else DEFAULT_TOLERANCE
     path = Path(path)
     fmt = export_format(path, format)
     shape = tuple(int(s) for s in input_shape)
@@ -260,7 +260,9 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
             batches = [shape[0]] + ([_second_batch(shape[0])] if fmt == "onnx" and dynamic_batch else [])
             inputs = _parity_inputs(shape, batches, image, meta, seed)
             if parity_inputs:
-                inputs = {**{k: v for k, v in inputs.items() if not k.startswith("random")}, **parity_inputs}
+                given = {k: _fit_batch(v, shape[0]) if fmt == "onnx" and not dynamic_batch else v
+                         for k, v in parity_inputs.items()}
+                inputs = {**{k: v for k, v in inputs.items() if not k.startswith("random")}, **given}
             if fmt == "onnx":
                 compiled = OrtCompiledModel(onnx_file=staged, threads=threads, max_shapes=len(batches) + 4,
                                             split_batch=int8)
@@ -281,6 +283,13 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
     finally:
         staged.unlink(missing_ok=True)
     return report
+
+
+def _fit_batch(x: np.ndarray, n: int) -> np.ndarray:
+    """The first ``n`` images of the batch ``x`` (repeated when it has fewer): a static-batch
+    file takes exactly ``n``."""
+    x = np.asarray(x)
+    return x[np.arange(n) % len(x)]
 
 
 def _second_batch(n: int) -> int:

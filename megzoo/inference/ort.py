@@ -50,7 +50,6 @@ class OrtRunner:
         source = model if isinstance(model, (bytes, bytearray)) else os.fspath(model)
         self.session = _session(source, threads)
         self.threads = threads
-        self._single = _session(source, 1) if split_batch and threads > 1 else None
         self._pool = None
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
@@ -59,6 +58,8 @@ class OrtRunner:
         #: the input's dimensions; a str (e.g. ``"N"``) is a symbolic (dynamic) one
         self.input_shape = list(inputs[0].shape)
         self.output_names: List[str] = [o.name for o in self.session.get_outputs()]
+        # a static-batch model runs its one batch size whole: nothing to split
+        self._single = _session(source, 1) if split_batch and threads > 1 and self.dynamic_batch else None
 
     @property
     def dynamic_batch(self) -> bool:
@@ -71,7 +72,7 @@ class OrtRunner:
     def run(self, x: np.ndarray) -> List[np.ndarray]:
         """Outputs for the (N, C, H, W) batch ``x`` (converted to contiguous float32)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if self._single is None or len(x) < 2 * self.threads or not self.dynamic_batch:
+        if self._single is None or len(x) < 2 * self.threads:
             return self.session.run(self.output_names, {self.input_name: x})
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor

@@ -106,7 +106,7 @@ class OrtCompiledModel(ShapeCachedModel):
                                dynamic_batch=self.dynamic_batch, fold_bn=self.fuse, check=False)
             source = proto.SerializeToString()
         built = time.perf_counter()
-        runner = OrtRunner(source, self.threads, split_batch=self.split_batch and self.dynamic_batch)
+        runner = OrtRunner(source, self.threads, split_batch=self.split_batch)
         if self.onnx_file is not None:
             self._check_file_shape(runner, shape)
         loaded = time.perf_counter()

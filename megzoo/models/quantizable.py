@@ -111,18 +111,19 @@ class QuantizableModel(M.Module):
         return precision_of(self)
 
     def forward(self, x):
-        check_input(x, self.in_channels, self.model_name, self.min_input_size)
-        # MegEngine's fake-quant and observer temporaries go to the default device: keep them
-        # beside the weights whatever the caller's default is
         with using_device(self.quant_device().logical_name):
-            x = self.quant(x)
-            for level in self.levels:
-                x = level(x)
-            return self.head(self.dequant(x))
+            return self.head(self.features(x))
 
     def quant_device(self):
         """The device the model's parameters are on (inputs and MegEngine's own temporaries go there)."""
         return next(iter(self.parameters())).device
+
+    def trainable_parameters(self) -> List[Parameter]:
+        """Parameters the trainer updates: all but those of FrozenBatchNorm2d layers (frozen in
+        the float model, frozen here too: MegEngine's fused QAT conv reads their weight and bias
+        undetached when it folds them into the convolution)."""
+        frozen = {id(p) for m in self.modules() if isinstance(m, FrozenBatchNorm2d) for p in m.parameters()}
+        return [p for p in self.parameters() if id(p) not in frozen]
 
     def get_classifier(self) -> Optional[M.Module]:
         """The final classifier (inside the float head), for the trainer's head learning rate."""
@@ -130,20 +131,34 @@ class QuantizableModel(M.Module):
 
     def features(self, x):
         """The last feature map (N, C, h, w) float32, as the int8 part computes it (dequantized)."""
-        check_input(x, self.in_channels, self.model_name, self.min_input_size)
-        x = self.quant(x)
-        for level in self.levels:
-            x = level(x)
-        return self.dequant(x)
+        return self.dequant(self._int8_part(x))
 
-    def last_step(self) -> float:
-        """The quantization step (scale) of the last int8 tensor, the one the head reads."""
+    def _int8_part(self, x):
+        """Input stub and fused levels: the tensor the ``dequant`` stub reads (int8 once converted)."""
+        check_input(x, self.in_channels, self.model_name, self.min_input_size)
+        # MegEngine's fake-quant and observer temporaries go to the default device: keep them
+        # beside the weights whatever the caller's default is
+        with using_device(self.quant_device().logical_name):
+            x = self.quant(x)
+            for level in self.levels:
+                x = level(x)
+            return x
+
+    def last_step(self, x=None) -> float:
+        """The quantization step (scale) of the last int8 tensor, the one the head reads: read
+        from that tensor's dtype (from the (N, C, H, W) batch ``x``, default one zero image), not
+        from the modules, whose order need not be the order they run in (a ResNet block's
+        residual add runs after its body's last conv)."""
         if self.precision != "int8":
             raise QuantizationError(f"{self.model_name} is in {self.precision} form: it has no int8 steps yet")
+        import megengine
         from megengine.core.tensor import dtype as qdtype
 
-        steps = [m.output_dtype for m in self.levels[-1].modules() if getattr(m, "output_dtype", None) is not None]
-        return float(qdtype.get_scale(steps[-1]))
+        if x is None:
+            side = max(self.min_input_size, 32)
+            x = np.zeros((1, self.in_channels, side, side), dtype=np.float32)
+        out = self._int8_part(megengine.tensor(np.asarray(x, dtype=np.float32), device=self.quant_device()))
+        return float(qdtype.get_scale(out.dtype))
 
     def output_step(self, x) -> float:
         """What one quantization step of the last int8 tensor is worth in the logits of the
@@ -151,14 +166,17 @@ class QuantizableModel(M.Module):
         of that tensor moves by one step (to first order: the step times the L1 norm of the
         logit's gradient; exact for ResNet's linear head). The unit of the int8 parity check
         (``megzoo export --int8``)."""
+        if self.precision != "int8":
+            raise QuantizationError(f"{self.model_name} is in {self.precision} form: it has no int8 steps yet")
         import megengine
         import megengine.functional as F
-        import numpy as np
         from megengine.autodiff import GradManager
+        from megengine.core.tensor import dtype as qdtype
 
         device = self.quant_device()
-        feats = megengine.tensor(self.features(megengine.tensor(np.asarray(x, dtype=np.float32), device=device)).numpy(),
-                                 device=device)
+        int8 = self._int8_part(megengine.tensor(np.asarray(x, dtype=np.float32), device=device))
+        step = float(qdtype.get_scale(int8.dtype))
+        feats = megengine.tensor(self.dequant(int8).numpy(), device=device)
         gm = GradManager().attach([feats])
         with gm:
             logits = self.head(feats)
@@ -166,7 +184,7 @@ class QuantizableModel(M.Module):
             picked = F.sum(F.indexing_one_hot(logits, top, 1))
             gm.backward(picked)
         grad = np.abs(feats.grad.numpy()).reshape(len(feats), -1).sum(axis=1)
-        return float(self.last_step() * grad.max())
+        return float(step * grad.max())
 
     def to_onnx(self, graph, x: str) -> str:
         """The int8 model as a QDQ ONNX graph (``megzoo.inference.onnx_graph``): stubs, fused

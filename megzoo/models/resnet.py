@@ -154,12 +154,15 @@ class PooledClassifier(M.Module):
     """ResNet's head as a module (the float part of the quantizable form): mean over H and W,
     then ``fc`` ((N, C, H, W) -> (N, num_classes)); without ``fc``, the pooled (N, C)."""
 
-    def __init__(self, fc: Optional[M.Linear]):
+    def __init__(self, fc: Optional[M.Linear], dropout: Optional[M.Module] = None):
         super().__init__()
         self.fc = fc
+        self.dropout = dropout  # the float model's, so QAT trains with it as float training does
 
     def forward(self, x):
         x = F.mean(x, axis=(2, 3))
+        if self.dropout is not None:
+            x = self.dropout(x)
         return x if self.fc is None else self.fc(x)
 
     def get_classifier(self) -> Optional[M.Linear]:
@@ -269,7 +272,7 @@ class ResNet(ZooModel):
         return M.Sequential(*[block.fused(f"layer{index}.{i}") for i, block in enumerate(stage)])
 
     def _float_head(self) -> M.Module:
-        return PooledClassifier(self.fc)  # dropout is nothing in inference
+        return PooledClassifier(self.fc, self.dropout)
 
     def get_classifier(self):
         return self.fc

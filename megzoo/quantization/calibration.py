@@ -60,6 +60,9 @@ def calibration_batches(data, preprocess=None, *, batch_size: int = 32, max_imag
 
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, (int, np.integer))
+                                   or max_images < 1):
+        raise ValueError(f"max_images must be a positive int (or None for all), got {max_images!r}")
     record = record if record is not None else CalibrationSet("")
     limit = None if max_images is None else int(max_images)
     if isinstance(data, (str, os.PathLike)):

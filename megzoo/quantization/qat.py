@@ -53,7 +53,7 @@ def convert_qat(qmodel: QuantizableModel) -> QuantizableModel:
 
 def is_qat_checkpoint(weights) -> bool:
     """True for a ``megzoo train --qat`` checkpoint (its JSON sidecar says ``"qat": true``)."""
-    from ..train.checkpoint import read_weights_metadata
+    from ..weights.sidecar import read_weights_metadata
 
     meta = read_weights_metadata(weights)
     return bool(meta and meta.get("qat"))
@@ -63,7 +63,7 @@ def load_qat_checkpoint(path, model: Optional[str] = None, num_classes: Optional
     """The int8 model of a QAT checkpoint: the architecture (``model``, default the sidecar's)
     built without weights, made fake-quantized, the checkpoint loaded (strictly), converted."""
     from ..registry import get_model
-    from ..train.checkpoint import read_weights_metadata
+    from ..weights.sidecar import read_weights_metadata
     from ..weights.serialization import load_megengine_pickle
 
     meta = read_weights_metadata(path) or {}
@@ -72,7 +72,8 @@ def load_qat_checkpoint(path, model: Optional[str] = None, num_classes: Optional
                                 "float checkpoint, quantize with calibration images (--int8 --calibration DIR)")
     arch = model or meta.get("model")
     classes = num_classes or meta.get("num_classes")
-    qmodel = prepare_qat(get_model(arch, pretrained=False, num_classes=int(classes)))
+    kwargs = dict(meta.get("model_kwargs") or {})  # as trained: width, norm layer, dropout ...
+    qmodel = prepare_qat(get_model(arch, pretrained=False, num_classes=int(classes), **kwargs))
     state = load_megengine_pickle(os.fspath(path))
     qmodel.load_state_dict(state, strict=True)
     qmodel = convert_qat(qmodel)

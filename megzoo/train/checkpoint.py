@@ -27,6 +27,7 @@ import numpy as np
 from ..host import atomic_write
 from ..host import atomic_write_text as _write_text
 from ..weights.serialization import load_megengine_pickle
+from ..weights.sidecar import read_weights_metadata  # noqa: F401  (re-exported: its old home)
 
 __all__ = ["atomic_save", "load_training_state", "save_weights", "rng_state",
            "set_rng_state", "state_dict_numpy", "optimizer_state_numpy", "read_weights_metadata", "LAST", "BEST",
@@ -111,21 +112,3 @@ def save_weights(model, path: str, meta: Optional[dict] = None) -> str:
     if meta is not None:
         _write_text(os.path.splitext(path)[0] + ".json", json.dumps(meta, indent=2) + "\n")
     return path
-
-
-def read_weights_metadata(weights) -> Optional[dict]:
-    """The JSON sidecar :func:`save_weights` wrote beside ``weights`` (``best.json`` next to
-    ``best.pkl``: model, num_classes, class names, evaluation preprocessing), when ``weights`` is
-    such a local file and the JSON names it (``"weights_file"``); else None."""
-    if not isinstance(weights, (str, os.PathLike)):
-        return None
-    path = os.fspath(weights)
-    sidecar = os.path.splitext(path)[0] + ".json"
-    if path.endswith(".json") or not os.path.isfile(path) or not os.path.isfile(sidecar):
-        return None
-    try:
-        with open(sidecar, encoding="utf-8") as f:
-            meta = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) and meta.get("weights_file") == os.path.basename(path) else None

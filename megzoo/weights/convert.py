@@ -134,6 +134,11 @@ def load_into(model, state_dict: Dict[str, np.ndarray], source: str) -> LoadRepo
             details.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:3])})")
         if mismatched:
             details.append(f"{len(mismatched)} shape mismatches (first: {'; '.join(mismatched[:3])})")
+        if any(k.startswith(("quant.", "levels.")) for k in state_dict):  # QuantizableModel's own names
+            raise ArchitectureMismatchError(
+                f"weights from {source} are a quantization-aware (megzoo train --qat) checkpoint, which loads as "
+                "the int8 model: add --int8 (megzoo predict/eval/export), or use "
+                "megzoo.quantization.load_qat_checkpoint(path) in Python")
         raise ArchitectureMismatchError(
             f"weights from {source} do not fit {model.model_name}: {'; '.join(details)}. "
             "Check that the checkpoint is for this architecture (and its groups/width options)"
