@@ -27,3 +27,6 @@ __all__ += ["inference", "CompiledModel"]  # that `from megzoo import *` does no
 from . import quantization  # noqa: E402  (int8: megzoo.quantize, megzoo.quantization.prepare_qat)
 from .quantization import quantize  # noqa: E402
 __all__ += ["quantization", "quantize"]
+from . import cleaning  # noqa: E402  (megzoo clean: label errors, broken and duplicated images)
+from .cleaning import find_label_issues  # noqa: E402
+__all__ += ["cleaning", "find_label_issues"]

@@ -7,6 +7,7 @@ import argparse
 import sys
 from typing import List, Optional
 
+from . import clean as _clean
 from . import deploy as _deploy
 from . import models as _models
 from . import predict as _predict
@@ -14,7 +15,7 @@ from . import train as _train
 from . import weights as _weights
 
 #: modules contributing subcommands, in ``--help`` order
-COMMAND_MODULES = [_models, _weights, _predict, _deploy, _train]
+COMMAND_MODULES = [_models, _weights, _predict, _deploy, _train, _clean]
 
 
 class CLIError(Exception):

@@ -14,6 +14,7 @@ epoch boundary sees exactly the batches the uninterrupted run saw.
 """
 import os
 import random
+import sys
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -23,28 +24,71 @@ from megengine.data.dataset import Dataset, ImageFolder
 
 from ..images import is_image_file
 
-__all__ = ["FolderData", "find_folders", "build_folder_data", "train_loader", "eval_loader", "seed_epoch",
+__all__ = ["FolderData", "ImageSamples", "read_exclude_list", "find_folders", "build_folder_data", "train_loader", "eval_loader", "seed_epoch",
            "epoch_seed"]
 
 
-class _Samples(Dataset):
-    """``(image, label)`` pairs of a list of ``(path, label)`` (read as ImageFolder does)."""
+class ImageSamples(Dataset):
+    """``(image, label)`` pairs of a list of ``(path, label)``, read with OpenCV as BGR uint8.
 
-    def __init__(self, samples: Sequence[Tuple[str, int]]):
+    An image that cannot be read (corrupt, truncated, not an image) is reported by name on
+    stderr, once per process; with ``replace_unreadable`` (training data) the next readable
+    image of the list takes its place so the run goes on, otherwise (evaluation data, where a
+    substitute would change the figures) a ``ValueError`` names the file and the fix."""
+
+    def __init__(self, samples: Sequence[Tuple[str, int]], replace_unreadable: bool = False):
         super().__init__()
         self.samples = list(samples)
+        self.replace_unreadable = replace_unreadable
+        self._reported: set = set()
 
-    def __getitem__(self, index: int):
+    def _read(self, index: int):
         import cv2
 
         path, label = self.samples[index]
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
-        if image is None:
-            raise ValueError(f"cannot read image {path}")
-        return image, np.int32(label)
+        return cv2.imread(path, cv2.IMREAD_COLOR), np.int32(label)
+
+    def __getitem__(self, index: int):
+        image, label = self._read(index)
+        if image is not None:
+            return image, label
+        path = self.samples[index][0]
+        if not self.replace_unreadable:
+            raise ValueError(f"cannot read image {path} (corrupt, truncated or not an image): `megzoo clean DATA` "
+                             "lists every such file; leave them out with --exclude exclude.txt")
+        if path not in self._reported:
+            self._reported.add(path)
+            print(f"megzoo: cannot read image {path} (corrupt, truncated or not an image): replaced by the next "
+                  "readable image of the training set; `megzoo clean DATA` lists every such file, and "
+                  "--exclude exclude.txt leaves them out", file=sys.stderr, flush=True)
+        for step in range(1, len(self.samples)):
+            image, label = self._read((index + step) % len(self.samples))
+            if image is not None:
+                return image, label
+        raise ValueError(f"no image of the training set can be read (the first: {path})")
 
     def __len__(self) -> int:
         return len(self.samples)
+
+
+def read_exclude_list(path: str, data_root: str) -> List[str]:
+    """The image paths listed in ``path`` (one per line; ``#`` comments and blank lines skipped;
+    absolute, or relative to ``data_root``), as real absolute paths."""
+    if not os.path.isfile(path):
+        raise ValueError(f"exclude list {path} does not exist (megzoo clean writes exclude.txt in its --out folder)")
+    found = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                full = line if os.path.isabs(line) else os.path.join(data_root, line)
+                found.append(os.path.realpath(full))
+    return found
+
+
+def _drop(samples, excluded: set) -> Tuple[list, int]:
+    kept = [(p, label) for p, label in samples if os.path.realpath(p) not in excluded]
+    return kept, len(samples) - len(kept)
 
 
 @dataclass
@@ -56,6 +100,7 @@ class FolderData:
     classes: List[str]  #: class index -> folder name
     train_root: str
     val_root: Optional[str]
+    excluded: Optional[dict] = None  #: images left out by an exclude list: {"train": n, "val": n, "listed": n}
 
     @property
     def num_classes(self) -> int:
@@ -89,9 +134,11 @@ def find_folders(data: Optional[str] = None, train_dir: Optional[str] = None,
 
 
 def build_folder_data(data: Optional[str] = None, train_dir: Optional[str] = None, val_dir: Optional[str] = None,
-                      val_split: float = 0.0, seed: int = 0) -> FolderData:
+                      val_split: float = 0.0, seed: int = 0, exclude: Optional[str] = None) -> FolderData:
     """The datasets of :func:`find_folders`'s folders. Without a validation folder and with
-    ``val_split > 0``, that fraction of each class's images (chosen with ``seed``) is held out."""
+    ``val_split > 0``, that fraction of each class's images (chosen with ``seed``) is held out.
+    ``exclude``: a file listing images to leave out of both (``megzoo clean``'s exclude.txt;
+    see :func:`read_exclude_list`)."""
     train_root, val_root = find_folders(data, train_dir, val_dir)
     train = ImageFolder(train_root, check_valid_func=_check_valid)
     classes = sorted(train.class_dict, key=lambda name: int(train.class_dict[name]))
@@ -100,7 +147,12 @@ def build_folder_data(data: Optional[str] = None, train_dir: Optional[str] = Non
     if len(train) == 0:
         raise ValueError(f"{train_root} has no image files in its class folders (.jpg, .png, .bmp, ...)")
     index = {name: i for i, name in enumerate(classes)}
+    excluded_set = set(read_exclude_list(exclude, data or os.path.dirname(os.path.abspath(train_root)))) \
+        if exclude else set()
+    samples, n_train_out = _drop(train.samples, excluded_set)
+    train = ImageSamples(samples, replace_unreadable=True)
     val: Optional[Dataset] = None
+    n_val_out = 0
     if val_root is not None:
         val_folder = ImageFolder(val_root, check_valid_func=_check_valid)
         names = {int(v): k for k, v in val_folder.class_dict.items()}
@@ -108,7 +160,9 @@ def build_folder_data(data: Optional[str] = None, train_dir: Optional[str] = Non
         if unknown:
             raise ValueError(f"validation folder {val_root} has classes the training folder lacks: "
                              f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
-        val = _Samples([(path, index[names[int(label)]]) for path, label in val_folder.samples])
+        val_samples, n_val_out = _drop([(path, index[names[int(label)]]) for path, label in val_folder.samples],
+                                       excluded_set)
+        val = ImageSamples(val_samples)
     elif val_split > 0:
         rng = np.random.RandomState(seed)
         by_class: dict = {}
@@ -121,9 +175,18 @@ def build_folder_data(data: Optional[str] = None, train_dir: Optional[str] = Non
             n_val = int(round(len(paths) * val_split))
             held += [(paths[i], label) for i in sorted(order[:n_val])]
             kept += [(paths[i], label) for i in sorted(order[n_val:])]
-        train, val = _Samples(kept), _Samples(held)
+        train, val = ImageSamples(kept, replace_unreadable=True), ImageSamples(held)
         val_root = f"{train_root} ({val_split:.0%} held out)"
-    return FolderData(train, val, classes, train_root, val_root)
+    excluded = None
+    if exclude:
+        if excluded_set and n_train_out + n_val_out == 0:
+            raise ValueError(f"none of the {len(excluded_set)} images listed in {exclude} is in {data or train_root} "
+                             "(was the list written for another folder? its paths are absolute, or relative to the "
+                             "data folder)")
+        excluded = {"train": n_train_out, "val": n_val_out, "listed": len(excluded_set), "file": exclude}
+        if len(train) == 0:
+            raise ValueError(f"{exclude} leaves no training images")
+    return FolderData(train, val, classes, train_root, val_root, excluded)
 
 
 def train_loader(dataset: Dataset, transform, batch_size: int, workers: int, world_size: int = 1,

@@ -50,6 +50,7 @@ class TrainConfig:
     train_dir: Optional[str] = None  #: training folder (instead of data)
     val_dir: Optional[str] = None  #: validation folder
     val_split: float = 0.0  #: hold out this fraction of each class when there is no validation folder
+    exclude: Optional[str] = None  #: a file listing images to leave out (one path per line, absolute or relative to the data folder), e.g. the exclude.txt of `megzoo clean`
     input_size: int = 224  #: training crop (px)
     resize_size: Optional[int] = None  #: evaluation resize before the centre crop (px; default input_size / 0.875)
     crop_scale: Tuple[float, float] = (0.08, 1.0)  #: RandomResizedCrop area range (min, max)

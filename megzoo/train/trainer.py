@@ -216,7 +216,7 @@ class Trainer:
         """The image folders (given, or read from the config) and the class list."""
         config = self.config
         self.data = data if data is not None else build_folder_data(config.data, config.train_dir, config.val_dir,
-                                                                     config.val_split, config.seed)
+                                                                     config.val_split, config.seed, config.exclude)
         self.classes = list(self.data.classes)
         self.num_classes = config.num_classes or len(self.classes)
         if len(self.classes) > self.num_classes:
@@ -300,6 +300,10 @@ class Trainer:
         if saved.get("model") != self.config.model and self.config.model:
             raise ValueError(f"{path} is a run of {saved.get('model')}, not {self.config.model}; "
                              "use another output folder or resume=False")
+        if bool(saved.get("qat", False)) != bool(self.config.qat):
+            kind = "quantization-aware (qat)" if saved.get("qat") else "float (not qat)"
+            raise ValueError(f"{path} is a {kind} run, and this one is {'qat' if self.config.qat else 'not qat'}; "
+                             "use another output folder (--output) or start afresh (--no-resume / resume=False)")
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
@@ -513,13 +517,21 @@ class Trainer:
                            for g in self.groups)
         return (f"{c.model}: {self.num_classes} classes, {trainable:,} of {total:,} parameters trained"
                 f"{'' if c.freeze_stages is None else f' (stem + {c.freeze_stages} stage(s) frozen)'}\n"
-                f"data: {len(self.data.train)} training images ({self.data.train_root}), {val} validation images; "
+                f"data: {len(self.data.train)} training images ({self.data.train_root}), {val} validation images"
+                f"{self._excluded_note()}; "
                 f"{c.input_size}px, batch {c.batch_size} x {self.world} process(es), "
                 f"{self.steps_per_epoch} steps/epoch\n"
                 f"SGD lr {c.lr * self.world:g} (x{self.world}) momentum {c.momentum} groups: {groups}; {c.schedule} "
                 f"schedule, {c.warmup_epochs:g} warm-up epoch(s), label smoothing {c.label_smoothing:g}\n"
                 f"device {self.device}, fast conv backward {self.fast_conv or 'off'}, DTR {'on' if c.dtr else 'off'}, "
                 f"seed {c.seed}, output {self.output}")
+
+    def _excluded_note(self) -> str:
+        ex = getattr(self.data, "excluded", None)
+        if not ex:
+            return ""
+        return (f" ({ex['train']} training and {ex['val']} validation images left out, of {ex['listed']} listed in "
+                f"{ex['file']})")
 
     def _epoch_line(self, r: dict) -> str:
         remaining = (self.config.epochs - self.epoch) * np.mean([h["seconds"] for h in self.history[-3:]])
