@@ -3,6 +3,7 @@
 * ``shared_dir``: the reference material at ``../shared/`` next to the repository (present in CI).
 * ``anchor_layout(name)``: a reference checkpoint layout, ``{"num_params": int,
   "state_dict": {key: (shape tuple, dtype name)}}``.
+* an autouse fixture restores MegEngine's default device after every test.
 * ``zoo_model(name)``: a registry model built with its defaults once per session, in eval mode.
   Building the large models dominates the suite's run time, so tests share these instances. Their
   weights are unspecified: a test may load other finite, well-scaled weights into one, so it must
@@ -15,6 +16,17 @@ from pathlib import Path
 import pytest
 
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(autouse=True)
+def _restore_default_device():
+    """The trainer and the CLI set MegEngine's (process-wide) default device for good; every test
+    gets back the default it started with, so later tests build models where they expect."""
+    import megengine
+
+    device = megengine.get_default_device()
+    yield
+    megengine.set_default_device(device)
 
 
 @pytest.fixture(scope="session")

@@ -23,13 +23,6 @@ from megzoo.cleaning.probabilities import stratified_folds
 CLASSES = ("blue", "green", "red")
 
 
-@pytest.fixture(autouse=True)
-def _keep_default_device():
-    previous = megengine.get_default_device()
-    yield
-    megengine.set_default_device(previous)
-
-
 # --- the array-level core -----------------------------------------------------------------------
 def _confident(n=300, k=3, flips=30, seed=0):
     """Labels with ``flips`` known wrong ones and probabilities that know the truth (0.9)."""
@@ -245,13 +238,18 @@ def test_bad_input_is_named_with_the_fix(messy, tmp_path):
         find_label_issues(str(messy), method="kfold", folds=12, progress=False)
 
 
-def test_kfold_trains_a_model_per_fold_and_predicts_what_it_did_not_see(tmp_path):
-    rng = np.random.RandomState(1)
-    data = tmp_path / "data"
+def _colour_folder(data, seed, size, n=6):
+    """DATA/CLASS/i.png: ``n`` noisy images per colour class."""
+    rng = np.random.RandomState(seed)
     for k, name in enumerate(CLASSES):
         os.makedirs(data / name)
-        for i in range(6):
-            cv2.imwrite(str(data / name / f"{i}.png"), _colour(rng, k, 16))
+        for i in range(n):
+            cv2.imwrite(str(data / name / f"{i}.png"), _colour(rng, k, size))
+    return data
+
+
+def test_kfold_trains_a_model_per_fold_and_predicts_what_it_did_not_see(tmp_path):
+    data = _colour_folder(tmp_path / "data", seed=1, size=16)
     out = tmp_path / "clean"
     result = find_label_issues(str(data), method="kfold", folds=2, epochs=1, out=str(out), progress=False,
                                train_settings={"batch_size": 6, "hflip": 0.0})
@@ -268,12 +266,7 @@ def test_kfold_trains_a_model_per_fold_and_predicts_what_it_did_not_see(tmp_path
 
 
 def test_probe_uses_a_local_backbone_and_finds_a_near_copy(tmp_path):
-    rng = np.random.RandomState(2)
-    data = tmp_path / "data"
-    for k, name in enumerate(CLASSES):
-        os.makedirs(data / name)
-        for i in range(6):
-            cv2.imwrite(str(data / name / f"{i}.png"), _colour(rng, k))
+    data = _colour_folder(tmp_path / "data", seed=2, size=32)
     near = cv2.imread(str(data / "green" / "2.png"))
     near[0, 0] = near[0, 0] // 2 + 1  # one pixel changed: not an exact duplicate
     cv2.imwrite(str(data / "green" / "2_edit.png"), near)

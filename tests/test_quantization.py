@@ -20,15 +20,6 @@ from megzoo.quantization import (QuantizationError, calibration_batches, convert
 SIZE = 32
 
 
-@pytest.fixture(autouse=True)
-def _keep_default_device():
-    """The trainer and the CLI set MegEngine's default device for good; later test files build
-    models on the default they expect."""
-    previous = megengine.get_default_device()
-    yield
-    megengine.set_default_device(previous)
-
-
 def _rng_batch(n, seed=0, size=SIZE):
     return np.random.RandomState(seed).standard_normal((n, 3, size, size)).astype(np.float32)
 

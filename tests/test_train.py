@@ -22,14 +22,6 @@ from megzoo.train.data import build_folder_data, eval_loader, train_loader
 CLASSES = ("circle", "hbar", "vbar")
 
 
-@pytest.fixture(autouse=True)
-def _restore_default_device():
-    """The trainer sets MegEngine's (process-wide) default device; later test modules expect theirs."""
-    device = megengine.get_default_device()
-    yield
-    megengine.set_default_device(device)
-
-
 class TinyNet(ZooModel):
     """A two-stage ZooModel small enough for fast tests (freeze, classifier, feature levels)."""
 

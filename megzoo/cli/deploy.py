@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from .predict import _positive
+
 
 def register(subparsers) -> None:
     from ..quantization.ptq import OBSERVERS
@@ -55,7 +57,7 @@ def register(subparsers) -> None:
                         "int8 model, with its top-1 agreement with the fp32 model printed (docs/quantization.md)")
     p.add_argument("--calibration", metavar="DIR", default=None,
                    help="--int8: calibration images (e.g. the training folder), read with the model's preprocessing")
-    p.add_argument("--calibration-images", type=_positive_int, default=512, metavar="N",
+    p.add_argument("--calibration-images", type=_positive, default=512, metavar="N",
                    help="--int8: calibration images used at most, spread over the folder (default 512)")
     p.add_argument("--observer", choices=tuple(OBSERVERS), default=None,
                    help="--int8: how activation ranges are set (default minmax, measured: docs/quantization.md)")
@@ -142,18 +144,6 @@ def _micro_batch(text: str):
         return parse_micro_batch(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _positive_int(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return value
 
 
 def _default_image() -> Optional[Path]:
