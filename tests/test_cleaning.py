@@ -8,6 +8,7 @@ import csv
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import cv2
 import megengine
@@ -17,6 +18,7 @@ import pytest
 import megzoo
 from megzoo.cleaning import (CleaningInputError, argmax_issues, check_images, find_label_issues, health_flags,
                              label_issues, scan_folder)
+from megzoo.cleaning.health import CONSTANT_STD
 from megzoo.cleaning.label_issues import check_pred_probs, near_duplicates, require_cleanlab
 from megzoo.cleaning.probabilities import stratified_folds
 
@@ -218,6 +220,94 @@ def test_given_method_writes_every_report_and_leaves_the_data_alone(messy, tmp_p
     assert result.label_issue_paths == [os.path.join(str(messy), "train", "red", "0.png")]
 
 
+def test_clean_and_train_list_the_same_classes_and_files(tmp_path):
+    from megzoo.train.data import build_folder_data
+
+    data = _colour_folder(tmp_path / "data", seed=3, size=8, n=2)
+    (data / ".ipynb_checkpoints").mkdir()
+    cv2.imwrite(str(data / ".ipynb_checkpoints" / "0.png"), _colour(np.random.RandomState(0), 0, 8))
+    (data / "red" / "._0.png").write_bytes(b"\x00\x05\x16\x07 resource fork")  # macOS metadata beside 0.png
+    (data / "red" / ".cache").mkdir()
+    cv2.imwrite(str(data / "red" / ".cache" / "x.png"), _colour(np.random.RandomState(0), 2, 8))
+    (data / "green" / "more").mkdir()
+    cv2.imwrite(str(data / "green" / "more" / "a.png"), _colour(np.random.RandomState(0), 1, 8))
+    (data / "green" / "more" / "loop").symlink_to(data / "green")  # a link back up: listed once
+    images = scan_folder(str(data))
+    folder = build_folder_data(str(data))
+    assert images.classes == folder.classes == list(CLASSES)
+    listed = [(images.relative(i), int(images.labels[i])) for i in range(len(images))]
+    assert listed == [(os.path.relpath(p, str(data)), label) for p, label in folder.train.samples]
+    assert [p for p, _ in listed] == ["blue/0.png", "blue/1.png", "green/0.png", "green/1.png", "green/more/a.png",
+                                      "red/0.png", "red/1.png"]
+
+
+def _jpeg_with_thumbnail(image, thumbnail) -> bytes:
+    """A JPEG whose APP1 (EXIF) segment holds a whole small JPEG, as camera files do."""
+    main = cv2.imencode(".jpg", image)[1].tobytes()
+    thumb = cv2.imencode(".jpg", thumbnail)[1].tobytes()
+    payload = b"Exif\x00\x00" + thumb
+    return main[:2] + b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload + main[2:]
+
+
+def test_jpeg_completeness_reads_the_structure_not_the_last_bytes(tmp_path):
+    from megzoo.cleaning.health import _byte_problem
+
+    rng = np.random.RandomState(4)
+    image, thumb = _colour(rng, 0, 64), _colour(rng, 1, 8)
+    whole = _jpeg_with_thumbnail(image, thumb)
+    assert cv2.imdecode(np.frombuffer(whole, np.uint8), cv2.IMREAD_COLOR).shape == (64, 64, 3)
+    assert _byte_problem(whole) == ""
+    assert _byte_problem(whole + b"\x00\x00\x00\x18ftypmp42" + bytes(500)) == ""  # a motion photo's video after EOI
+    progressive = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    assert _byte_problem(progressive + bytes(64)) == ""
+    # cut inside the image's scan: the thumbnail's end marker (inside APP1) does not count
+    assert _byte_problem(whole[: len(whole) - 200]) == "truncated JPEG (no end-of-image marker)"
+    assert _byte_problem(progressive[:-2]) == "truncated JPEG (no end-of-image marker)"
+
+
+def test_health_sees_images_as_the_trainer_reads_them(tmp_path):
+    rng = np.random.RandomState(5)
+    eight = _colour(rng, 2, 16)
+    cv2.imwrite(str(tmp_path / "a.png"), eight)
+    cv2.imwrite(str(tmp_path / "a16.png"), eight.astype(np.uint16) * 257)  # the same picture, 16-bit
+    cv2.imwrite(str(tmp_path / "dark16.png"), eight.astype(np.uint16) * 2)  # a dark 16-bit image stays dark
+    cv2.imwrite(str(tmp_path / "alpha.png"), np.dstack([eight, np.full((16, 16), 7, np.uint8)]))
+    paths = [str(tmp_path / n) for n in ("a.png", "a16.png", "dark16.png", "alpha.png")]
+    health = check_images(paths, progress=False)
+    assert health.problem == ["", "", "", ""]
+    assert health.digest[0] == health.digest[1] == health.digest[3] != health.digest[2]
+    assert health.std[2] < CONSTANT_STD  # not stretched to full range as a per-image rescale would
+    np.testing.assert_array_equal(cv2.imread(paths[1]), eight)  # what the trainer reads
+
+
+def test_a_class_with_no_readable_image_is_reported_not_fatal(messy, tmp_path):
+    broken = messy / "train" / "zebra"
+    broken.mkdir()
+    (broken / "0.jpg").write_bytes(b"")
+    (broken / "1.jpg").write_text("no")
+    (messy / "val" / "zebra").mkdir()
+    images = scan_folder(str(messy))
+    probs = np.full((len(images), 4), 0.05)
+    probs[np.arange(len(images)), images.labels] = 0.85
+    wrong = images.paths.index(os.path.join(images.root, "train", "red", "0.png"))
+    probs[wrong] = [0.85, 0.05, 0.05, 0.05]
+    unreadable = [i for i, p in enumerate(images.paths) if os.path.basename(p) in
+                  ("zero.png", "text.jpg", "cut.jpg", "0.jpg", "1.jpg")]
+    probs[unreadable] = np.nan  # no prediction for files that cannot be read
+    np.save(tmp_path / "p.npy", probs)
+    result = find_label_issues(str(messy), method="given", pred_probs=str(tmp_path / "p.npy"), out=str(tmp_path / "r"),
+                               progress=False)
+    assert result.summary["classes_without_readable_images"] == ["zebra"]
+    assert result.summary["counts"]["unreadable"] == 5 and result.summary["counts"]["label"] == 1
+    assert result.label_issue_paths == [images.paths[wrong]]
+    assert result.labels.suggested[np.flatnonzero(result.labels.is_issue)].tolist() == [0]  # blue, in all classes
+    probs[images.paths.index(os.path.join(images.root, "train", "red", "1.png"))] = np.nan
+    np.save(tmp_path / "p2.npy", probs)
+    with pytest.raises(CleaningInputError, match=r"--pred-probs has no probabilities \(NaN\) for 1 readable image\(s\), "
+                                                 r"the first train/red/1.png: give a row for every readable image"):
+        find_label_issues(str(messy), method="given", pred_probs=str(tmp_path / "p2.npy"), progress=False)
+
+
 def test_bad_input_is_named_with_the_fix(messy, tmp_path):
     empty = tmp_path / "empty"
     (empty / "a").mkdir(parents=True)
@@ -236,6 +326,12 @@ def test_bad_input_is_named_with_the_fix(messy, tmp_path):
     with pytest.raises(CleaningInputError, match=r"class 'blue' has 11 usable image\(s\), fewer than the 12 folds "
                                                  r"\(every fold holds out images of every class\): lower --folds to 11"):
         find_label_issues(str(messy), method="kfold", folds=12, progress=False)
+    with pytest.raises(CleaningInputError, match=r"class 'c' has 1 usable image\(s\), fewer than the 2 folds \(every "
+                                                 r"fold holds out images of every class\): add at least 1 image\(s\) to "
+                                                 r"it \(2 folds need 2 images of every class\)$"):
+        stratified_folds(np.array([0, 0, 1, 1, 2]), 2, 0, ["a", "b", "c"])
+    with pytest.raises(CleaningInputError, match=r"exclude_flags dupe unknown: choose from unreadable, label, duplicate, near_duplicate"):
+        find_label_issues(str(messy), method="given", pred_probs=str(tmp_path / "x.npy"), exclude_flags=["dupe"])
 
 
 def _colour_folder(data, seed, size, n=6):
@@ -252,17 +348,28 @@ def test_kfold_trains_a_model_per_fold_and_predicts_what_it_did_not_see(tmp_path
     data = _colour_folder(tmp_path / "data", seed=1, size=16)
     out = tmp_path / "clean"
     result = find_label_issues(str(data), method="kfold", folds=2, epochs=1, out=str(out), progress=False,
-                               train_settings={"batch_size": 6, "hflip": 0.0})
+                               input_size=16, train_settings={"batch_size": 6, "hflip": 0.0})
     assert result.pred_probs.shape == (18, 3)
     np.testing.assert_allclose(result.pred_probs.sum(axis=1), 1.0, atol=1e-6)
-    plan = json.loads((out / "folds" / "folds.json").read_text())
+    (run,) = (out / "folds").glob("plan-*")
+    plan = json.loads((run / "folds.json").read_text())
     assert sorted(np.bincount(plan["folds"]).tolist()) == [9, 9]
     assert all(np.bincount(np.array(plan["labels"])[np.array(plan["folds"]) == k]).tolist() == [3, 3, 3]
                for k in (0, 1))
-    assert (out / "folds" / "fold-0" / "last.pkl").is_file() and (out / "folds" / "fold-1" / "last.pkl").is_file()
+    assert (run / "fold-0" / "last.pkl").is_file() and (run / "fold-1" / "last.pkl").is_file()
     s = result.summary["settings"]
     assert s["method"] == "kfold" and s["train"]["input_size"] == 16 and s["features"] == "last fold's model"
-    assert len(s["fold_top1_vs_given"]) == 2
+    assert len(s["fold_top1_vs_given"]) == 2 and s["work_dir"] == str(run)
+    # the same plan again resumes each finished fold; another plan (seed) trains in its own folder
+    again = find_label_issues(str(data), method="kfold", folds=2, epochs=1, out=str(out), progress=False,
+                              input_size=16, train_settings={"batch_size": 6, "hflip": 0.0})
+    assert "resumed from" in (run / "fold-1" / "log.txt").read_text()
+    np.testing.assert_array_equal(again.pred_probs, result.pred_probs)
+    other = find_label_issues(str(data), method="kfold", folds=2, epochs=1, out=str(out), progress=False, seed=1,
+                              input_size=16, train_settings={"batch_size": 6, "hflip": 0.0})
+    runs = sorted((out / "folds").glob("plan-*"))
+    assert len(runs) == 2 and other.summary["settings"]["work_dir"] != str(run)
+    assert "resumed from" not in (Path(other.summary["settings"]["work_dir"]) / "fold-0" / "log.txt").read_text()
 
 
 def test_probe_uses_a_local_backbone_and_finds_a_near_copy(tmp_path):

@@ -89,14 +89,16 @@ def find_label_issues(data, *, method: str = "kfold", folds: int = 5, model: str
             see; from ``weights`` if given, else from scratch), ``"probe"`` (features of the
             pretrained ``model``/``weights``, a cross-validated logistic regression on them) or
             ``"given"`` (``pred_probs``: a ``.npy`` of (N, K) out-of-sample probabilities, rows
-            in this function's image order, columns in class-folder order).
-        input_size: px the images are seen at (default: kfold the median short side, at most 224;
+            in this function's image order, columns in class-folder order; a row of NaN for an
+            unreadable image is accepted).
+        input_size: px the images are seen at (default: kfold the median short side, 32 to 224;
             probe the weights' own).
         epochs: kfold training epochs per fold. ``train_settings``: more
             :class:`~megzoo.cleaning.probabilities.KFoldSettings` fields (``lr``, ``hflip``, ...).
         out: folder for ``issues.csv``, ``summary.json``, ``contact_sheet.png`` (the ``top``
             worst label issues) and ``exclude.txt`` (images flagged with ``exclude_flags``);
-            kfold's fold runs go to ``out/folds`` (else a temporary folder).
+            kfold's fold runs go to ``out/folds/plan-HASH`` (resumable; else a temporary folder,
+            removed at the end).
     Returns a :class:`CleaningResult`.
     """
     t0 = time.perf_counter()
@@ -107,6 +109,9 @@ def find_label_issues(data, *, method: str = "kfold", folds: int = 5, model: str
         raise CleaningInputError("method 'given' needs the probabilities: --pred-probs FILE.npy (N images x K classes)")
     if pred_probs is not None and method != "given":
         raise CleaningInputError("--pred-probs goes with --method given")
+    unknown = sorted(set(exclude_flags) - set(FLAGS))
+    if unknown:
+        raise CleaningInputError(f"exclude_flags {', '.join(unknown)} unknown: choose from {', '.join(FLAGS)}")
     require_cleanlab()
     images = scan_folder(data)
     n, classes = len(images), images.classes
@@ -117,37 +122,66 @@ def find_label_issues(data, *, method: str = "kfold", folds: int = 5, model: str
     if len(readable) == 0:
         raise CleaningInputError(f"no image of {images.root} can be read ({health.problem[0]}, ...)")
     say(f"{n} images in {len(classes)} classes, {n - len(readable)} unreadable")
+    if given is not None:
+        missing = [i for i in readable if np.isnan(given[i]).any()]
+        if missing:
+            raise CleaningInputError(f"--pred-probs has no probabilities (NaN) for {len(missing)} readable image(s), "
+                                     f"the first {images.relative(missing[0])}: give a row for every readable image "
+                                     "(NaN rows only for unreadable ones)")
+    # classes left with no readable image (all their files broken) are flagged through their
+    # files and left out of the label analysis, which needs examples of every class it scores
+    counts = np.bincount(images.labels[readable], minlength=len(classes))
+    present = np.flatnonzero(counts > 0)
+    if len(present) < 2:
+        raise CleaningInputError(f"only {len(present)} class of {images.root} has readable images: label issues need "
+                                 "two classes or more")
+    empty = [classes[i] for i in np.flatnonzero(counts == 0)]
+    if empty:
+        say(f"class folder(s) {', '.join(empty[:5])} hold no readable image: their files are reported as "
+            "unreadable, the label analysis uses the other classes")
+    to_present = np.full(len(classes), -1, dtype=np.int64)
+    to_present[present] = np.arange(len(present))
     files = [images.paths[i] for i in readable]
-    labels = images.labels[readable]
-    counts = np.bincount(labels, minlength=len(classes))
-    if (counts == 0).any():
-        empty = [classes[i] for i in np.flatnonzero(counts == 0)]
-        raise CleaningInputError(f"class folder(s) {', '.join(empty[:5])} hold no readable image: add images or "
-                                 "remove the folder")
+    labels = to_present[images.labels[readable]]
+    used = [classes[i] for i in present]
     features = None
     info: Dict[str, Any] = {}
     weights_file = None
     if method == "kfold":
-        size = input_size or int(min(224, max(16, np.median(np.minimum(
+        size = input_size or int(min(224, max(32, np.median(np.minimum(
             np.asarray(health.height)[readable], np.asarray(health.width)[readable])))))
         settings = KFoldSettings(model=model, input_size=size, epochs=epochs, pretrained=weights,
                                  **(train_settings or {}))
-        work = os.path.join(out, "folds") if out else None
-        if work is None:
+        temporary = None
+        if out:
+            work = os.path.join(out, "folds")
+        else:
             import tempfile
 
-            work = tempfile.mkdtemp(prefix="megzoo-clean-")
-        probs, features, info = kfold_pred_probs(files, labels, classes, folds, seed, settings, work,
-                                                 progress=progress, log=say)
+            work = temporary = tempfile.mkdtemp(prefix="megzoo-clean-")
+        try:
+            probs, features, info = kfold_pred_probs(files, labels, used, folds, seed, settings, work,
+                                                     progress=progress, log=say)
+        finally:
+            if temporary is not None:  # nothing to resume from without --out
+                import shutil
+
+                shutil.rmtree(temporary, ignore_errors=True)
+                info.pop("work_dir", None)
         weights_file = weights if isinstance(weights, str) and os.path.isfile(weights) else None
     elif method == "probe":
-        probs, features, info = probe_pred_probs(files, labels, classes, folds, seed, model, weights,
+        probs, features, info = probe_pred_probs(files, labels, used, folds, seed, model, weights,
                                                  input_size=input_size, progress=progress)
         weights_file = info.get("weights_file")
     else:
-        probs = given[readable]
-    found = label_issues(labels, probs, classes)
+        probs = given[readable][:, present]
+        probs = probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-12)
+    found = label_issues(labels, probs, used)
     baseline = argmax_issues(labels, probs)
+    full = np.zeros((len(readable), len(classes)))
+    full[:, present] = probs
+    probs = full
+    found.suggested = present[found.suggested]  # back to indices into all classes
 
     # per-image flags over all N images
     flag = {name: np.zeros(n, dtype=bool) for name in FLAGS}
@@ -220,7 +254,7 @@ def find_label_issues(data, *, method: str = "kfold", folds: int = 5, model: str
         "data": images.root, "images": n, "readable": int(len(readable)), "classes": classes,
         "flagged_images": int(any_flag.sum()), "counts": counts_by_flag,
         "label_issues": int(found.is_issue.sum()), "argmax_baseline_flags": int(baseline.sum()),
-        "exact_duplicate_groups": len(groups), "duplicate_groups_with_conflicts": conflicts,
+        "classes_without_readable_images": empty, "exact_duplicate_groups": len(groups), "duplicate_groups_with_conflicts": conflicts,
         "near_duplicate_pairs": len(near_pairs), "health": found.health,
         "settings": {"method": method, "folds": folds if method != "given" else None, "seed": seed,
                      "model": model if method != "given" else None,

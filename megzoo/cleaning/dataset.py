@@ -3,9 +3,9 @@
 ``DATA/CLASS/**/IMAGE`` (one folder of class folders), or ``DATA/train/CLASS/...`` with
 ``DATA/val/CLASS/...`` beside it (the layout ``megzoo train`` reads; every split is examined,
 so a copy of a training image in val is found). Classes are the training folder's sorted
-sub-folder names, as the trainer numbers them; a file is listed by its extension
-(:data:`megzoo.images.IMAGE_EXTENSIONS`) whether or not it can be read, since finding the
-unreadable ones is part of the job. The order of :attr:`LabeledImages.paths` (split, then class,
+sub-folder names, as the trainer numbers them: the listing is the trainer's own
+(:func:`megzoo.train.data.list_image_folder`: hidden folders and files left out, a file taken by
+its extension whether or not it can be read, since finding the unreadable ones is part of the job). The order of :attr:`LabeledImages.paths` (split, then class,
 then file name) is the row order of ``issues.csv`` and of the ``--pred-probs`` array.
 """
 import os
@@ -14,8 +14,7 @@ from typing import List
 
 import numpy as np
 
-from ..images import is_image_file
-from ..train.data import find_folders
+from ..train.data import find_folders, list_image_folder
 
 __all__ = ["LabeledImages", "scan_folder", "CleaningInputError"]
 
@@ -47,18 +46,6 @@ class LabeledImages:
         return np.bincount(self.labels, minlength=len(self.classes))
 
 
-def _class_folders(folder: str) -> List[str]:
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
-
-
-def _files(folder: str) -> List[str]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f) and not f.startswith(".")]
-    return found
-
-
 def scan_folder(data: str) -> LabeledImages:
     """The :class:`LabeledImages` of ``data`` (module docstring); raises
     :class:`CleaningInputError` for a missing or empty folder and for val classes the training
@@ -69,7 +56,7 @@ def scan_folder(data: str) -> LabeledImages:
                                  "val/ with class sub-folders)")
     train_dir, val_dir = find_folders(data)
     splits = [("train" if train_dir != data else "", train_dir)] + ([("val", val_dir)] if val_dir else [])
-    classes = _class_folders(train_dir)
+    classes, _ = list_image_folder(train_dir)
     if not classes:
         raise CleaningInputError(f"{train_dir} has no class sub-folders: expected {train_dir}/CLASS/IMAGE files "
                                  "(one sub-folder per class, named after it)")
@@ -78,14 +65,14 @@ def scan_folder(data: str) -> LabeledImages:
     labels: List[int] = []
     names: List[str] = []
     for split, folder in splits:
-        for name in _class_folders(folder):
+        split_classes, samples = list_image_folder(folder)
+        for name in split_classes:
             if name not in index:
                 raise CleaningInputError(f"{folder}/{name}: a class the training folder {train_dir} lacks; add the "
                                          "folder there too, or remove it")
-            files = _files(os.path.join(folder, name))
-            paths += files
-            labels += [index[name]] * len(files)
-            names += [os.path.basename(folder) if split else ""] * len(files)
+        paths += [path for path, _ in samples]
+        labels += [index[split_classes[label]] for _, label in samples]
+        names += [os.path.basename(folder) if split else ""] * len(samples)
     if not paths:
         raise CleaningInputError(f"{data} holds no image files in its class folders "
                                  f"(looked for {', '.join(('.jpg', '.png', '.bmp', '...'))})")

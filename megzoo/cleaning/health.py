@@ -38,7 +38,7 @@ _NO_THUMB = np.zeros(THUMB * THUMB, np.float32)
 class ImageHealth:
     """What one read of each file found, aligned with the paths given (N,). ``problem``: why the
     file cannot be used ("" if readable); ``height``/``width`` (0 if unreadable); ``gray``:
-    stored with one channel or with three equal ones; ``std``: pixel standard deviation;
+    stored with one channel or with three (nearly) equal ones; ``std``: pixel standard deviation;
     ``digest``: content hash ("" if unreadable); ``sizes``: file sizes in bytes."""
 
     problem: List[str] = field(default_factory=list)
@@ -59,12 +59,36 @@ class ImageHealth:
         return np.array([not p for p in self.problem], dtype=bool)
 
 
+def _jpeg_scan_start(data: bytes) -> int:
+    """Offset of a JPEG's first top-level start-of-scan marker, stepping over the header segments
+    by their lengths (so an EXIF thumbnail's own markers are not taken for the image's); -1 if
+    the header ends first."""
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return -1
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0xDA:
+            return i
+        elif 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
+            i += 2
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return -1
+
+
 def _byte_problem(data: bytes) -> str:
-    """Why these file bytes are not a complete image, from the bytes alone ("" if none found)."""
+    """Why these file bytes are not a complete image, from the bytes alone ("" if none found).
+    A JPEG is complete when an end-of-image marker follows its first scan (entropy-coded data
+    cannot hold one), whatever comes after it (motion photos append a video)."""
     if not data:
         return "zero-byte file"
-    if data[:3] == b"\xff\xd8\xff" and b"\xff\xd9" not in data.rstrip(b"\x00")[-16:]:
-        return "truncated JPEG (no end-of-image marker)"
+    if data[:3] == b"\xff\xd8\xff":
+        scan = _jpeg_scan_start(data)
+        if scan < 0 or data.find(b"\xff\xd9", scan) < 0:
+            return "truncated JPEG (no end-of-image marker)"
     if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-16:]:
         return "truncated PNG (no IEND chunk)"
     return ""
@@ -91,19 +115,14 @@ def _read_one(path: str):
     problem = _byte_problem(data)
     if problem:
         return problem, 0, 0, False, 0.0, "", len(data), _NO_THUMB
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    # decoded as the trainer reads it (cv2.imread's IMREAD_COLOR: 8-bit BGR, 16-bit scaled by
+    # 1/256, alpha dropped, one channel repeated), so health and duplicates are of what it sees
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None or image.size == 0:
         return "not an image OpenCV can decode", 0, 0, False, 0.0, "", len(data), _NO_THUMB
-    if image.dtype != np.uint8:  # 16-bit PNG/TIFF: compare on the 8-bit scale
-        image = cv2.convertScaleAbs(image, alpha=255.0 / max(float(image.max()), 1.0))
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = image[:, :, :3]
     h, w = image.shape[:2]
-    if image.ndim == 2 or image.shape[2] == 1:
-        gray = True
-    else:
-        spread = image.max(axis=2).astype(np.int16) - image.min(axis=2)
-        gray = bool(spread.max() <= GRAY_TOLERANCE)
+    spread = image.max(axis=2).astype(np.int16) - image.min(axis=2)
+    gray = bool(spread.max() <= GRAY_TOLERANCE)
     digest = hashlib.sha1(f"{image.shape}".encode() + np.ascontiguousarray(image).tobytes()).hexdigest()
     return "", int(h), int(w), gray, float(image.std()), digest, len(data), _thumbnail(image)
 

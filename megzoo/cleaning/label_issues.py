@@ -65,18 +65,23 @@ class LabelIssues:
         return idx[np.argsort(self.quality[idx], kind="stable")]
 
 
-def check_pred_probs(pred_probs, n: int, classes: Sequence[str], what: str = "pred_probs") -> np.ndarray:
+def check_pred_probs(pred_probs, n: int, classes: Sequence[str], what: str = "pred_probs",
+                     allow_nan_rows: bool = False) -> np.ndarray:
     """``pred_probs`` as a float64 (n, K) array whose rows sum to 1; else a
-    :class:`CleaningInputError` naming the shape expected and the column order."""
+    :class:`CleaningInputError` naming the shape expected and the column order. With
+    ``allow_nan_rows``, rows that are all NaN (images that could not be predicted) pass as NaN."""
     k = len(classes)
     p = np.asarray(pred_probs, dtype=np.float64)
     order = f"columns in class-folder order ({', '.join(list(classes)[:4])}{', ...' if k > 4 else ''})"
     if p.ndim != 2 or p.shape != (n, k):
         raise CleaningInputError(f"{what} has shape {p.shape}; expected ({n}, {k}): one row per image in the order "
                                  f"megzoo clean lists them, {order}")
-    if not np.isfinite(p).all() or (p < 0).any():
-        raise CleaningInputError(f"{what} holds negative or non-finite values; give probabilities (softmax outputs)")
-    sums = p.sum(axis=1)
+    skipped = np.isnan(p).all(axis=1) if allow_nan_rows else np.zeros(len(p), dtype=bool)
+    if not np.isfinite(p[~skipped]).all() or (p[~skipped] < 0).any():
+        raise CleaningInputError(f"{what} holds negative or non-finite values; give probabilities (softmax outputs)"
+                                 + (" (a row of NaN marks an image that could not be predicted)" if allow_nan_rows
+                                    else ""))
+    sums = np.where(skipped, 1.0, p.sum(axis=1))
     bad = np.flatnonzero(np.abs(sums - 1) > 1e-3)
     if len(bad):
         raise CleaningInputError(f"{what}: {len(bad)} row(s) do not sum to 1 (row {bad[0]} sums to {sums[bad[0]]:.4g}); "

@@ -46,7 +46,8 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int, classes: Sequenc
         name, n = min(small, key=lambda t: t[1])
         raise CleaningInputError(
             f"class {name!r} has {n} usable image(s), fewer than the {folds} folds (every fold holds out images of "
-            f"every class): lower --folds to {max(2, n)}" + (" or" if n >= 2 else "") + " add images to it"
+            "every class): " + (f"lower --folds to {n} or add images to it" if n >= 2 else
+                                f"add at least {2 - n} image(s) to it (2 folds need 2 images of every class)")
             + (f" ({len(small)} classes are that small)" if len(small) > 1 else ""))
     assignment = np.empty(len(labels), dtype=np.int64)
     split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
@@ -122,30 +123,28 @@ def kfold_pred_probs(files: Sequence[str], labels: np.ndarray, classes: Sequence
                      settings: KFoldSettings, work_dir: str, progress: bool = True,
                      log=None) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
     """K-fold out-of-sample probabilities (module docstring). Each fold's run goes to
-    ``work_dir/fold-K`` (resumable: a finished fold is reused when the folds are the same);
-    returns ``(probs (N, K), features (N, D) from the last fold's model, info)``."""
+    ``work_dir/plan-HASH/fold-K``, HASH naming the files, labels, folds, settings and seed
+    (``folds.json`` beside), so an interrupted run resumes where it stopped and a changed one
+    starts afresh; returns ``(probs (N, K), features (N, D) from the last fold's model, info)``."""
     from tqdm import tqdm
 
     from ..train import TrainConfig
     from ..train.data import FolderData, ImageSamples
     from ..train.trainer import Trainer
 
-    labels = np.asarray(labels, dtype=np.int64)
-    assignment = stratified_folds(labels, folds, seed, classes)
-    os.makedirs(work_dir, exist_ok=True)
-    plan = {"files": [os.path.abspath(f) for f in files], "labels": labels.tolist(), "folds": assignment.tolist(),
-            "settings": asdict(settings), "seed": seed}
-    plan_path = os.path.join(work_dir, "folds.json")
-    same_plan = False
-    if os.path.isfile(plan_path):
-        try:
-            with open(plan_path, encoding="utf-8") as f:
-                same_plan = json.load(f) == json.loads(json.dumps(plan))
-        except (OSError, ValueError):
-            same_plan = False
+    import hashlib
+
     from ..host import atomic_write_text
 
-    atomic_write_text(plan_path, json.dumps(plan) + "\n")
+    labels = np.asarray(labels, dtype=np.int64)
+    assignment = stratified_folds(labels, folds, seed, classes)
+    plan = {"files": [os.path.abspath(f) for f in files], "labels": labels.tolist(), "folds": assignment.tolist(),
+            "settings": asdict(settings), "seed": seed, "classes": list(classes)}
+    text = json.dumps(plan, sort_keys=True)
+    # one folder per plan: a fold's last.pkl is only ever resumed by the plan that wrote it
+    run_dir = os.path.join(work_dir, "plan-" + hashlib.sha256(text.encode()).hexdigest()[:16])
+    os.makedirs(run_dir, exist_ok=True)
+    atomic_write_text(os.path.join(run_dir, "folds.json"), text + "\n")
     probs = np.zeros((len(files), len(classes)), dtype=np.float64)
     model = None
     accuracies: List[float] = []
@@ -160,7 +159,7 @@ def kfold_pred_probs(files: Sequence[str], labels: np.ndarray, classes: Sequence
                              batch_size=min(settings.batch_size, len(kept)), lr=settings.lr,
                              schedule="cosine", warmup_epochs=min(1.0, settings.epochs / 4),
                              weight_decay=settings.weight_decay, no_bn_decay=True, workers=settings.workers,
-                             output=os.path.join(work_dir, f"fold-{k}"), resume=same_plan, seed=seed + k,
+                             output=os.path.join(run_dir, f"fold-{k}"), resume=True, seed=seed + k,
                              progress=False, plot=False, **settings.extra)
         with contextlib.redirect_stdout(sys.stderr):  # the trainer's log lines: stdout stays for --json
             trainer = Trainer(config, data=data)
@@ -173,7 +172,7 @@ def kfold_pred_probs(files: Sequence[str], labels: np.ndarray, classes: Sequence
             log(f"fold {k + 1}/{folds}: held-out top-1 against the given labels {100 * accuracies[-1]:.2f}% "
                 f"({len(held)} images)")
     _, features = predict_files(model, files, trainer.preprocess, progress=progress, desc="features")
-    info = {"fold_top1_vs_given": accuracies, "train": asdict(settings), "work_dir": os.path.abspath(work_dir)}
+    info = {"fold_top1_vs_given": accuracies, "train": asdict(settings), "work_dir": os.path.abspath(run_dir)}
     return probs, features, info
 
 
@@ -205,7 +204,8 @@ def probe_pred_probs(files: Sequence[str], labels: np.ndarray, classes: Sequence
 
 def load_pred_probs(path: str, n: int, classes: Sequence[str]) -> np.ndarray:
     """The user's probabilities from ``path`` (``.npy``; plain numeric arrays only, nothing
-    unpickled), checked to be (n, K) with rows summing to 1."""
+    unpickled), checked to be (n, K) with rows summing to 1; rows of NaN are allowed for images
+    that could not be predicted (the caller checks that those are the unreadable ones)."""
     from .label_issues import check_pred_probs
 
     if not os.path.isfile(path):
@@ -215,4 +215,4 @@ def load_pred_probs(path: str, n: int, classes: Sequence[str]) -> np.ndarray:
     except ValueError as exc:
         raise CleaningInputError(f"{path} is not a plain .npy array of probabilities ({exc}); save it with "
                                  "numpy.save(path, probs) (float array, no objects)") from None
-    return check_pred_probs(array, n, classes, what=f"--pred-probs {os.path.basename(path)}")
+    return check_pred_probs(array, n, classes, what=f"--pred-probs {os.path.basename(path)}", allow_nan_rows=True)

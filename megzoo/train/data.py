@@ -1,8 +1,9 @@
 """Image-folder data for training through ``megengine.data``.
 
-``DIR/CLASS/**/IMAGE`` folders are read by ``megengine.data.dataset.ImageFolder`` (OpenCV, BGR
-uint8); classes are the sorted sub-folder names of the training folder, and the validation
-folder's classes are mapped to them by name. Training batches come from a ``RandomSampler``
+``DIR/CLASS/**/IMAGE`` folders are listed by :func:`list_image_folder` (the one lister: ``megzoo
+clean`` uses it too, so both see the same classes and files) and read with OpenCV (BGR uint8);
+classes are the sorted sub-folder names of the training folder, and the validation folder's
+classes are mapped to them by name. Training batches come from a ``RandomSampler``
 (``drop_last``, split over the distributed ranks), evaluation batches from a
 ``SequentialSampler`` over this rank's share; both go through a ``DataLoader`` with worker
 processes and megzoo's presets (:func:`megzoo.train_transform`, :func:`megzoo.eval_transform`).
@@ -20,11 +21,11 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from megengine.data import DataLoader, RandomSampler, SequentialSampler
-from megengine.data.dataset import Dataset, ImageFolder
+from megengine.data.dataset import Dataset
 
 from ..images import is_image_file
 
-__all__ = ["FolderData", "ImageSamples", "read_exclude_list", "find_folders", "build_folder_data", "train_loader", "eval_loader", "seed_epoch",
+__all__ = ["FolderData", "ImageSamples", "list_image_folder", "read_exclude_list", "find_folders", "build_folder_data", "train_loader", "eval_loader", "seed_epoch",
            "epoch_seed"]
 
 
@@ -107,8 +108,30 @@ class FolderData:
         return len(self.classes)
 
 
-def _check_valid(path: str) -> bool:
-    return is_image_file(path)
+def _visible(name: str) -> bool:
+    return not name.startswith(".")  # .ipynb_checkpoints, macOS ._x.jpg resource forks, .DS_Store
+
+
+def list_image_folder(folder: str) -> Tuple[List[str], List[Tuple[str, int]]]:
+    """``(classes, samples)`` of ``folder/CLASS/**/IMAGE``: classes are the sorted names of its
+    sub-folders (hidden ones, starting with ".", left out), samples ``(path, class index)`` of
+    every file with an image extension (:data:`megzoo.images.IMAGE_EXTENSIONS`; hidden files
+    left out) in class order, then folder by folder with names sorted. Symbolic links to folders
+    are followed (each real folder once)."""
+    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and _visible(e.name))
+    samples: List[Tuple[str, int]] = []
+    for label, name in enumerate(classes):
+        seen = set()
+        for dirpath, dirnames, filenames in os.walk(os.path.join(folder, name), followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen:  # a link back up the tree
+                dirnames[:] = []
+                continue
+            seen.add(real)
+            dirnames[:] = sorted(d for d in dirnames if _visible(d))
+            samples += [(os.path.join(dirpath, f), label) for f in sorted(filenames)
+                        if _visible(f) and is_image_file(f)]
+    return classes, samples
 
 
 def find_folders(data: Optional[str] = None, train_dir: Optional[str] = None,
@@ -140,27 +163,25 @@ def build_folder_data(data: Optional[str] = None, train_dir: Optional[str] = Non
     ``exclude``: a file listing images to leave out of both (``megzoo clean``'s exclude.txt;
     see :func:`read_exclude_list`)."""
     train_root, val_root = find_folders(data, train_dir, val_dir)
-    train = ImageFolder(train_root, check_valid_func=_check_valid)
-    classes = sorted(train.class_dict, key=lambda name: int(train.class_dict[name]))
+    classes, train_samples = list_image_folder(train_root)
     if not classes:
         raise ValueError(f"{train_root} has no class sub-folders (expected {train_root}/CLASS/IMAGE files)")
-    if len(train) == 0:
+    if not train_samples:
         raise ValueError(f"{train_root} has no image files in its class folders (.jpg, .png, .bmp, ...)")
     index = {name: i for i, name in enumerate(classes)}
     excluded_set = set(read_exclude_list(exclude, data or os.path.dirname(os.path.abspath(train_root)))) \
         if exclude else set()
-    samples, n_train_out = _drop(train.samples, excluded_set)
+    samples, n_train_out = _drop(train_samples, excluded_set)
     train = ImageSamples(samples, replace_unreadable=True)
     val: Optional[Dataset] = None
     n_val_out = 0
     if val_root is not None:
-        val_folder = ImageFolder(val_root, check_valid_func=_check_valid)
-        names = {int(v): k for k, v in val_folder.class_dict.items()}
-        unknown = sorted(set(names.values()) - set(index))
+        val_classes, val_listed = list_image_folder(val_root)
+        unknown = sorted(set(val_classes) - set(index))
         if unknown:
             raise ValueError(f"validation folder {val_root} has classes the training folder lacks: "
                              f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
-        val_samples, n_val_out = _drop([(path, index[names[int(label)]]) for path, label in val_folder.samples],
+        val_samples, n_val_out = _drop([(path, index[val_classes[label]]) for path, label in val_listed],
                                        excluded_set)
         val = ImageSamples(val_samples)
     elif val_split > 0:
