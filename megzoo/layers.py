@@ -8,7 +8,7 @@ import megengine.functional as F
 import megengine.module as M
 import numpy as np
 
-__all__ = ["FrozenBatchNorm2d", "AdaptiveAvgPool2d", "get_norm_layer", "NormLayer", "check_input", "pair"]
+__all__ = ["DropPath", "FrozenBatchNorm2d", "AdaptiveAvgPool2d", "get_norm_layer", "NormLayer", "check_input", "pair"]
 
 #: A callable ``channels -> module`` building one normalisation layer.
 NormLayer = Callable[[int], M.Module]
@@ -24,6 +24,29 @@ class FrozenBatchNorm2d(M.BatchNorm2d):
     def __init__(self, num_features: int, eps: float = 1e-5, **kwargs):
         kwargs.pop("freeze", None)
         super().__init__(num_features, eps=eps, freeze=True, **kwargs)
+
+
+class DropPath(M.Module):
+    """Stochastic depth (Huang et al. 2016) of a residual branch: in training, each sample's
+    branch output is zeroed with probability ``rate`` and the kept ones scaled by
+    ``1 / (1 - rate)``; in evaluation the identity. (N, ...) -> (N, ...)."""
+
+    def __init__(self, rate: float):
+        super().__init__()
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop path rate must be in [0, 1), got {rate!r}")
+        self.rate = float(rate)
+
+    def forward(self, x):
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = (megengine.random.uniform(size=shape) < keep).astype(x.dtype)
+        return x * (mask / keep)
+
+    def __repr__(self):
+        return f"DropPath(rate={self.rate:g})"
 
 
 def _group_norm(channels: int, num_groups: int = 32) -> M.GroupNorm:

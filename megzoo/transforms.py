@@ -160,7 +160,8 @@ def train_transform(input_size: int = 224, *, scale: Tuple[float, float] = (0.08
                     ratio: Tuple[float, float] = (3.0 / 4, 4.0 / 3), interpolation: Union[str, int] = "bilinear",
                     hflip: float = 0.5, color_jitter: Union[float, Sequence[float]] = 0.0, lighting: float = 0.0,
                     mean: Sequence[float] = MEAN_BGR, std: Sequence[float] = STD_BGR,
-                    color_order: str = "BGR") -> T.Compose:
+                    color_order: str = "BGR", augment: Optional[T.VisionTransform] = None,
+                    random_erasing: float = 0.0) -> T.Compose:
     """ImageNet training augmentation as a ``megengine.data.transform.Compose``.
 
     ``RandomResizedCrop(input_size, scale, ratio, interpolation)``, ``RandomHorizontalFlip(hflip)``
@@ -169,7 +170,10 @@ def train_transform(input_size: int = 224, *, scale: Tuple[float, float] = (0.08
     tuple; 0 = off) and ``Lighting(lighting)`` (AlexNet-style PCA noise, e.g. 0.1; 0 = off),
     then ``Normalize(mean, std)`` and ``ToMode("CHW")``. Input: BGR uint8 (H, W, 3); output
     float32 (3, input_size, input_size). ``color_order="RGB"`` adds :class:`SwapRB` just before
-    ``Normalize`` (give RGB ``mean``/``std`` with it).
+    ``Normalize`` (give RGB ``mean``/``std`` with it). ``augment``: a policy of
+    :mod:`megzoo.augment` (TrivialAugmentWide, RandAugment, AutoAugment), after the flip and the
+    jitter; ``random_erasing``: probability of :class:`megzoo.augment.RandomErasing` (value 0, the
+    mean), last, on the normalised image.
     """
     flag = interpolation_flag(interpolation)
     if not 0.0 <= hflip <= 1.0:
@@ -184,7 +188,14 @@ def train_transform(input_size: int = 224, *, scale: Tuple[float, float] = (0.08
         steps.append(T.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue))
     if lighting:
         steps.append(T.Lighting(lighting))
-    return T.Compose(steps + _tail(mean, std, color_order))
+    if augment is not None:
+        steps.append(augment)
+    tail = _tail(mean, std, color_order)
+    if random_erasing:
+        from .augment import RandomErasing
+
+        tail.append(RandomErasing(random_erasing))
+    return T.Compose(steps + tail)
 
 
 def _jitter_values(color_jitter) -> Tuple[float, float, float, float]:

@@ -26,7 +26,7 @@ LAYERS = {
     "weights": 1,
     "models": 2, "registry": 2,
     "inference": 3, "transforms": 3, "predict": 3, "evaluate": 3, "train": 3, "benchmark": 3, "bench_worker": 3,
-    "model_source": 3, "quantization": 3, "cleaning": 3,
+    "model_source": 3, "quantization": 3, "cleaning": 3, "augment": 3,
     "cli": 4,
 }
 MAX_LINES = 600

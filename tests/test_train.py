@@ -273,3 +273,90 @@ def test_train_options_are_generated_from_the_config_fields():
     assert (config.schedule, config.fast_conv) == ("cosine", "off")
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--schedule", "linear"])  # choices come from the recipe
+
+
+# -- the modern recipe in the loop (the pieces themselves: test_recipe.py, test_augment.py) -----------
+_MODERN = dict(augment="ta_wide", random_erasing=0.5, mixup=0.2, cutmix=1.0, label_smoothing=0.1, ema_decay=0.8,
+               ema_steps=2, clip_grad_norm=5.0, no_bn_decay=True, workers=1)
+
+
+def test_resume_with_ema_and_mixing_is_exact(shapes, tmp_path):
+    full = Trainer(_config(shapes, tmp_path / "full", **_MODERN), module=_tiny())
+    full.fit()
+    first = Trainer(_config(shapes, tmp_path / "cut", **_MODERN), module=_tiny())
+    first.fit(until_epoch=2)
+    resumed = Trainer(_config(shapes, tmp_path / "cut", **_MODERN), module=_tiny())
+    assert resumed.ema.updates == first.ema.updates > 0
+    _assert_same(resumed.ema.average, first.ema.average)
+    resumed.fit()
+    _assert_same(_params(resumed.model), _params(full.model))
+    _assert_same(resumed.ema.average, full.ema.average)
+    keys = ("train_loss", "val_top1", "ema_val_top1", "ema_val_loss")
+    assert [[r[k] for k in keys] for r in resumed.history] == [[r[k] for k in keys] for r in full.history]
+    assert not np.array_equal(full.ema.average["fc.weight"], _params(full.model)["fc.weight"])
+
+
+def test_best_weights_are_the_better_of_model_and_average(shapes, tmp_path):
+    from megzoo.weights.serialization import load_checkpoint
+
+    trainer = Trainer(_config(shapes, tmp_path, epochs=1, **_MODERN), module=_tiny())
+    trainer.fit()
+    record = trainer.history[-1]
+    meta = json.loads((tmp_path / "best.json").read_text())
+    weights = "ema" if record["ema_val_top1"] > record["val_top1"] else "model"
+    assert meta["weights"] == weights and meta["top1"] == record[("ema_" if weights == "ema" else "") + "val_top1"]
+    expected = trainer.ema.average if weights == "ema" else _params(trainer.model)
+    best = load_checkpoint(str(tmp_path / "best.pkl"))
+    for key, value in expected.items():
+        np.testing.assert_array_equal(np.asarray(best[key]), value, err_msg=key)
+    log = (tmp_path / "log.txt").read_text()
+    assert "recipe megengine: epochs=1 batch_size=6 lr=0.05 " in log and "mixup=0.2 cutmix=1" in log
+    assert "EMA top-1" in log
+
+
+def test_clip_grad_norm_bounds_the_update(shapes, tmp_path):
+    trainer = Trainer(_config(shapes, tmp_path, momentum=0.0, weight_decay=0.0, lr=1.0, warmup_epochs=0,
+                              schedule="step", clip_grad_norm=0.01), module=_tiny())
+    batch = np.stack([trainer.train_transform.apply(trainer.data.train[i])[0] for i in range(6)])
+    labels = np.array([int(trainer.data.train[i][1]) for i in range(6)], np.int32)
+    before = {id(p): p.numpy().copy() for p in trainer.params}
+    trainer.set_lr(0)
+    trainer.train_step(batch, labels)
+    step = np.sqrt(sum(float(((p.numpy() - before[id(p)]) ** 2).sum()) for p in trainer.params))
+    assert step == pytest.approx(0.01, rel=1e-3)  # lr 1 x the clipped gradient (its norm was far above 0.01)
+
+
+def test_drop_path_and_the_evaluation_crop_reach_the_model_and_best_json(shapes, tmp_path):
+    config = _config(shapes, tmp_path, model="resnet18", drop_path=0.1, eval_size=20, resize_size=24, epochs=1,
+                     steps_per_epoch=1, fast_conv="off")
+    trainer = Trainer(config)
+    assert trainer.model.layer4[1].drop_path.rate == pytest.approx(0.1)
+    assert [t.__class__.__name__ for t in trainer.eval_transform.transforms][:2] == ["Resize", "CenterCrop"]
+    trainer.fit()
+    meta = json.loads((tmp_path / "best.json").read_text())
+    assert (meta["preprocess"]["input_size"], meta["preprocess"]["resize_size"]) == (20, 24)
+    with pytest.raises(ValueError, match="drop_path .stochastic depth. needs a model with residual blocks"):
+        Trainer(_config(shapes, tmp_path / "vgg", model="vgg11", drop_path=0.1))
+    with pytest.raises(ValueError, match="drop_path does not combine with qat"):
+        Trainer(_config(shapes, tmp_path / "qat", model="resnet18", drop_path=0.1, qat=True))
+
+
+def test_cli_recipe_options():
+    from megzoo.cli import build_parser
+    from megzoo.cli.train import config_from_args
+
+    parser = build_parser()
+    config = config_from_args(parser.parse_args(["train", "--data", "d", "--recipe", "tv2", "--no-bn-decay", "off",
+                                                 "--augment", "randaugment", "--randaugment", "3", "5",
+                                                 "--mixup", "0.5", "--epochs", "30", "--ema-steps", "4"]))
+    assert (config.recipe, config.no_bn_decay, config.augment, config.randaugment) == ("tv2", False, "randaugment",
+                                                                                      (3, 5))
+    assert (config.mixup, config.cutmix, config.epochs, config.input_size) == (0.5, 1.0, 30, 176)
+    assert config.ema_decay == pytest.approx(1 - 2e-5 * 128 * 4 / 30)
+    assert config_from_args(parser.parse_args(["train", "--data", "d", "--no-bn-decay"])).no_bn_decay is True
+    assert config_from_args(parser.parse_args(["train", "--data", "d", "--recipe", "tv2"])) == \
+        TrainConfig(data="d", recipe="tv2")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--augment", "trivial"])
+    help_text = parser._subparsers._group_actions[0].choices["train"].format_help()
+    assert "megengine: 90, tv2: 600" in " ".join(help_text.split())

@@ -7,7 +7,9 @@ def register(subparsers) -> None:
         "train", help="train or fine-tune a model on an image folder (ImageNet recipe by default)",
         description="Train MODEL on DIR/train/CLASS/IMAGE (validated on DIR/val/CLASS/IMAGE), or on DIR/CLASS/IMAGE "
                     "with --val-split. Defaults are MegEngine's reference ImageNet recipe (90 epochs, SGD 0.025 x "
-                    "processes, batch 64 per process, 5 warm-up epochs, x0.1 at 30/60/80). Writes to --output: "
+                    "processes, batch 64 per process, 5 warm-up epochs, x0.1 at 30/60/80); --recipe tv2 gives "
+                    "torchvision's ResNet-50 V2 recipe (TrivialAugment, random erasing, mixup, cutmix, label "
+                    "smoothing, EMA, 176 px training and 224/232 px evaluation); any option given wins. Writes to --output: "
                     "last.pkl (resumable), best.pkl + best.json (the best model, for --weights/pretrained=), "
                     "history.json, log.txt, curves.png. Re-running the same command resumes.")
     add_config_options(p)
@@ -19,7 +21,9 @@ def register(subparsers) -> None:
 _FLAGS = {"weight_decay": ("--weight-decay", "--wd"), "output": ("--output", "-o"), "freeze_stages": ("--freeze",)}
 _METAVARS = {"data": "DIR", "train_dir": "DIR", "val_dir": "DIR", "output": "DIR", "input_size": "PX",
              "resize_size": "PX", "pretrained": "WEIGHTS", "milestones": "E,E,...", "warmup_epochs": "E",
-             "label_smoothing": "EPS", "dtr_threshold": "SIZE", "crop_scale": ("MIN", "MAX")}
+             "label_smoothing": "EPS", "dtr_threshold": "SIZE", "crop_scale": ("MIN", "MAX"), "eval_size": "PX",
+             "randaugment": ("N", "M"), "mixup": "ALPHA", "cutmix": "ALPHA", "random_erasing": "P", "drop_path": "P",
+             "clip_grad_norm": "NORM", "ema_decay": "DECAY"}
 _API_ONLY = ("model_kwargs",)  # not a command-line value
 
 
@@ -27,10 +31,11 @@ def add_config_options(parser) -> None:
     """One option per :class:`~megzoo.train.TrainConfig` field, grouped as the dataclass groups
     them, with its type, default and help taken from the field and its ``#:`` comment: a new
     field is an option without editing this file. A bool field that defaults to True becomes
-    ``--no-NAME``."""
-    from typing import Tuple, Union, get_args, get_origin
+    ``--no-NAME``; an Optional[bool] one (a recipe's) ``--NAME [on|off]``. A field a recipe sets
+    shows each recipe's value as its default."""
+    from typing import Optional, Tuple, Union, get_args, get_origin
 
-    from ..train.recipe import config_fields
+    from ..train.recipe import RECIPE_RULES, RECIPES, config_fields
 
     groups = {}
     for doc in config_fields():
@@ -46,6 +51,11 @@ def add_config_options(parser) -> None:
                                    help=f"turn off (on by default): {doc.help}", **options)
             else:
                 group.add_argument(*_FLAGS.get(doc.name, (flag,)), action="store_true", help=doc.help, **options)
+            continue
+        if kind == Optional[bool]:
+            group.add_argument(flag, nargs="?", const=True, type=_on_off, metavar="on|off",
+                               help=f"{doc.help} (default {_recipe_defaults(doc.name, RECIPES, RECIPE_RULES)})",
+                               **options)
             continue
         args = [a for a in get_args(kind) if a is not type(None)]
         if get_origin(kind) is Union:  # Optional[X], or pretrained's Union[bool, str, None]: a string/number
@@ -67,8 +77,31 @@ def add_config_options(parser) -> None:
         shown = default
         if isinstance(default, tuple):  # as it is typed: 30,60,80 for a list option, 0.08 1.0 for nargs
             shown = ("," if options.get("type") is _int_list else " ").join(map(str, default))
-        text = doc.help + (f" (default {shown})" if default not in (None, "") else "")
+        if default is None and any(doc.name in table for table in list(RECIPES.values()) + list(RECIPE_RULES.values())):
+            shown = _recipe_defaults(doc.name, RECIPES, RECIPE_RULES)
+        text = doc.help + (f" (default {shown})" if shown not in (None, "") else "")
         group.add_argument(*_FLAGS.get(doc.name, (flag,)), help=text.replace("%", "%%"), **options)
+
+
+def _recipe_defaults(name: str, recipes: dict, rules: dict) -> str:
+    """``megengine: 90, tv2: 600``: what each recipe gives field ``name``."""
+    shown = []
+    for recipe in recipes:
+        value = recipes[recipe].get(name, rules.get(recipe, {}).get(name))
+        if value is None and recipe != "megengine":
+            value = recipes["megengine"].get(name, rules["megengine"].get(name))
+        if value is not None:
+            shown.append(f"{recipe}: {value}")
+    return ", ".join(shown)
+
+
+def _on_off(text: str) -> bool:
+    import argparse
+
+    words = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False, "0": False}
+    if text.lower() not in words:
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return words[text.lower()]
 
 
 def _int_list(text: str):

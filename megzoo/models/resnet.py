@@ -14,7 +14,7 @@ import megengine.functional as F
 import megengine.module as M
 
 from ..init import init_linear_, msra_init_, zero_init_residual_
-from ..layers import NormLayer, get_norm_layer
+from ..layers import DropPath, NormLayer, get_norm_layer
 from ._registry import register_model
 from ._builder import build_model, builder_doc
 from .base import FeatureInfo, FeatureLevel, ZooModel
@@ -52,6 +52,7 @@ class BasicBlock(M.Module):
         self.conv2 = M.Conv2d(channels, channels, 3, 1, padding=dilation, dilation=dilation, bias=False)
         self.bn2 = norm_layer(channels)
         self.downsample = _downsample(in_channels, channels, stride, norm_layer)
+        self.drop_path: Optional[M.Module] = None  #: stochastic depth of the branch (ResNet's drop_path_rate)
 
     @property
     def residual_norm(self) -> M.Module:
@@ -61,6 +62,8 @@ class BasicBlock(M.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        if self.drop_path is not None:
+            out = self.drop_path(out)
         return F.relu(out + identity)
 
     def to_onnx(self, graph, x: str) -> str:
@@ -95,6 +98,7 @@ class Bottleneck(M.Module):
         self.conv3 = M.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = norm_layer(out_channels)
         self.downsample = _downsample(in_channels, out_channels, stride, norm_layer)
+        self.drop_path: Optional[M.Module] = None  #: stochastic depth of the branch (ResNet's drop_path_rate)
 
     @property
     def residual_norm(self) -> M.Module:
@@ -105,6 +109,8 @@ class Bottleneck(M.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
+        if self.drop_path is not None:
+            out = self.drop_path(out)
         return F.relu(out + identity)
 
     def to_onnx(self, graph, x: str) -> str:
@@ -190,6 +196,9 @@ class ResNet(ZooModel):
             stride 8, (False, False, True) output stride 16.
         norm_layer: None/"bn", "frozen_bn", "gn", "gn:G" or a callable ``channels -> module``.
         drop_rate: dropout probability before the classifier.
+        drop_path_rate: stochastic depth: block ``i`` of ``n`` drops its residual branch with
+            probability ``drop_path_rate * i / (n - 1)`` in training (the first never, the last
+            at the full rate).
     """
 
     classifier_key = "fc"
@@ -198,7 +207,7 @@ class ResNet(ZooModel):
     def __init__(self, block: Union[str, Type[M.Module]], layers: Sequence[int], num_classes: int = 1000,
                  in_channels: int = 3, zero_init_residual: bool = False, groups: int = 1,
                  width_per_group: int = 64, replace_stride_with_dilation: Optional[Sequence[bool]] = None,
-                 norm_layer=None, drop_rate: float = 0.0):
+                 norm_layer=None, drop_rate: float = 0.0, drop_path_rate: float = 0.0):
         super().__init__(in_channels, num_classes)
         block = _BLOCKS.get(block, block) if isinstance(block, str) else block
         if block not in _BLOCKS.values():
@@ -213,6 +222,8 @@ class ResNet(ZooModel):
             )
         if not 0.0 <= drop_rate < 1.0:
             raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
         norm = get_norm_layer(norm_layer)
         self.groups, self.base_width = groups, width_per_group
 
@@ -234,6 +245,12 @@ class ResNet(ZooModel):
             stride_total *= stride
             levels.append(FeatureLevel(f"res{index + 2}", channels_in, stride_total, (f"layer{index + 1}",)))
         self.feature_info = FeatureInfo(levels)
+        self.drop_path_rate = drop_path_rate
+        if drop_path_rate > 0:
+            blocks = [b for i in range(4) for b in getattr(self, f"layer{i + 1}")]
+            for i, b in enumerate(blocks):
+                if i > 0:
+                    b.drop_path = DropPath(drop_path_rate * i / max(1, len(blocks) - 1))
         self.num_features = channels_in
         self.drop_rate = drop_rate
         self.dropout = M.Dropout(drop_rate) if drop_rate > 0 else None

@@ -8,6 +8,11 @@ GPUs, batch 512), 5 warm-up epochs rising linearly from 0, then x0.1 at epochs 3
 ResNet-34); evaluation on the 224 centre crop of a 256 resize. The reference sums gradients
 over GPUs and multiplies the weight decay by the number of GPUs; megzoo averages them and
 multiplies the learning rate by the number of GPUs instead, which is the same update.
+
+Recipes (``recipe``): the fields marked "recipe" below default to None, and ``__post_init__``
+fills each one left None from :data:`RECIPES` (``"megengine"``, the reference above, or
+``"tv2"``, torchvision's recipe of its ResNet-50 V2 weights); a value given explicitly wins.
+The saved ``config.json`` holds the resolved values.
 """
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -16,7 +21,8 @@ from typing import Any, List, Optional, Tuple, Union
 from ..weights.catalog import WEIGHTS
 from .fast_conv import FORWARDS, METHODS
 
-__all__ = ["TrainConfig", "REFERENCE_TOP1", "imagenet_recipe", "learning_rate", "config_fields", "FieldDoc"]
+__all__ = ["TrainConfig", "REFERENCE_TOP1", "imagenet_recipe", "learning_rate", "config_fields", "FieldDoc", "RECIPES",
+           "RECIPE_FIELDS", "recipe_summary"]
 
 #: top-1 accuracy (%) on ImageNet-1k val of MegEngine's reference training of each architecture
 #: (MegEngine/Models, official/vision/classification/resnet), the target of the recipe: read from
@@ -24,6 +30,32 @@ __all__ = ["TrainConfig", "REFERENCE_TOP1", "imagenet_recipe", "learning_rate", 
 REFERENCE_TOP1 = {w.arch: w.top1 for w in WEIGHTS.values() if w.tag == "megengine" and w.top1 is not None}
 
 SCHEDULES = ("step", "cosine")
+AUGMENTS = ("none", "ta_wide", "randaugment", "autoaugment")  # megzoo.augment.POLICIES (no import: layer order)
+
+#: the values of the recipe fields, per recipe. tv2 is torchvision's ResNet-50 V2 recipe
+#: (80.858% top-1; references/classification, 8 GPUs x batch 128): 600 epochs, lr 0.5 per 1,024
+#: images (linear scaling: here 0.5 x batch_size / 1024 per process), cosine after 5 warm-up
+#: epochs, weight decay 2e-5 (none on norm layers), label smoothing 0.1, mixup 0.2, cutmix 1.0,
+#: TrivialAugmentWide, random erasing 0.1, EMA every 32 steps (decay 0.99998 adjusted as
+#: torchvision does), train crop 176, test resize 232 and crop 224 (both scaled with a given
+#: input_size). Left out: repeated augmentation (ra_sampler) and mixed precision.
+RECIPES = {
+    "megengine": {"epochs": 90, "batch_size": 64, "lr": 0.025, "weight_decay": 1e-4, "no_bn_decay": False,
+                  "schedule": "step", "label_smoothing": 0.0, "input_size": 224, "augment": "none",
+                  "random_erasing": 0.0, "mixup": 0.0, "cutmix": 0.0, "ema_decay": 0.0},
+    "tv2": {"epochs": 600, "batch_size": 128, "weight_decay": 2e-5, "no_bn_decay": True, "schedule": "cosine",
+            "label_smoothing": 0.1, "input_size": 176, "augment": "ta_wide", "random_erasing": 0.1, "mixup": 0.2,
+            "cutmix": 1.0, "color_jitter": 0.0},
+}
+#: the recipe fields a recipe derives from the others (resolved in ``TrainConfig.__post_init__``)
+RECIPE_RULES = {
+    "megengine": {"eval_size": "input_size", "resize_size": "eval_size / 0.875",
+                  "color_jitter": "0.4 above ResNet-34 at 64 px or more, else 0"},
+    "tv2": {"lr": "0.5 x batch_size / 1024", "eval_size": "input_size x 224 / 176",
+            "resize_size": "eval_size x 232 / 224",
+            "ema_decay": "1 - (1 - 0.99998) x processes x batch_size x ema_steps / epochs"},
+}
+TV2_EMA_DECAY = 0.99998
 
 
 @dataclass
@@ -36,6 +68,9 @@ class TrainConfig:
     folders directly.
     """
 
+    # -- recipe
+    recipe: str = "megengine"  #: the defaults of the fields marked "recipe": megengine (MegEngine's reference ImageNet recipe) or tv2 (torchvision's ResNet-50 V2 recipe: TrivialAugment, mixup, cutmix, EMA, ...; docs/training.md)
+
     # -- model
     model: str = "resnet50"  #: registered model name (`megzoo list`)
     num_classes: Optional[int] = None  #: classifier outputs (default: the number of class folders)
@@ -44,6 +79,7 @@ class TrainConfig:
     freeze_stages: Optional[int] = None  #: freeze the stem and the first N stages, their BatchNorm in inference mode (default: nothing)
     backbone_lr_mult: float = 1.0  #: backbone learning rate = this x the head's (fine-tuning: 0.1)
     model_kwargs: dict = field(default_factory=dict)  #: more builder keywords (e.g. drop_rate); API only
+    drop_path: float = 0.0  #: stochastic depth of the residual branches (ResNets): the last block's drop probability, rising linearly from 0
 
     # -- data
     data: Optional[str] = None  #: folder with train/ and val/ (or class folders, with val_split)
@@ -51,28 +87,37 @@ class TrainConfig:
     val_dir: Optional[str] = None  #: validation folder
     val_split: float = 0.0  #: hold out this fraction of each class when there is no validation folder
     exclude: Optional[str] = None  #: a file listing images to leave out (one path per line, absolute or relative to the data folder), e.g. the exclude.txt of `megzoo clean`
-    input_size: int = 224  #: training crop (px)
-    resize_size: Optional[int] = None  #: evaluation resize before the centre crop (px; default input_size / 0.875)
+    input_size: Optional[int] = None  #: recipe: training crop (px)
+    eval_size: Optional[int] = None  #: recipe: evaluation centre crop (px); larger than input_size for the FixRes effect
+    resize_size: Optional[int] = None  #: recipe: evaluation resize before the centre crop (px)
     crop_scale: Tuple[float, float] = (0.08, 1.0)  #: RandomResizedCrop area range (min, max)
     hflip: float = 0.5  #: horizontal flip probability (0 for digits, text ...)
-    color_jitter: Optional[float] = None  #: brightness/contrast/saturation jitter (default 0.4 above ResNet-34, else 0)
+    color_jitter: Optional[float] = None  #: recipe: brightness/contrast/saturation jitter
+    augment: Optional[str] = None  #: recipe: policy augmentation after crop and flip: none, ta_wide (TrivialAugmentWide), randaugment, autoaugment (ImageNet policy)
+    randaugment: Tuple[int, int] = (2, 9)  #: RandAugment's number of operations and magnitude (0-30)
+    random_erasing: Optional[float] = None  #: recipe: probability of erasing one rectangle of a training image
     workers: int = 2  #: DataLoader worker processes (0: load in the training process)
     eval_batch_size: int = 100  #: batch size of the validation passes
 
     # -- optimisation
-    epochs: int = 90  #: training epochs
-    batch_size: int = 64  #: per worker process (GPU or CPU)
-    lr: float = 0.025  #: learning rate per worker; the run uses lr x number of workers
+    epochs: Optional[int] = None  #: recipe: training epochs
+    batch_size: Optional[int] = None  #: recipe: per worker process (GPU or CPU)
+    lr: Optional[float] = None  #: recipe: learning rate per worker; the run uses lr x number of workers
     momentum: float = 0.9  #: SGD momentum
     nesterov: bool = False  #: Nesterov momentum
-    weight_decay: float = 1e-4  #: L2 weight decay
-    no_bn_decay: bool = False  #: exempt BatchNorm weights/biases and all biases from weight decay
-    schedule: str = "step"  #: learning-rate schedule after the warm-up
+    weight_decay: Optional[float] = None  #: recipe: L2 weight decay
+    no_bn_decay: Optional[bool] = None  #: recipe: exempt BatchNorm weights/biases and all biases from weight decay
+    schedule: Optional[str] = None  #: recipe: learning-rate schedule after the warm-up
     milestones: Tuple[int, ...] = (30, 60, 80)  #: epochs of the x gamma steps of the step schedule
     gamma: float = 0.1  #: step schedule factor
     warmup_epochs: float = 5.0  #: linear warm-up from 0 (epochs, may be fractional; 0: none)
     min_lr: float = 0.0  #: floor of the cosine schedule (absolute, after scaling)
-    label_smoothing: float = 0.0  #: label smoothing epsilon of the cross-entropy
+    label_smoothing: Optional[float] = None  #: recipe: label smoothing epsilon of the cross-entropy
+    mixup: Optional[float] = None  #: recipe: mixup Beta alpha (0: off); with cutmix too, one of the two per batch
+    cutmix: Optional[float] = None  #: recipe: cutmix Beta alpha (0: off)
+    ema_decay: Optional[float] = None  #: recipe: exponential moving average of the weights (BN statistics included), decay per update (0: off); evaluated beside the model, the better one saved as best.pkl
+    ema_steps: int = 32  #: optimiser steps between EMA updates
+    clip_grad_norm: Optional[float] = None  #: clip the gradients' global L2 norm to this (default: no clipping)
     steps_per_epoch: Optional[int] = None  #: cap the steps of an epoch (smoke tests, benchmarks; default: the whole data)
 
     # -- run
@@ -94,9 +139,34 @@ class TrainConfig:
     def __post_init__(self):
         self.crop_scale = tuple(float(v) for v in self.crop_scale)  # type: ignore[assignment]
         self.milestones = tuple(int(v) for v in self.milestones)
-        if self.color_jitter is None:
-            self.color_jitter = 0.0 if self.model in ("resnet18", "resnet34") or self.input_size < 64 else 0.4
+        self.randaugment = tuple(int(v) for v in self.randaugment)  # type: ignore[assignment]
+        self._apply_recipe()
         self.validate()
+
+    def _apply_recipe(self) -> None:
+        """Fill the recipe fields left None (see the module docstring)."""
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        for name, value in RECIPES[self.recipe].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.recipe == "tv2":
+            if self.lr is None:
+                self.lr = 0.5 * self.batch_size / 1024
+            if self.eval_size is None and isinstance(self.input_size, int):
+                self.eval_size = int(round(self.input_size * 224 / 176))
+            if self.resize_size is None:
+                self.resize_size = int(round(self.eval_size * 232 / 224))
+            if self.ema_decay is None:
+                from .ema import torchvision_decay
+
+                self.ema_decay = torchvision_decay(TV2_EMA_DECAY, self.gpus, self.batch_size, self.ema_steps,
+                                                   self.epochs)
+        if self.eval_size is None:
+            self.eval_size = self.input_size
+        if self.color_jitter is None:
+            small = self.model in ("resnet18", "resnet34") or (isinstance(self.input_size, int) and self.input_size < 64)
+            self.color_jitter = 0.0 if small else 0.4
 
     def validate(self) -> None:
         def positive_int(name, minimum=1):
@@ -104,7 +174,8 @@ class TrainConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
-        for name in ("epochs", "batch_size", "input_size", "gpus", "eval_batch_size", "eval_every"):
+        for name in ("epochs", "batch_size", "input_size", "eval_size", "gpus", "eval_batch_size", "eval_every",
+                     "ema_steps"):
             positive_int(name)
         positive_int("workers", 0)
         positive_int("log_every", 0)
@@ -129,6 +200,23 @@ class TrainConfig:
             raise ValueError(f"crop_scale must be (min, max) with 0 < min <= max <= 1, got {self.crop_scale!r}")
         if self.nesterov and self.momentum <= 0:
             raise ValueError("nesterov needs momentum > 0")
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
+        ops, magnitude = self.randaugment
+        if len(self.randaugment) != 2 or ops < 0 or not 0 <= magnitude <= 30:
+            raise ValueError(f"randaugment must be (num_ops >= 0, magnitude 0-30), got {self.randaugment!r}")
+        for name in ("random_erasing",):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a probability, got {getattr(self, name)!r}")
+        for name in ("mixup", "cutmix", "color_jitter"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0 (0: off), got {getattr(self, name)!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: no EMA), got {self.ema_decay!r}")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path!r}")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise ValueError(f"clip_grad_norm must be > 0 (leave it unset for no clipping), got {self.clip_grad_norm!r}")
 
         if self.fast_conv not in METHODS + ("off",):
             raise ValueError(f"fast_conv must be one of {', '.join(METHODS + ('off',))}, got {self.fast_conv!r}")
@@ -137,7 +225,13 @@ class TrainConfig:
 
     @property
     def eval_resize(self) -> int:
-        return self.resize_size or max(self.input_size, int(round(self.input_size / 0.875)))
+        """Evaluation resize (px): ``resize_size``, else ``eval_size / 0.875``."""
+        return self.resize_size or max(self.eval_size, int(round(self.eval_size / 0.875)))
+
+    @property
+    def mixes(self) -> bool:
+        """Whether batches are mixed (mixup or cutmix on): the loss then takes soft targets."""
+        return self.mixup > 0 or self.cutmix > 0
 
     def as_dict(self) -> dict:
         """JSON-friendly dict (tuples become lists)."""
@@ -153,7 +247,25 @@ class TrainConfig:
 
 
 #: allowed values of the fields that take one of a few words
-FIELD_CHOICES = {"schedule": SCHEDULES}
+FIELD_CHOICES = {"schedule": SCHEDULES, "recipe": tuple(RECIPES), "augment": AUGMENTS}
+
+#: the fields a recipe sets, in the order :func:`recipe_summary` prints them
+RECIPE_FIELDS = ("epochs", "batch_size", "lr", "schedule", "warmup_epochs", "weight_decay", "no_bn_decay",
+                 "label_smoothing", "input_size", "eval_size", "resize_size", "color_jitter", "augment",
+                 "random_erasing", "mixup", "cutmix", "ema_decay", "ema_steps", "drop_path", "clip_grad_norm")
+
+
+def recipe_summary(config: "TrainConfig") -> str:
+    """One line of the resolved recipe: its name and every recipe-related field, e.g.
+    ``recipe tv2: epochs=600 batch_size=128 lr=0.0625 ...``."""
+    def show(value):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    values = dict((name, getattr(config, name)) for name in RECIPE_FIELDS)
+    values["resize_size"] = config.eval_resize
+    if config.augment == "randaugment":
+        values["augment"] = f"randaugment{config.randaugment}"
+    return f"recipe {config.recipe}: " + " ".join(f"{k}={show(v)}" for k, v in values.items())
 
 
 @dataclass(frozen=True)

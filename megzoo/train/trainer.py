@@ -11,9 +11,12 @@ One process (CPU or one GPU) or several GPUs (``config.gpus``, through
 3. SGD with momentum over parameter groups (backbone / head learning rate, optional weight-decay
    exemption of BatchNorm and bias parameters), a ``GradManager`` attached to the trainable
    parameters (averaging gradients over GPUs);
-4. every epoch: train with warm-up + step/cosine learning rate, evaluate, write ``last.pkl``
-   (resumable), ``best.pkl`` + ``best.json`` when the top-1 improved, ``history.json`` and a log
-   line; at the end ``curves.png``.
+4. every epoch: train with warm-up + step/cosine learning rate (batches mixed by mixup/cutmix
+   when asked, :mod:`megzoo.train.mixing`; gradients clipped when asked; the weights' moving
+   average updated, :mod:`megzoo.train.ema`), evaluate (the model and its average), write
+   ``last.pkl`` (resumable), ``best.pkl`` + ``best.json`` when the top-1 improved (of the model
+   or of its average, whichever is better), ``history.json`` and a log line; at the end
+   ``curves.png``.
 
 A run resumed from ``last.pkl`` continues exactly: the same batches, augmentations and updates as
 an uninterrupted run with the same seed (every epoch is seeded from ``(seed, epoch, rank)``).
@@ -29,7 +32,6 @@ from typing import Any, Dict, List, Optional
 
 import megengine
 import megengine.functional as F
-import megengine.module as M
 import megengine.optimizer as optim
 import numpy as np
 from megengine.autodiff import GradManager
@@ -43,7 +45,10 @@ from . import checkpoint as ckpt
 from .data import FolderData, build_folder_data, eval_loader, seed_epoch, train_loader
 from .distributed import all_reduce_sum, allreduce_callback, broadcast_module, launch, rank, world_size
 from .fast_conv import enable as enable_fast_conv
-from .recipe import TrainConfig, learning_rate
+from .ema import WeightEma
+from .mixing import BatchMixer, soft_cross_entropy
+from .optim import inplace_update, param_groups
+from .recipe import TrainConfig, learning_rate, recipe_summary
 
 __all__ = ["Trainer", "TrainResult", "train", "setup_device", "move_module", "param_groups", "HISTORY", "CURVES",
            "LOG", "CONFIG"]
@@ -91,54 +96,6 @@ def move_module(module, device: Optional[str] = None) -> int:
     """Put ``module``'s parameters and buffers on ``device`` (default: MegEngine's current default
     device) in place (the same Parameter objects); returns how many were moved."""
     return len(move_tensors(list(module.parameters()) + list(module.buffers()), device))
-
-
-def _is_norm(module) -> bool:
-    return isinstance(module, (M.BatchNorm1d, M.BatchNorm2d, M.GroupNorm, M.LayerNorm, M.InstanceNorm))
-
-
-def param_groups(model, config: TrainConfig, params=None) -> List[dict]:
-    """SGD parameter groups of ``params`` (default: the model's trainable parameters):
-    backbone and head (``lr_mult`` = ``backbone_lr_mult`` and 1), each split into decayed and
-    not decayed (BatchNorm weights/biases and all biases when ``no_bn_decay``); empty groups are
-    left out. Each group has ``name``, ``lr_mult`` and ``weight_decay``."""
-    if params is None:
-        params = model.trainable_parameters() if hasattr(model, "trainable_parameters") else list(model.parameters())
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
-    no_decay = set()
-    if config.no_bn_decay:
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                no_decay.add(id(p))
-        for m in model.modules():
-            if _is_norm(m):
-                no_decay.update(id(p) for p in m.parameters())
-    groups = []
-    for part, mult in (("backbone", config.backbone_lr_mult), ("head", 1.0)):
-        for decayed in (True, False):
-            chosen = [p for p in params
-                      if (id(p) in head_ids) == (part == "head") and (id(p) not in no_decay) == decayed]
-            if chosen:
-                groups.append({"params": chosen, "name": f"{part}{'' if decayed else '/no_decay'}",
-                               "lr_mult": float(mult), "weight_decay": float(config.weight_decay if decayed else 0.0)})
-    if not groups:
-        raise ValueError("no trainable parameters (everything is frozen?)")
-    return groups
-
-
-@contextlib.contextmanager
-def _inplace_update():
-    """MegEngine's in-place SGD update (``MEGENGINE_INPLACE_UPDATE=1``: the same arithmetic in
-    fused in-place operators, fewer passes over the parameters) unless the user chose otherwise."""
-    if "MEGENGINE_INPLACE_UPDATE" in os.environ:
-        yield
-        return
-    os.environ["MEGENGINE_INPLACE_UPDATE"] = "1"
-    try:
-        yield
-    finally:
-        os.environ.pop("MEGENGINE_INPLACE_UPDATE", None)
 
 
 def _jsonable(value):
@@ -243,6 +200,7 @@ class Trainer:
             if enable_fast_conv(self.model, method=config.fast_conv, forward=config.fast_conv_forward):
                 self.fast_conv = config.fast_conv + (", BLAS forward" if config.fast_conv_forward == "blas" else "")
         broadcast_module(self.model)
+        self.ema = WeightEma(self.model, config.ema_decay, config.ema_steps) if config.ema_decay > 0 else None
 
     def _setup_optimizer(self) -> None:
         """Parameter groups, the gradient manager (all-reduced over processes) and SGD."""
@@ -259,9 +217,14 @@ class Trainer:
         config = self.config
         self.preprocess = self._preprocess(self.resume_state)
         p = self.preprocess
+        from ..augment import policy_transform
+
         self.train_transform = train_transform(config.input_size, scale=config.crop_scale, hflip=config.hflip,
                                                color_jitter=config.color_jitter, mean=p.mean, std=p.std,
-                                               color_order=p.color_order, interpolation=p.interpolation)
+                                               color_order=p.color_order, interpolation=p.interpolation,
+                                               augment=policy_transform(config.augment, config.randaugment),
+                                               random_erasing=config.random_erasing)
+        self.mixer = BatchMixer(self.num_classes, config.mixup, config.cutmix, config.label_smoothing)
         self.eval_transform = eval_transform(p)
         self.train_loader = train_loader(self.data.train, self.train_transform, config.batch_size, config.workers,
                                          self.world, self.rank)
@@ -278,7 +241,19 @@ class Trainer:
         pretrained = config.pretrained
         if self.resume_state is not None or pretrained in (None, False, ""):
             pretrained = False  # resuming: the checkpoint's weights replace anything loaded here
-        model = get_model(config.model, pretrained=pretrained, num_classes=self.num_classes, **config.model_kwargs)
+        kwargs = dict(config.model_kwargs)
+        if config.drop_path > 0:
+            if config.qat:
+                raise ValueError("drop_path does not combine with qat (the fused int8 blocks have no residual branch "
+                                 "to drop); fine-tune the int8 form without it")
+            kwargs["drop_path_rate"] = config.drop_path
+        try:
+            model = get_model(config.model, pretrained=pretrained, num_classes=self.num_classes, **kwargs)
+        except TypeError as error:
+            if "drop_path_rate" not in str(error):
+                raise
+            raise ValueError(f"drop_path (stochastic depth) needs a model with residual blocks (the resnet, resnext "
+                             f"and wide_resnet families); {config.model} has none: leave drop_path at 0") from None
         report = getattr(model, "load_report", None)
         if report is not None and self.main:
             self.log(str(report).splitlines()[0])
@@ -293,7 +268,7 @@ class Trainer:
             record = resolve_preprocess({**saved, "mean": tuple(saved["mean"]), "std": tuple(saved["std"])})
         else:
             record = resolve_preprocess(self.model if hasattr(self.model, "model_name") else None)
-        return replace(record, input_size=self.config.input_size, resize_size=self.config.eval_resize)
+        return replace(record, input_size=self.config.eval_size, resize_size=self.config.eval_resize)
 
     def _restore(self, state: dict, path: str) -> None:
         saved = state.get("config", {})
@@ -312,8 +287,13 @@ class Trainer:
         self.best_epoch = state.get("best_epoch")
         self.history = list(state.get("history") or [])
         ckpt.set_rng_state(state["rng"])
+        note = ""
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        elif self.ema is not None:
+            note = "; the weights' average starts from the resumed weights (the checkpoint has none)"
         if self.main:
-            self.log(f"resumed from {path}: {self.epoch} epoch(s) done, step {self.step}")
+            self.log(f"resumed from {path}: {self.epoch} epoch(s) done, step {self.step}{note}")
 
     # -- output ----------------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -327,15 +307,17 @@ class Trainer:
         with open(self._log_file, "a", encoding="utf-8") as f:
             f.write(message + "\n")
 
-    def _meta(self, record: dict) -> dict:
+    def _meta(self, record: dict, weights: str = "model") -> dict:
         p = self.preprocess
+        prefix = "ema_" if weights == "ema" else ""
         return {
             "model": self.config.model,
             "num_classes": self.num_classes,
             "classes": self.classes,
             "epoch": record["epoch"],
-            "top1": record.get("val_top1"),
-            "top5": record.get("val_top5"),
+            "top1": record.get(prefix + "val_top1"),
+            "top5": record.get(prefix + "val_top5"),
+            "weights": weights,
             "preprocess": {"input_size": p.input_size, "resize_size": p.resize_size,
                            "interpolation": p.interpolation, "color_order": p.color_order,
                            "mean": list(p.mean), "std": list(p.std)},
@@ -361,6 +343,7 @@ class Trainer:
             "classes": self.classes,
             "history": self.history,
             "preprocess": _jsonable(asdict(self.preprocess)),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -371,16 +354,33 @@ class Trainer:
         return lr
 
     def train_step(self, image: np.ndarray, label: np.ndarray):
-        """One optimisation step; returns (loss, logits) as numpy."""
+        """One optimisation step; returns (loss, logits) as numpy. With mixup/cutmix the batch
+        is mixed first and the loss is the soft-target cross-entropy of the mixed targets."""
+        config = self.config
+        if self.mixer.enabled:
+            image, targets = self.mixer(image, label)
         x = megengine.Tensor(image, dtype="float32")
-        y = megengine.Tensor(label, dtype="int32")
         with self.gm:
             logits = self.model(x)
-            loss = F.nn.cross_entropy(logits, y, label_smooth=self.config.label_smoothing)
+            if self.mixer.enabled:
+                loss = soft_cross_entropy(logits, megengine.Tensor(targets, dtype="float32"))
+            else:
+                loss = F.nn.cross_entropy(logits, megengine.Tensor(label, dtype="int32"),
+                                          label_smooth=config.label_smoothing)
             self.gm.backward(loss)
-        with _inplace_update():
+        if config.clip_grad_norm is not None:
+            optim.clip_grad_norm(self.params, config.clip_grad_norm)
+        with inplace_update():
             self.optimizer.step().clear_grad()
         return float(loss.item()), logits.numpy()
+
+    def update_ema(self) -> None:
+        """After step ``self.step`` (1-based): every ``ema_steps`` steps, average the weights
+        into the EMA (copy them during the learning-rate warm-up)."""
+        if self.ema is None or self.step % self.ema.steps:
+            return
+        warmup = int(round(self.config.warmup_epochs * self.steps_per_epoch))
+        self.ema.update(self.model, copy=self.step <= warmup)
 
     def train_epoch(self) -> dict:
         """Train one epoch (``self.epoch`` is the 0-based index of it); returns its statistics."""
@@ -411,6 +411,7 @@ class Trainer:
                 correct += float((logits.argmax(axis=1) == np.asarray(label)).sum())
                 seen += n
                 self.step += 1
+                self.update_ema()
                 elapsed = time.perf_counter() - start
                 bar.update(images_per_step)
                 bar.set_postfix_str(f"loss {loss_sum / seen:.4f} acc {100 * correct / seen:.2f}% "
@@ -467,16 +468,23 @@ class Trainer:
             evaluate = (self.epoch + 1) % config.eval_every == 0 or self.epoch + 1 == config.epochs
             if evaluate:
                 record.update(self.evaluate())
+                if self.ema is not None and self.val_loader is not None:
+                    with self.ema.applied(self.model):
+                        record.update({"ema_" + k: v for k, v in self.evaluate().items()})
             self.epoch += 1
             record["seconds"] = time.perf_counter() - epoch_start
-            top1 = record.get("val_top1")
+            weights = "ema" if record.get("ema_val_top1", -1.0) > record.get("val_top1", -1.0) else "model"
+            top1 = record.get("ema_val_top1" if weights == "ema" else "val_top1")
             improved = top1 is not None and (self.best_top1 is None or top1 > self.best_top1)
             if improved:
-                self.best_top1, self.best_epoch = record["val_top1"], self.epoch
+                self.best_top1, self.best_epoch = top1, self.epoch
+                record["best_weights"] = weights
             self.history.append(record)
             if self.main:
                 if improved:
-                    ckpt.save_weights(self.model, os.path.join(self.output, ckpt.BEST), self._meta(record))
+                    with self.ema.applied(self.model) if weights == "ema" else contextlib.nullcontext():
+                        ckpt.save_weights(self.model, os.path.join(self.output, ckpt.BEST),
+                                          self._meta(record, weights))
                 ckpt.atomic_save(self._training_state(), os.path.join(self.output, ckpt.LAST))
                 self._write_json(HISTORY, {"model": config.model, "classes": self.classes, "epochs": self.history})
                 self.log(self._epoch_line(record))
@@ -523,6 +531,7 @@ class Trainer:
                 f"{self.steps_per_epoch} steps/epoch\n"
                 f"SGD lr {c.lr * self.world:g} (x{self.world}) momentum {c.momentum} groups: {groups}; {c.schedule} "
                 f"schedule, {c.warmup_epochs:g} warm-up epoch(s), label smoothing {c.label_smoothing:g}\n"
+                f"{recipe_summary(c)}\n"
                 f"device {self.device}, fast conv backward {self.fast_conv or 'off'}, DTR {'on' if c.dtr else 'off'}, "
                 f"seed {c.seed}, output {self.output}")
 
@@ -540,11 +549,13 @@ class Trainer:
         if "val_top1" in r:
             line += (f" | val loss {r['val_loss']:.4f} top-1 {100 * r['val_top1']:6.2f}% top-5 "
                      f"{100 * r['val_top5']:6.2f}%")
+        if "ema_val_top1" in r:
+            line += f" | EMA top-1 {100 * r['ema_val_top1']:6.2f}%"
         line += f" | lr {r['lr']:.4g}  {r['images_per_second']:.1f} img/s  {r['seconds']:.1f}s"
         if self.epoch < self.config.epochs:
             line += f"  eta {_format_seconds(remaining)}"
         if self.best_epoch == r["epoch"]:
-            line += "  *best"
+            line += "  *best" + (" (EMA)" if r.get("best_weights") == "ema" else "")
         return line
 
 
