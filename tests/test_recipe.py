@@ -189,3 +189,10 @@ def test_recipes_resolve_to_their_values_and_explicit_values_win():
 def test_bad_recipe_values_are_named(values, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**values)
+
+
+def test_a_built_config_refuses_another_recipe_as_an_override():
+    from megzoo.train import train
+
+    with pytest.raises(ValueError, match="resolved when it is built: pass recipe= to TrainConfig"):
+        train(TrainConfig(), recipe="tv2")

@@ -50,8 +50,7 @@ from .mixing import BatchMixer, soft_cross_entropy
 from .optim import inplace_update, param_groups
 from .recipe import TrainConfig, learning_rate, recipe_summary
 
-__all__ = ["Trainer", "TrainResult", "train", "setup_device", "move_module", "param_groups", "HISTORY", "CURVES",
-           "LOG", "CONFIG"]
+__all__ = ["Trainer", "TrainResult", "train", "setup_device", "move_module", "HISTORY", "CURVES", "LOG", "CONFIG"]
 
 HISTORY = "history.json"
 CURVES = "curves.png"
@@ -571,6 +570,9 @@ def train(config: Optional[TrainConfig] = None, *, module=None, data: Optional[F
     if config is None:
         config = TrainConfig(**overrides)
     elif overrides:
+        if "recipe" in overrides and overrides["recipe"] != config.recipe:
+            raise ValueError("a TrainConfig's recipe values are resolved when it is built: pass recipe= to "
+                             "TrainConfig(...) (or to train() without a config), not as an override of one")
         config = replace(config, **overrides)
     if config.gpus > 1 and world_size() == 1:
         if module is not None or data is not None:
