@@ -150,6 +150,19 @@ def test_drop_path_drops_whole_samples_at_the_stated_rates():
         megzoo.resnet18(drop_path_rate=1.0)
 
 
+@pytest.mark.parametrize("values, sizes", [
+    ({"input_size": 128}, (163, 169)),  # FixRes from 128 px: crop x 224/176, resize x 232/224
+    ({"input_size": 127}, (127, 167)),  # below: the crop stays, the resize keeps the ratio 232/176
+    ({"input_size": 32}, (32, 42)),
+    ({"input_size": 32, "eval_size": 41}, (41, 42)),  # a given test crop resizes as tv2 does
+    ({"input_size": 224, "eval_size": 224}, (224, 295)),
+    ({"input_size": 32, "resize_size": 36}, (32, 36)),
+])
+def test_tv2_raises_the_test_resolution_only_where_the_last_stage_is_wide(values, sizes):
+    config = TrainConfig(recipe="tv2", **values)
+    assert (config.eval_size, config.eval_resize) == sizes
+
+
 def test_recipes_resolve_to_their_values_and_explicit_values_win():
     default = TrainConfig()
     assert (default.recipe, default.epochs, default.batch_size, default.lr, default.weight_decay) == \
@@ -166,7 +179,7 @@ def test_recipes_resolve_to_their_values_and_explicit_values_win():
     assert tv2.ema_decay == pytest.approx(1 - 2e-5 * 128 * 32 / 600) and tv2.color_jitter == 0.0
     # explicit values win, and the derived ones follow them
     short = TrainConfig(recipe="tv2", epochs=30, batch_size=32, input_size=32, mixup=0.0, gpus=2)
-    assert (short.epochs, short.lr, short.eval_size, short.resize_size, short.mixup) == (30, 0.015625, 41, 42, 0.0)
+    assert (short.epochs, short.lr, short.eval_size, short.resize_size, short.mixup) == (30, 0.015625, 32, 42, 0.0)
     assert short.ema_decay == pytest.approx(1 - 2e-5 * 2 * 32 * 32 / 30)
     assert TrainConfig.from_dict(short.as_dict()) == short  # config.json holds the resolved values
     line = recipe_summary(short)
