@@ -360,3 +360,23 @@ def test_cli_recipe_options():
         parser.parse_args(["train", "--augment", "trivial"])
     help_text = parser._subparsers._group_actions[0].choices["train"].format_help()
     assert "megengine: 90, tv2: 600" in " ".join(help_text.split())
+
+
+def test_megengines_poller_yields_while_training_on_a_cpu_and_is_restored(shapes, tmp_path, monkeypatch):
+    from megzoo.device import poller_policy, poller_threads
+
+    trainer = Trainer(_config(shapes, tmp_path, epochs=1), module=_tiny())
+    pollers = poller_threads()
+    assert pollers, "building the trainer runs MegEngine operators, which start the poller"
+    before = [os.sched_getscheduler(tid) for tid in pollers]
+    seen = []
+    original = Trainer.train_epoch
+
+    def train_epoch(self):
+        seen.append([os.sched_getscheduler(tid) for tid in pollers])
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
+    trainer.fit()
+    assert seen == [[poller_policy()] * len(pollers)] and poller_policy() != os.SCHED_OTHER
+    assert [os.sched_getscheduler(tid) for tid in pollers] == before == [os.SCHED_OTHER] * len(pollers)
