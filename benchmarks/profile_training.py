@@ -51,6 +51,16 @@ def load() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
+def seconds_per_step(step, warmup: int, steps: int) -> float:
+    """Mean wall time of ``step()`` over ``steps`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
 # -- megzoo worker -------------------------------------------------------------------------------
 
 class Timers:
@@ -128,12 +138,7 @@ def profile_steps(step, phase: dict, steps: int, warmup: int, batch: int, size: 
 
     from megzoo.train import fast_conv
 
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    plain = (time.perf_counter() - start) / steps
+    plain = seconds_per_step(step, warmup, steps)
 
     timers = Timers()
     gemm = {"forward": "GEMM forward", "backward": "GEMM data grad"}
@@ -217,12 +222,7 @@ def torch_worker(arch: str, size: int, batch: int, steps: int, warmup: int) -> d
             opt.step()
         return loss.item()
 
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    plain = (time.perf_counter() - start) / steps
+    plain = seconds_per_step(step, warmup, steps)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
         for _ in range(steps):
