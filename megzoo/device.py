@@ -11,8 +11,8 @@ instead: they build their model on the quiet choice without changing the program
 Device names: ``cpu`` (= ``cpux``), ``gpu``/``cuda`` (= ``gpux``), or any MegEngine name
 (``cpu0``, ``gpu1``, ``xpux``, ...). ``MEGZOO_DEVICE`` gives one when the caller does not.
 
-:func:`poller_yields` keeps MegEngine's ``CompNodeSync`` thread from taxing a compiled run or CPU training
-(see its docstring).
+:func:`poller_yields` keeps MegEngine's ``CompNodeSync`` thread from taxing a compiled run or a
+CPU training run (see its docstring).
 """
 import contextlib
 import functools
@@ -205,8 +205,8 @@ def poller_yields() -> Iterator[List[int]]:
     when its 10-microsecond timer fires, but still takes its fair share of a core when runnable).
     Once MegEngine has run one eager operation that thread wakes ~100,000 times a second for the
     rest of the process; on 2 cores it cost ONNX Runtime a third of its speed (ResNet-50 batch 16,
-    by the issue: 39 instead of 56 images/s), and a CPU training step with BLAS convolutions 12%
-(ResNet-18 batch 16: 6.8 instead of 6.0 s; the trainer runs under this). Under ``SCHED_IDLE`` it took no measurable CPU
+    by the issue: 39 instead of 56 images/s) and a ResNet-18 CPU training step 12% (6.8 instead of
+    6.0 s at batch 16; the trainer runs under this). Under ``SCHED_IDLE`` it took no measurable CPU
     during a compiled run here; under ``SCHED_BATCH`` 0.13-0.28 CPU-seconds of 2 seconds. The
     previous policy is restored when the last user leaves. Yields the thread ids changed; a no-op
     without such threads or where the scheduler cannot be set."""
