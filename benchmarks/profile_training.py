@@ -41,6 +41,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))
+from bench_training import seconds_per_step  # noqa: E402  (stdlib only: both Pythons import it)
 
 
 def cores() -> int:
@@ -49,16 +51,6 @@ def cores() -> int:
 
 def load() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
-def seconds_per_step(step, warmup: int, steps: int) -> float:
-    """Mean wall time of ``step()`` over ``steps`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) / steps
 
 
 # -- megzoo worker -------------------------------------------------------------------------------
