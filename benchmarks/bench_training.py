@@ -20,6 +20,8 @@ Configurations (``--configs``, comma-separated; ``all`` for every one):
   ``auto`` and the BLAS training forward (``fast_conv.enable(model, forward="blas")``);
 * ``megzoo-yield``: megzoo with MegEngine's ``CompNodeSync`` poller thread at the lowest priority
   meanwhile (``megzoo.device.poller_yields()``, as the compiled inference paths do);
+* ``megzoo-fused``: megzoo-yield with each residual block (and the stem's conv + BN + ReLU) run
+  on host arrays, BatchNorm/ReLU/add included (``megzoo.train.fused_blocks.enable(model)``);
 * ``megzoo-profile``: megzoo + PROFILE;
 * ``pytorch``: torchvision's model, eager, ``torch.set_num_threads(T)``, run with
   ``--torch-python`` (a Python with torch and torchvision; create one with
@@ -43,7 +45,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
 ALL_CONFIGS = ["plain", "profile", "mt", "fast-swap", "fast-gemm", "fast-im2col", "fast-blas", "megzoo-native-fwd",
-               "megzoo", "megzoo-yield", "megzoo-profile", "pytorch"]
+               "megzoo", "megzoo-yield", "megzoo-fused", "megzoo-profile", "pytorch"]
 
 
 def cores() -> int:
@@ -76,7 +78,7 @@ def megengine_worker(arch: str, size: int, batch: int, steps: int, warmup: int, 
     with quiet_stderr():
         megengine.is_cuda_available()
     threads = cores()
-    multithread = config in ("mt", "megzoo", "megzoo-native-fwd", "megzoo-yield", "megzoo-profile")
+    multithread = config in ("mt", "megzoo", "megzoo-native-fwd", "megzoo-yield", "megzoo-fused", "megzoo-profile")
     device = f"multithread{threads}:0" if multithread and threads > 1 else "cpu0"
     megengine.set_default_device(device)
     if config in ("profile", "megzoo-profile"):
@@ -90,8 +92,12 @@ def megengine_worker(arch: str, size: int, batch: int, steps: int, warmup: int, 
     model.train()
     method = config[5:] if config.startswith("fast-") else "auto" if config.startswith("megzoo") else None
     if method:
-        forward = "blas" if config in ("megzoo", "megzoo-yield", "megzoo-profile") else "native"
+        forward = "blas" if config in ("megzoo", "megzoo-yield", "megzoo-fused", "megzoo-profile") else "native"
         fast_conv.enable(model, method=method, forward=forward)
+    if config == "megzoo-fused":
+        from megzoo.train import fused_blocks
+
+        fused_blocks.enable(model)
     gm = GradManager().attach(model.parameters())
     opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     rng = np.random.RandomState(0)
@@ -105,7 +111,7 @@ def megengine_worker(arch: str, size: int, batch: int, steps: int, warmup: int, 
         opt.step().clear_grad()
         return loss.item()
 
-    if config == "megzoo-yield":
+    if config in ("megzoo-yield", "megzoo-fused"):
         from megzoo.device import poller_yields
 
         step()  # the poller exists from the first operator on

@@ -1,14 +1,25 @@
 """Where a CPU training step's time goes, by kind of work: megzoo's trainer path and PyTorch eager.
 
     .venv/bin/python benchmarks/profile_training.py [--archs resnet18,resnet50] [--size 224]
-        [--batch-size 16] [--steps 2] [--warmup 1] [--torch-python /tmp/tvenv/bin/python] [--json FILE]
+        [--batch-size 16] [--steps 2] [--warmup 1] [--path fused|per-conv]
+        [--torch-python /tmp/tvenv/bin/python] [--json FILE]
 
 megzoo side (a fresh process, what ``megzoo train`` does on a CPU: ``multithread<T>:0``,
-``fast_conv.enable(model, forward="blas")``, SGD with momentum and weight decay, MegEngine's poller
-thread under ``megzoo.device.poller_yields()``): MegEngine runs
+``fast_conv.enable(model, forward="blas")`` and, with ``--path fused`` (the default, as
+``megzoo train``), ``fused_blocks.enable(model)``, SGD with momentum and weight decay, MegEngine's
+poller thread under ``megzoo.device.poller_yields()``): MegEngine runs
 synchronously (``megengine.config.async_level = 0``) so that wall-clock timers around Python
-calls measure the work inside them; each of megzoo's BLAS pieces is wrapped with an exclusive
-timer (a piece's time excludes the pieces it calls):
+calls measure the work inside them; each of megzoo's host pieces is wrapped with an exclusive
+timer (a piece's time excludes the pieces it calls).
+
+``--path fused`` (residual blocks whole on channels-last host arrays, ``megzoo.train.host_kernels``):
+
+* ``im2col`` / ``col2im``, ``GEMM forward`` / ``GEMM data grad`` / ``GEMM weight grad`` as below;
+* ``BatchNorm forward`` / ``BatchNorm backward`` (ReLU masks included), ``max-pool`` (both passes);
+* ``host plan rest``: layout changes at the plan's ends, residual adds, Tensor conversions;
+* ``other forward`` / ``other backward`` / ``optimizer``: what MegEngine still does (head, loss, SGD).
+
+``--path per-conv`` (the trainer before the fused blocks: only the convolutions on the host):
 
 * ``im2col`` / ``col2im``: the NumPy copies that turn images into patch matrices and back;
 * ``GEMM forward`` / ``GEMM data grad`` / ``GEMM weight grad``: the BLAS products;
@@ -78,7 +89,7 @@ class Timers:
         return timed
 
 
-def megzoo_worker(arch: str, size: int, batch: int, steps: int, warmup: int) -> dict:
+def megzoo_worker(arch: str, size: int, batch: int, steps: int, warmup: int, path: str = "fused") -> dict:
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
@@ -99,6 +110,10 @@ def megzoo_worker(arch: str, size: int, batch: int, steps: int, warmup: int) -> 
     model = megzoo.get_model(arch)
     model.train()
     fast_conv.enable(model, forward="blas")
+    if path == "fused":
+        from megzoo.train import fused_blocks
+
+        fused_blocks.enable(model)
     gm = GradManager().attach(model.parameters())
     opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     rng = np.random.RandomState(0)
@@ -120,10 +135,31 @@ def megzoo_worker(arch: str, size: int, batch: int, steps: int, warmup: int) -> 
     from megzoo.device import poller_yields
 
     with poller_yields():
-        return profile_steps(step, phase, steps, warmup, batch, size)
+        return profile_steps(step, phase, steps, warmup, batch, size, path)
 
 
-def profile_steps(step, phase: dict, steps: int, warmup: int, batch: int, size: int) -> dict:
+def wrap_fused(timers: Timers, phase: dict) -> None:
+    """Exclusive timers on the fused path's host kernels (``--path fused``)."""
+    from megzoo.train import fused_blocks
+    from megzoo.train import host_kernels as hk
+
+    gemm = {"forward": "GEMM forward", "backward": "GEMM data grad"}  # a stride-1 data grad is a convolution
+    for name, label in [("conv_forward", lambda args: gemm[phase["now"]]), ("conv_input_grad", "GEMM data grad"),
+                        ("conv_weight_grad", "GEMM weight grad"), ("bn_forward", "BatchNorm forward"),
+                        ("bn_backward", "BatchNorm backward"), ("maxpool_forward", "max-pool"),
+                        ("maxpool_backward", "max-pool")]:
+        timed = timers.wrap(getattr(hk, name), label)
+        setattr(hk, name, timed)
+        setattr(fused_blocks, name, timed)  # fused_blocks imported the names
+    hk._im2col = timers.wrap(hk._im2col, "im2col")
+    hk._np_cols = timers.wrap(hk._np_cols, "im2col")
+    hk._col2im = timers.wrap(hk._col2im, "col2im")
+    cls = fused_blocks._PlanFunction
+    cls.forward = timers.wrap(cls.forward, "host plan rest")
+    cls.backward = timers.wrap(cls.backward, "host plan rest")
+
+
+def profile_steps(step, phase: dict, steps: int, warmup: int, batch: int, size: int, path: str = "fused") -> dict:
     """Plain and profiled seconds per ``step()``, the profiled ones by kind (module docstring)."""
     import megengine
     import megengine.module as M
@@ -133,6 +169,8 @@ def profile_steps(step, phase: dict, steps: int, warmup: int, batch: int, size: 
     plain = seconds_per_step(step, warmup, steps)
 
     timers = Timers()
+    if path == "fused":
+        wrap_fused(timers, phase)
     gemm = {"forward": "GEMM forward", "backward": "GEMM data grad"}
     fast_conv._np_cols = timers.wrap(fast_conv._np_cols, "im2col")
     fast_conv._np_col2im = timers.wrap(fast_conv._np_col2im, "col2im")
@@ -263,6 +301,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--path", choices=("fused", "per-conv"), default="fused",
+                   help="megzoo's trainer path: fused blocks (the default, as megzoo train) or per convolution")
     p.add_argument("--torch-python", default=None, help="a Python with torch and torchvision (default: no PyTorch)")
     p.add_argument("--json", default=None)
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -270,6 +310,8 @@ def main(argv=None) -> int:
     if args.worker:
         spec = json.loads(args.worker)
         fn = torch_worker if spec.pop("side") == "pytorch" else megzoo_worker
+        if fn is torch_worker:
+            spec.pop("path", None)
         print(json.dumps(fn(**spec)))
         return 0
     print(f"{cores()} cores; load average before: {load()}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}",
@@ -278,7 +320,7 @@ def main(argv=None) -> int:
     for arch in args.archs.split(","):
         spec = {"arch": arch, "size": args.size, "batch": args.batch_size, "steps": args.steps, "warmup": args.warmup}
         print(f"{arch}, batch {args.batch_size}, {args.size} px, {args.steps} steps after {args.warmup} warm-up:")
-        results[arch] = {"megzoo": run(sys.executable, dict(spec, side="megzoo"))}
+        results[arch] = {"megzoo": run(sys.executable, dict(spec, side="megzoo", path=args.path))}
         table("megzoo", results[arch]["megzoo"])
         if args.torch_python:
             results[arch]["pytorch"] = run(args.torch_python, dict(spec, side="pytorch"))

@@ -1,17 +1,35 @@
 """Small building blocks shared by the model families: norm-layer factory, frozen BN, exact
 adaptive average pooling and input checks."""
 import functools
-from typing import Callable, Sequence, Tuple, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import megengine
 import megengine.functional as F
 import megengine.module as M
 import numpy as np
 
-__all__ = ["DropPath", "FrozenBatchNorm2d", "AdaptiveAvgPool2d", "get_norm_layer", "NormLayer", "check_input", "pair"]
+__all__ = ["ConvNorm", "ResidualPlan", "DropPath", "FrozenBatchNorm2d", "AdaptiveAvgPool2d", "get_norm_layer", "NormLayer", "check_input", "pair"]
 
 #: A callable ``channels -> module`` building one normalisation layer.
 NormLayer = Callable[[int], M.Module]
+
+
+class ConvNorm(NamedTuple):
+    """One convolution, the norm layer applied to its output, and whether a ReLU follows."""
+    conv: M.Conv2d
+    norm: M.Module
+    relu: bool
+
+
+class ResidualPlan(NamedTuple):
+    """What a module method computes, as data for a faster implementation to follow
+    (``megzoo.train.fused_blocks``): with ``residual``, ``relu(body(x) + shortcut(x))``, ``body`` the
+    chain of ``ConvNorm`` (the last without ReLU), ``shortcut`` one ``ConvNorm`` or ``None`` for the
+    identity, ``drop_path`` the branch's stochastic depth (or None); without, ``body(x)``."""
+    body: Tuple[ConvNorm, ...]
+    shortcut: Optional[ConvNorm] = None
+    residual: bool = True
+    drop_path: Optional[M.Module] = None
 
 
 class FrozenBatchNorm2d(M.BatchNorm2d):

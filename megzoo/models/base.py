@@ -155,6 +155,10 @@ class ZooModel(M.Module):
         """The last feature map (N, C, H/32, W/32) (stride 16 or 8 with dilation); for a backbone
         (``features_only``), the last map it still computes."""
         self._check(x)
+        return self.forward_levels(x)
+
+    def forward_levels(self, x: Tensor) -> Tensor:
+        """:meth:`forward_features` without the input check: every level this model still has, in order."""
         for index in range(len(self._all_levels())):
             if not self._has_level(index):
                 break

@@ -14,7 +14,7 @@ import megengine.functional as F
 import megengine.module as M
 
 from ..init import init_linear_, msra_init_, zero_init_residual_
-from ..layers import DropPath, NormLayer, get_norm_layer
+from ..layers import ConvNorm, DropPath, NormLayer, ResidualPlan, get_norm_layer
 from ._registry import register_model
 from ._builder import build_model, builder_doc
 from .base import FeatureInfo, FeatureLevel, ZooModel
@@ -57,6 +57,12 @@ class BasicBlock(M.Module):
     @property
     def residual_norm(self) -> M.Module:
         return self.bn2
+
+    def host_plans(self):
+        """:meth:`forward` as data (``megzoo.layers.ResidualPlan``), for a faster host implementation."""
+        body = (ConvNorm(self.conv1, self.bn1, True), ConvNorm(self.conv2, self.bn2, False))
+        shortcut = None if self.downsample is None else ConvNorm(self.downsample[0], self.downsample[1], False)
+        return {"forward": ResidualPlan(body, shortcut, True, self.drop_path)}
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
@@ -103,6 +109,13 @@ class Bottleneck(M.Module):
     @property
     def residual_norm(self) -> M.Module:
         return self.bn3
+
+    def host_plans(self):
+        """:meth:`forward` as data (``megzoo.layers.ResidualPlan``), for a faster host implementation."""
+        body = (ConvNorm(self.conv1, self.bn1, True), ConvNorm(self.conv2, self.bn2, True),
+                ConvNorm(self.conv3, self.bn3, False))
+        shortcut = None if self.downsample is None else ConvNorm(self.downsample[0], self.downsample[1], False)
+        return {"forward": ResidualPlan(body, shortcut, True, self.drop_path)}
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
@@ -260,9 +273,23 @@ class ResNet(ZooModel):
         if zero_init_residual:
             zero_init_residual_(self)
 
+    def forward_stem(self, x):
+        """conv1, bn1, ReLU: (N, in_channels, H, W) -> (N, 64, H/2, W/2) (before the max-pool)."""
+        return F.relu(self.bn1(self.conv1(x)))
+
+    def host_plans(self):
+        """:meth:`forward_stem`, and :meth:`forward_levels` when the model has all its levels, as
+        data (``megzoo.layers.ResidualPlan`` steps), for a faster host implementation."""
+        stem = ResidualPlan((ConvNorm(self.conv1, self.bn1, True),), None, False)
+        plans = {"forward_stem": stem}
+        if all(self._has_level(i) for i in range(len(self._all_levels()))):
+            blocks = [b.host_plans()["forward"] for i in range(4) for b in getattr(self, f"layer{i + 1}")]
+            plans["forward_levels"] = (stem, self.maxpool, *blocks)
+        return plans
+
     def _run_level(self, index, x):
         if index == 0:
-            return self.maxpool(F.relu(self.bn1(self.conv1(x))))
+            return self.maxpool(self.forward_stem(x))
         return getattr(self, f"layer{index}")(x)
 
     def forward_head(self, x, pre_logits: bool = False):

@@ -11,13 +11,14 @@ schedule), :mod:`~megzoo.train.trainer` (the loop), :mod:`~megzoo.train.optim` (
 weights' moving average), :mod:`~megzoo.train.data` (image folders through
 ``megengine.data``), :mod:`~megzoo.train.checkpoint` (atomic, safely loadable checkpoints),
 :mod:`~megzoo.train.distributed` (several GPUs), :mod:`~megzoo.train.fast_conv` (a faster
-convolution backward pass on CPU), :mod:`~megzoo.train.plot` (curves). The command line is
+convolution backward pass on CPU), :mod:`~megzoo.train.fused_blocks` with
+:mod:`~megzoo.train.host_kernels` (whole residual blocks in NumPy on CPU), :mod:`~megzoo.train.plot` (curves). The command line is
 ``megzoo train``; see docs/training.md.
 """
-from . import fast_conv
+from . import fast_conv, fused_blocks
 from .optim import param_groups
 from .recipe import RECIPES, REFERENCE_TOP1, TrainConfig, imagenet_recipe, learning_rate
 from .trainer import Trainer, TrainResult, setup_device, train
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "train", "imagenet_recipe", "learning_rate", "param_groups",
-           "setup_device", "REFERENCE_TOP1", "RECIPES", "fast_conv"]
+           "setup_device", "REFERENCE_TOP1", "RECIPES", "fast_conv", "fused_blocks"]

@@ -59,7 +59,8 @@ from ..host import usable_cpus
 from ..layers import pair
 
 __all__ = ["METHODS", "FORWARDS", "enable", "disable", "fast_conv", "is_enabled", "conv2d", "conv2d_weight_grad",
-           "conv2d_input_grad", "AUTO_METHOD", "is_cpu_device", "blas_conv2d", "blas_input_grad", "blas_weight_grad"]
+           "conv2d_input_grad", "AUTO_METHOD", "is_cpu_device", "blas_conv2d", "blas_input_grad", "blas_weight_grad",
+           "split_over"]
 
 #: backward formulations (see the module docstring); "auto" chooses per shape
 #: what ``method="auto"`` means: the fastest formulation for every ResNet shape measured on a
@@ -175,9 +176,10 @@ _SMALL_P = 256  #: below this many output pixels per image, one big product beat
 _POOL = None
 
 
-def _over_batch(fn, n: int, work: int) -> None:
-    """``fn(lo, hi)`` over ``range(n)`` split between the cores (NumPy copies release the GIL);
-    in the calling thread when ``work`` (elements written) is too small to be worth it."""
+def split_over(fn, n: int, work: int) -> None:
+    """``fn(lo, hi)`` over ``range(n)`` (images, channels) split between the cores (NumPy's copies
+    and ufuncs release the GIL); in the calling thread when ``work`` (elements touched) is too small
+    to be worth it."""
     global _POOL
     parts = min(usable_cpus(), n)
     if parts <= 1 or work < (1 << 18):
@@ -186,7 +188,7 @@ def _over_batch(fn, n: int, work: int) -> None:
     if _POOL is None:
         from concurrent.futures import ThreadPoolExecutor
 
-        _POOL = ThreadPoolExecutor(usable_cpus(), thread_name_prefix="megzoo-im2col")
+        _POOL = ThreadPoolExecutor(usable_cpus(), thread_name_prefix="megzoo-host")
     bounds = [n * i // parts for i in range(parts + 1)]
     for future in [_POOL.submit(fn, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]:
         future.result()
@@ -229,7 +231,7 @@ def _np_cols(x: np.ndarray, kh, kw, stride, padding, dilation, oh, ow) -> np.nda
                 rows, cols_ = slice(y0, y0 + (r1 - r0 - 1) * sh + 1, sh), slice(x0, x0 + (c1 - c0 - 1) * sw + 1, sw)
                 block[:, :, r0:r1, c0:c1] = x[lo:hi, :, rows, cols_]
 
-    _over_batch(fill, n, cols.size)
+    split_over(fill, n, cols.size)
     return cols.reshape(n, c * kh * kw, oh * ow)
 
 
@@ -250,7 +252,7 @@ def _np_col2im(cols: np.ndarray, input_shape, kh, kw, stride, padding, dilation,
                 out[lo:hi, :, y0:y0 + (r1 - r0 - 1) * sh + 1:sh, x0:x0 + (c1 - c0 - 1) * sw + 1:sw] += \
                     cols[lo:hi, :, k, r0:r1, c0:c1]
 
-    _over_batch(add, n, cols.size)
+    split_over(add, n, cols.size)
     return out
 
 

@@ -7,7 +7,8 @@ One process (CPU or one GPU) or several GPUs (``config.gpus``, through
    seed everything from ``config.seed``;
 2. read the image folders (:mod:`megzoo.train.data`), build the model (``pretrained=`` weights,
    new ``num_classes``), freeze the stem and the first stages if asked, give its convolutions the
-   fast CPU backward pass (:mod:`megzoo.train.fast_conv`);
+   fast CPU backward pass (:mod:`megzoo.train.fast_conv`) and its residual blocks the host
+   implementation (:mod:`megzoo.train.fused_blocks`);
 3. SGD with momentum over parameter groups (backbone / head learning rate, optional weight-decay
    exemption of BatchNorm and bias parameters), a ``GradManager`` attached to the trainable
    parameters (averaging gradients over GPUs);
@@ -45,6 +46,7 @@ from . import checkpoint as ckpt
 from .data import FolderData, build_folder_data, eval_loader, seed_epoch, train_loader
 from .distributed import all_reduce_sum, allreduce_callback, broadcast_module, launch, rank, world_size
 from .fast_conv import enable as enable_fast_conv
+from .fused_blocks import enable as enable_fused_blocks
 from .ema import WeightEma
 from .mixing import BatchMixer, soft_cross_entropy
 from .optim import inplace_update, param_groups
@@ -198,6 +200,8 @@ class Trainer:
         if config.fast_conv != "off" and is_cpu_device(self.device) and not config.qat:  # QAT: MegEngine's own
             if enable_fast_conv(self.model, method=config.fast_conv, forward=config.fast_conv_forward):
                 self.fast_conv = config.fast_conv + (", BLAS forward" if config.fast_conv_forward == "blas" else "")
+            if config.fused_blocks and config.fast_conv_forward == "blas" and enable_fused_blocks(self.model):
+                self.fast_conv = (self.fast_conv or config.fast_conv) + ", fused blocks"
         broadcast_module(self.model)
         self.ema = WeightEma(self.model, config.ema_decay, config.ema_steps) if config.ema_decay > 0 else None
 

@@ -1,0 +1,256 @@
+"""megzoo.train.fused_blocks / host_kernels: whole residual blocks in NumPy equal MegEngine's own
+training step (outputs, every gradient, running statistics) to float32 rounding, and fall back
+to MegEngine's path wherever they would compute something else."""
+import numpy as np
+import pytest
+
+import megengine
+import megengine.functional as F
+import megengine.module as M
+from megengine.autodiff import GradManager
+
+import megzoo
+from megzoo.layers import ConvNorm, ResidualPlan
+from megzoo.train import fast_conv, fused_blocks
+from megzoo.train import host_kernels as hk
+
+
+def _close(a, b, what, rtol=3e-6, atol=0.0):
+    """max |a - b| <= rtol * max |a| + atol (float32 rounding of sums of many terms)."""
+    scale = float(np.abs(a).max())
+    err = float(np.abs(a - b).max())
+    assert err <= rtol * scale + atol + 1e-7, f"{what}: max error {err:.3g} (scale {scale:.3g})"
+
+
+# --------------------------------------------------------------------------- kernels
+
+GEOMETRIES = {
+    "3x3": ((3, 3), (1, 1), (1, 1), (1, 1), 8),
+    "3x3-stride2": ((3, 3), (2, 2), (1, 1), (1, 1), 8),
+    "1x1": ((1, 1), (1, 1), (0, 0), (1, 1), 8),
+    "1x1-stride2": ((1, 1), (2, 2), (0, 0), (1, 1), 8),
+    "7x7-stem-rgb": ((7, 7), (2, 2), (3, 3), (1, 1), 3),  # few channels: channels-first patches
+    "3x3-dilated2": ((3, 3), (1, 1), (2, 2), (2, 2), 8),
+    "rect-dilated-w": ((3, 1), (2, 1), (1, 0), (1, 2), 8),  # dilation along W: the per-tap im2col
+    "3x3-nopad": ((3, 3), (1, 1), (0, 0), (1, 1), 8),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GEOMETRIES))
+def test_channels_last_convolution_equals_megengines(name):
+    kernel, stride, padding, dilation, cin = GEOMETRIES[name]
+    rng = np.random.RandomState(0)
+    conv = M.Conv2d(cin, 6, kernel, stride, padding, dilation, bias=False)
+    conv.weight[...] = rng.standard_normal(conv.weight.shape).astype("float32")
+    x = megengine.Tensor(rng.standard_normal((3, cin, 11, 10)).astype("float32"))
+    gm = GradManager().attach([conv.weight, x])
+    with gm:
+        y = conv(x)
+        dy = rng.standard_normal(y.shape).astype("float32")
+        gm.backward(y, megengine.Tensor(dy))
+    g = hk.ConvGeometry(kernel, stride, padding, dilation)
+    xs = hk.to_nhwc(x.numpy())
+    out, cols = hk.conv_forward(xs, conv.weight.numpy(), g)
+    n, o, oh, ow = y.shape
+    assert g.out_size(11, 10) == (oh, ow)
+    _close(y.numpy(), hk.to_nchw(out.reshape(n, oh, ow, o)), "forward")
+    dy_rows = hk.to_nhwc(dy).reshape(-1, o)
+    _close(x.grad.numpy(), hk.to_nchw(hk.conv_input_grad(dy_rows, conv.weight.numpy(), xs.shape, g)), "data grad")
+    _close(conv.weight.grad.numpy(), hk.conv_weight_grad(cols, dy_rows, conv.weight.shape), "weight grad")
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_batchnorm_kernels_equal_megengines_training_mode(relu):
+    rng = np.random.RandomState(1)
+    bn = M.BatchNorm2d(5)
+    bn.weight[...] = rng.uniform(0.5, 1.5, bn.weight.shape).astype("float32")
+    bn.bias[...] = rng.standard_normal(bn.bias.shape).astype("float32")
+    x = megengine.Tensor((rng.standard_normal((4, 5, 6, 7)) * 3 + 2).astype("float32"))
+    d = rng.standard_normal((4, 5, 6, 7)).astype("float32")
+    gm = GradManager().attach([bn.weight, bn.bias, x])
+    with gm:
+        y = bn(x)
+        if relu:
+            y = F.relu(y)
+        gm.backward(y, megengine.Tensor(d))
+    rows = hk.to_nhwc(x.numpy()).reshape(-1, 5)
+    gamma, beta = bn.weight.numpy().ravel(), bn.bias.numpy().ravel()
+    out, mean, var, inv = hk.bn_forward(rows.copy(), gamma, beta, 1e-5, relu)
+    xhat = (rows - mean) * inv
+    _close(y.numpy(), hk.to_nchw(out.reshape(4, 6, 7, 5)), "output")
+    _close(mean, x.numpy().mean(axis=(0, 2, 3)), "mean")
+    _close(var, x.numpy().var(axis=(0, 2, 3)), "variance")
+    dy, dgamma, dbeta = hk.bn_backward(hk.to_nhwc(d).reshape(-1, 5), xhat, inv, gamma, out if relu else None)
+    _close(x.grad.numpy(), hk.to_nchw(dy.reshape(4, 6, 7, 5)), "input grad")
+    _close(bn.weight.grad.numpy().ravel(), dgamma, "gamma grad")
+    _close(bn.bias.grad.numpy().ravel(), dbeta, "beta grad")
+
+
+def test_maxpool_kernels_equal_megengines():
+    rng = np.random.RandomState(2)
+    x = megengine.Tensor(rng.standard_normal((2, 3, 9, 8)).astype("float32"))  # no ties
+    gm = GradManager().attach([x])
+    with gm:
+        y = F.max_pool2d(x, 3, 2, 1)
+        d = rng.standard_normal(y.shape).astype("float32")
+        gm.backward(y, megengine.Tensor(d))
+    g = hk.PoolGeometry((3, 3), (2, 2), (1, 1))
+    xs = hk.to_nhwc(x.numpy())
+    out = hk.maxpool_forward(xs, g)
+    np.testing.assert_array_equal(hk.to_nchw(out), y.numpy())  # a maximum is exact
+    # overlapping windows: an input's gradients summed in another order
+    _close(x.grad.numpy(), hk.to_nchw(hk.maxpool_backward(hk.to_nhwc(d), xs, out, g)), "input grad", rtol=1e-7)
+
+
+def test_maxpool_gives_a_tied_maximum_to_one_input_only():
+    x = np.zeros((1, 4, 4, 1), np.float32)  # every window ties
+    g = hk.PoolGeometry((2, 2), (2, 2), (0, 0))
+    out = hk.maxpool_forward(x, g)
+    dx = hk.maxpool_backward(np.ones_like(out), x, out, g)
+    assert dx.sum() == 4.0 and dx[0, ::2, ::2, 0].tolist() == [[1.0, 1.0], [1.0, 1.0]]
+
+
+# --------------------------------------------------------------------------- whole models
+
+def _model(arch, **kwargs):
+    np.random.seed(0)
+    megengine.random.seed(0)
+    model = getattr(megzoo, arch)(num_classes=10, **kwargs)
+    rng = np.random.RandomState(1)
+    for module in model.modules():  # BN weights away from 1 and biases away from 0
+        if isinstance(module, M.BatchNorm2d) and module.affine:
+            module.weight[...] = rng.uniform(0.5, 1.5, module.weight.shape).astype("float32")
+            module.bias[...] = rng.uniform(-0.2, 0.2, module.bias.shape).astype("float32")
+    model.train()
+    return model
+
+
+def _step(model, size, batch=4):
+    """(logits, input grad, {param: grad}, {buffer: value}) of one training step, as numpy."""
+    rng = np.random.RandomState(3)
+    x = megengine.Tensor(rng.standard_normal((batch, 3, size, size)).astype("float32"))
+    params = list(model.trainable_parameters())
+    gm = GradManager().attach(params + [x])
+    with gm:
+        y = model(x)
+        gm.backward(F.loss.cross_entropy(y, megengine.Tensor(np.arange(batch) % 10)))
+    grads = {k: p.grad.numpy() for k, p in model.named_parameters() if p.grad is not None}
+    return y.numpy(), x.grad.numpy(), grads, {k: v.numpy() for k, v in model.named_buffers()}
+
+
+def _host(model):
+    fast_conv.enable(model, forward="blas")
+    return fused_blocks.enable(model)
+
+
+def _compare(native, host):
+    scale = max(float(np.abs(g).max()) for g in native[2].values())
+    _close(native[0], host[0], "logits", rtol=2e-5)
+    _close(native[1], host[1], "input grad", rtol=2e-5)
+    assert sorted(native[2]) == sorted(host[2])
+    for name in native[2]:  # absolute floor: near-zero gradients (a BN bias before another BN) are noise
+        _close(native[2][name], host[2][name], name, rtol=5e-5, atol=1e-5 * scale)
+    for name in native[3]:
+        _close(native[3][name], host[3][name], name, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch,size", [("resnet18", 64), ("resnet18", 37)])
+def test_a_resnet_training_step_equals_megengines(arch, size, monkeypatch):
+    calls = []
+    run_plan = fused_blocks.run_plan
+    monkeypatch.setattr(fused_blocks, "run_plan", lambda plan, x: calls.append(plan) or run_plan(plan, x))
+    native = _step(_model(arch), size)
+    model = _model(arch)
+    blocks = 8 if arch == "resnet18" else 16
+    assert _host(model) == blocks + 2  # every block, the stem, the whole body
+    _compare(native, _step(model, size))
+    assert len(calls) == 1 and len(calls[0]) == blocks + 2  # the body as one plan: stem, max-pool, blocks
+
+
+@pytest.mark.parametrize("stride,in_channels", [(2, 16), (1, 32), (1, 16)])
+def test_a_bottleneck_block_equals_megengines(stride, in_channels):
+    """ResNet-50's block, with a projection shortcut (strided or not) and with the identity."""
+    from megzoo.models.resnet import Bottleneck
+
+    def run(host):
+        np.random.seed(0)
+        megengine.random.seed(0)
+        block = Bottleneck(in_channels, 8, stride)
+        rng = np.random.RandomState(1)
+        for module in block.modules():
+            if isinstance(module, M.BatchNorm2d):
+                module.weight[...] = rng.uniform(0.5, 1.5, module.weight.shape).astype("float32")
+                module.bias[...] = rng.uniform(-0.2, 0.2, module.bias.shape).astype("float32")
+        block.train()
+        if host:
+            assert _host(block) == 1
+        x = megengine.Tensor(np.random.RandomState(2).standard_normal((4, in_channels, 9, 10)).astype("float32"))
+        params = list(block.parameters())
+        gm = GradManager().attach(params + [x])
+        with gm:
+            y = block(x)
+            gm.backward(y, megengine.Tensor(np.random.RandomState(3).standard_normal(y.shape).astype("float32")))
+        return (y.numpy(), x.grad.numpy(), {k: p.grad.numpy() for k, p in block.named_parameters()},
+                {k: v.numpy() for k, v in block.named_buffers()})
+
+    assert (Bottleneck(in_channels, 8, stride).downsample is None) == (stride == 1 and in_channels == 32)
+    _compare(run(False), run(True))
+
+
+def test_frozen_stages_fall_back_per_block_and_get_no_gradient(monkeypatch):
+    calls = []
+    run_plan = fused_blocks.run_plan
+    monkeypatch.setattr(fused_blocks, "run_plan", lambda plan, x: calls.append(plan) or run_plan(plan, x))
+    native = _step(_model("resnet18").freeze(2), 40)
+    model = _model("resnet18").freeze(2)
+    _host(model)
+    host = _step(model, 40)
+    _compare(native, host)
+    assert not any(name.startswith(("conv1", "bn1", "layer1", "layer2")) for name in host[2])
+    assert len(calls) == 4  # the blocks of layer3 and layer4, one by one (frozen BN is not training BN)
+
+
+@pytest.mark.parametrize("kwargs", [dict(drop_path_rate=0.1), dict(norm_layer="gn")])
+def test_what_the_host_path_does_not_compute_runs_megengines_path(kwargs, monkeypatch):
+    calls = []
+    run_plan = fused_blocks.run_plan
+    monkeypatch.setattr(fused_blocks, "run_plan", lambda plan, x: calls.append(plan) or run_plan(plan, x))
+    model = _model("resnet18", **kwargs)
+    _host(model)
+    _step(model, 32)
+    if "drop_path_rate" in kwargs:  # the first block never drops: it alone runs on the host
+        assert len(calls) == 2 and isinstance(calls[0], ResidualPlan) and isinstance(calls[1], ResidualPlan)
+    else:
+        assert calls == []
+
+
+def test_grouped_convolutions_and_evaluation_run_megengines_path(monkeypatch):
+    calls = []
+    run_plan = fused_blocks.run_plan
+    monkeypatch.setattr(fused_blocks, "run_plan", lambda plan, x: calls.append(plan) or run_plan(plan, x))
+    model = _model("resnext50_32x4d")
+    _host(model)
+    _step(model, 32)
+    assert [len(p.body) for p in calls] == [1]  # the dense stem only
+    model.eval()
+    calls.clear()
+    model(megengine.Tensor(np.zeros((1, 3, 32, 32), np.float32)))
+    assert calls == []
+
+
+def test_switching_keeps_the_state_dict_and_disable_restores_the_methods():
+    model = _model("resnet18")
+    keys = sorted(model.state_dict())
+    assert not fused_blocks.is_enabled(model)
+    assert fused_blocks.enable(model) == 10 and fused_blocks.is_enabled(model)
+    assert sorted(model.state_dict()) == keys
+    assert "forward_levels" in model.__dict__ and "forward" in model.layer1[0].__dict__
+    assert fused_blocks.disable(model) == 10 and not fused_blocks.is_enabled(model)
+    assert "forward_levels" not in model.__dict__ and "forward" not in model.layer1[0].__dict__
+
+
+def test_a_plan_step_must_be_a_block_or_a_max_pool():
+    conv, bn = M.Conv2d(3, 4, 3, padding=1, bias=False), M.BatchNorm2d(4)
+    plan = (ResidualPlan((ConvNorm(conv, bn, True),), None, False), M.AvgPool2d(2))
+    with pytest.raises(TypeError, match="a host plan step is a ResidualPlan or a MaxPool2d, got AvgPool2d"):
+        fused_blocks.run_plan(plan, megengine.Tensor(np.zeros((1, 3, 8, 8), np.float32)))
