@@ -254,3 +254,50 @@ def test_a_plan_step_must_be_a_block_or_a_max_pool():
     plan = (ResidualPlan((ConvNorm(conv, bn, True),), None, False), M.AvgPool2d(2))
     with pytest.raises(TypeError, match="a host plan step is a ResidualPlan or a MaxPool2d, got AvgPool2d"):
         fused_blocks.run_plan(plan, megengine.Tensor(np.zeros((1, 3, 8, 8), np.float32)))
+
+
+# --------------------------------------------------------------------------- in the trainer
+
+from test_train import _config, shapes  # noqa: E402,F401  (the image-folder fixture)
+
+
+@pytest.mark.parametrize("options,expected", [
+    ({}, "auto, BLAS forward, fused blocks"),
+    (dict(fused_blocks=False), "auto, BLAS forward"),
+    (dict(fast_conv_forward="native"), "auto"),  # bit-identical forward asked: no host blocks
+])
+def test_the_trainer_uses_fused_blocks_on_a_cpu_by_default(shapes, tmp_path, options, expected):  # noqa: F811
+    from megzoo.train import Trainer
+
+    trainer = Trainer(_config(shapes, tmp_path, model="resnet18", **options))
+    assert trainer.fast_conv == expected
+    assert fused_blocks.is_enabled(trainer.model) == expected.endswith("fused blocks")
+
+
+def test_megzoo_train_switches_fused_blocks_off():
+    from megzoo.cli import build_parser
+    from megzoo.cli.train import config_from_args
+
+    parser = build_parser()
+    assert config_from_args(parser.parse_args(["train", "--data", "d"])).fused_blocks is True
+    assert config_from_args(parser.parse_args(["train", "--data", "d", "--no-fused-blocks"])).fused_blocks is False
+
+
+def test_a_trainer_step_with_fused_blocks_updates_the_weights_as_megengines_path(shapes, tmp_path):  # noqa: F811
+    from megzoo.train import Trainer
+
+    def one_step(**options):
+        trainer = Trainer(_config(shapes, tmp_path / str(len(options)), model="resnet18", input_size=32,
+                                  resize_size=32, warmup_epochs=0, schedule="step", **options))
+        batch = np.stack([trainer.train_transform.apply(trainer.data.train[i])[0] for i in range(6)])
+        labels = np.array([int(trainer.data.train[i][1]) for i in range(6)], np.int32)
+        before = np.array(trainer.model.conv1.weight.numpy())
+        trainer.set_lr(0)  # the learning rate of step 0: config.lr
+        trainer.train_step(batch, labels)
+        assert np.abs(trainer.model.conv1.weight.numpy() - before).max() > 1e-4  # the step moved the weights
+        return {k: np.array(v) for k, v in trainer.model.state_dict().items()}
+
+    native, host = one_step(fast_conv="off"), one_step()
+    assert sorted(native) == sorted(host)
+    for name in native:  # weights after one SGD step, running statistics after one update
+        _close(native[name], host[name], name, rtol=1e-5, atol=1e-6)
