@@ -16,8 +16,8 @@ bn1(conv1(x))))) + shortcut(x))``) or a sequence of them and ``MaxPool2d`` modul
 :func:`enable` replaces those methods on the instances; the replacement runs the host version
 only when it computes exactly what the method does (:func:`plan_supported`) and the call is a
 CPU training step with gradient recording; otherwise (evaluation, GPUs, frozen BatchNorm, group
-norm, grouped convolutions, drop path in use, mixed precision) the method itself runs. When a
-whole-body plan does not apply, the per-block plans inside it still may.
+norm, grouped convolutions, drop path in use, mixed precision, ``MEGZOO_FAST_CONV=0``) the method
+itself runs. When a whole-body plan does not apply, the per-block plans inside it still may.
 
 Numerics: BatchNorm in training mode as MegEngine's ``BatchNorm2d`` computes it (batch mean and
 biased variance for the normalisation, ``eps`` inside the square root; running statistics updated
