@@ -33,6 +33,7 @@ GEOMETRIES = {
     "3x3-dilated2": ((3, 3), (1, 1), (2, 2), (2, 2), 8),
     "rect-dilated-w": ((3, 1), (2, 1), (1, 0), (1, 2), 8),  # dilation along W: the per-tap im2col
     "3x3-nopad": ((3, 3), (1, 1), (0, 0), (1, 1), 8),
+    "3x3-weight-heavy": ((3, 3), (1, 1), (1, 1), (1, 1), 64),  # data grad by col2im, not as a convolution
 }
 
 

@@ -139,10 +139,12 @@ def _col2im(dcols: np.ndarray, input_shape, g: ConvGeometry, oh: int, ow: int) -
     return out
 
 
-def _weight_matrix(weight: np.ndarray) -> np.ndarray:
-    """(O, C, KH, KW) -> (KH*KW*C, O), the row order of :func:`_im2col`'s columns."""
+def _filters(weight: np.ndarray) -> np.ndarray:
+    """(O, C, KH, KW) -> (O, KH*KW*C): each filter in :func:`_im2col`'s column order. Only the
+    inside of each filter is permuted (cache-friendly); the products use its transpose as a view,
+    never a transposed copy of the whole weight (which costs more than the GEMM on small maps)."""
     o, c, kh, kw = weight.shape
-    return np.ascontiguousarray(weight.transpose(2, 3, 1, 0)).reshape(kh * kw * c, o)
+    return np.ascontiguousarray(weight.reshape(o, c, kh * kw).transpose(0, 2, 1)).reshape(o, kh * kw * c)
 
 
 #: below this many input channels, im2col copies runs of C floats too short to be fast in NHWC
@@ -163,7 +165,7 @@ def conv_forward(x: np.ndarray, weight: np.ndarray, g: ConvGeometry):
         y = np.matmul(cols.transpose(0, 2, 1), weight.reshape(o, -1).T)  # (N, OH*OW, O)
         return y.reshape(n * oh * ow, o), cols
     cols = _im2col(x, g, oh, ow)
-    return cols @ _weight_matrix(weight), cols
+    return cols @ _filters(weight).T, cols
 
 
 def conv_input_grad(dy: np.ndarray, weight: np.ndarray, input_shape, g: ConvGeometry) -> np.ndarray:
@@ -173,12 +175,15 @@ def conv_input_grad(dy: np.ndarray, weight: np.ndarray, input_shape, g: ConvGeom
     n, h, w, c = input_shape
     oh, ow = g.out_size(h, w)
     (kh, kw), (dh, dw), (ph, pw) = g.kernel, g.dilation, g.padding
-    if g.stride == (1, 1) and not g.pointwise and dh * (kh - 1) >= ph and dw * (kw - 1) >= pw:
+    # as a convolution only where the output gradient outweighs the weight (large maps): its
+    # flipped, transposed kernel is a full transposed copy of the weight
+    if g.stride == (1, 1) and not g.pointwise and dh * (kh - 1) >= ph and dw * (kw - 1) >= pw \
+            and dy.size > 4 * weight.size:
         flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C, O, KH, KW)
         transposed = ConvGeometry(g.kernel, (1, 1), (dh * (kh - 1) - ph, dw * (kw - 1) - pw), g.dilation)
         dx, _ = conv_forward(dy.reshape(n, oh, ow, -1), flipped, transposed)
         return dx.reshape(n, h, w, c)
-    return _col2im(dy @ _weight_matrix(weight).T, input_shape, g, oh, ow)
+    return _col2im(dy @ _filters(weight), input_shape, g, oh, ow)
 
 
 def conv_weight_grad(cols: np.ndarray, dy: np.ndarray, weight_shape) -> np.ndarray:
@@ -191,7 +196,8 @@ def conv_weight_grad(cols: np.ndarray, dy: np.ndarray, weight_shape) -> np.ndarr
         for i in range(n):
             g += cols[i] @ d[i]
         return np.ascontiguousarray(g.T).reshape(o, c, kh, kw)
-    return np.ascontiguousarray((cols.T @ dy).reshape(kh, kw, c, o).transpose(3, 2, 0, 1))
+    g = dy.T @ cols  # (O, KH*KW*C)
+    return np.ascontiguousarray(g.reshape(o, kh * kw, c).transpose(0, 2, 1)).reshape(o, c, kh, kw)
 
 
 # --------------------------------------------------------------------------- BatchNorm
