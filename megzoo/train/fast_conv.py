@@ -209,6 +209,12 @@ def _taps(kh, kw, out_size, in_size, stride, padding, dilation):
             for i in range(kh) for j in range(kw)]
 
 
+def _window(tap, stride: int) -> Tuple[slice, slice]:
+    """(output slice, input slice) of one kernel tap along one axis, ``tap`` as :func:`_tap` gives it."""
+    first, end, start = tap
+    return slice(first, end), slice(start, start + (end - first - 1) * stride + 1, stride)
+
+
 def _np_cols(x: np.ndarray, kh, kw, stride, padding, dilation, oh, ow) -> np.ndarray:
     """im2col of (N, C, H, W): (N, C*KH*KW, OH*OW), kernel-tap-minor like the weight layout;
     the zero padding is never materialised."""
@@ -228,8 +234,8 @@ def _np_cols(x: np.ndarray, kh, kw, stride, padding, dilation, oh, ow) -> np.nda
                 block[:, :, r0:r1, :c0] = 0
                 block[:, :, r0:r1, c1:] = 0
             if r1 > r0 and c1 > c0:
-                rows, cols_ = slice(y0, y0 + (r1 - r0 - 1) * sh + 1, sh), slice(x0, x0 + (c1 - c0 - 1) * sw + 1, sw)
-                block[:, :, r0:r1, c0:c1] = x[lo:hi, :, rows, cols_]
+                (orow, irow), (ocol, icol) = _window((r0, r1, y0), sh), _window((c0, c1, x0), sw)
+                block[:, :, orow, ocol] = x[lo:hi, :, irow, icol]
 
     split_over(fill, n, cols.size)
     return cols.reshape(n, c * kh * kw, oh * ow)
@@ -249,8 +255,8 @@ def _np_col2im(cols: np.ndarray, input_shape, kh, kw, stride, padding, dilation,
         out[lo:hi] = 0
         for k, (r0, r1, y0), (c0, c1, x0) in taps:
             if r1 > r0 and c1 > c0:
-                out[lo:hi, :, y0:y0 + (r1 - r0 - 1) * sh + 1:sh, x0:x0 + (c1 - c0 - 1) * sw + 1:sw] += \
-                    cols[lo:hi, :, k, r0:r1, c0:c1]
+                (orow, irow), (ocol, icol) = _window((r0, r1, y0), sh), _window((c0, c1, x0), sw)
+                out[lo:hi, :, irow, icol] += cols[lo:hi, :, k, orow, ocol]
 
     split_over(add, n, cols.size)
     return out

@@ -2,8 +2,9 @@
 and weight gradients), BatchNorm in training mode and max pooling, forward and backward.
 
 Channels-last because every product is then one large GEMM over the whole batch, with the pixels
-as the long dimension: ``Y (N*OH*OW, O) = cols (N*OH*OW, KH*KW*C) @ Wm (KH*KW*C, O)``, the weight
-gradient ``cols^T @ dY`` and the data gradient ``dY @ Wm^T`` followed by col2im; im2col copies
+as the long dimension: ``Y (N*OH*OW, O) = cols (N*OH*OW, KH*KW*C) @ F^T`` (``F`` (O, KH*KW*C): each
+filter permuted in place, its transpose only a view), the weight gradient ``dY^T @ cols`` and the
+data gradient ``dY @ F`` followed by col2im (at stride 1 on large maps, a convolution); im2col copies
 runs of C contiguous floats; a 1x1 convolution at stride 1 needs no copy at all; BatchNorm reduces
 over rows. On a 2-core AVX-512 machine NumPy's OpenBLAS multiplies these shapes at 95-140 GFLOP/s
 against 55-105 for the per-image NCHW products (``benchmarks/profile_training.py``).
@@ -16,7 +17,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from .fast_conv import _np_cols, _output_size, _taps, split_over
+from .fast_conv import _np_cols, _output_size, _taps, _window, split_over
 
 __all__ = ["ConvGeometry", "PoolGeometry", "conv_forward", "conv_input_grad", "conv_weight_grad",
            "bn_forward", "bn_backward", "maxpool_forward", "maxpool_backward", "to_nhwc", "to_nchw"]
@@ -60,12 +61,6 @@ def to_nhwc(x: np.ndarray) -> np.ndarray:
 def to_nchw(x: np.ndarray) -> np.ndarray:
     """(N, H, W, C) -> a C-contiguous (N, C, H, W) copy."""
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-
-
-def _window(tap, stride):
-    """(output rows/cols slice, input rows/cols slice) of one kernel tap along one axis."""
-    (o0, o1, i0) = tap
-    return slice(o0, o1), slice(i0, i0 + (o1 - o0 - 1) * stride + 1, stride)
 
 
 # --------------------------------------------------------------------------- convolution
@@ -171,7 +166,8 @@ def conv_forward(x: np.ndarray, weight: np.ndarray, g: ConvGeometry):
 def conv_input_grad(dy: np.ndarray, weight: np.ndarray, input_shape, g: ConvGeometry) -> np.ndarray:
     """Data gradient: ``dy`` (N*OH*OW, O) -> (N, H, W, C). At stride 1 it is itself a
     convolution (of ``dy`` padded by ``dilation * (k - 1) - padding`` with the flipped, transposed
-    kernel), computed by the patch copies of the forward pass; otherwise ``dy @ Wm^T`` and col2im."""
+    kernel), computed by the patch copies of the forward pass, where the output gradient outweighs the
+    weight; otherwise ``dy @ F`` (:func:`_filters`) and col2im."""
     n, h, w, c = input_shape
     oh, ow = g.out_size(h, w)
     (kh, kw), (dh, dw), (ph, pw) = g.kernel, g.dilation, g.padding
