@@ -113,6 +113,15 @@ def test_maxpool_gives_a_tied_maximum_to_one_input_only():
 
 # --------------------------------------------------------------------------- whole models
 
+@pytest.fixture
+def plan_calls(monkeypatch):
+    """The plans that ran on the host, in order (``fused_blocks.run_plan`` still runs them)."""
+    calls = []
+    run_plan = fused_blocks.run_plan
+    monkeypatch.setattr(fused_blocks, "run_plan", lambda plan, x: calls.append(plan) or run_plan(plan, x))
+    return calls
+
+
 def _model(arch, **kwargs):
     np.random.seed(0)
     megengine.random.seed(0)
@@ -156,10 +165,8 @@ def _compare(native, host):
 
 
 @pytest.mark.parametrize("arch,size", [("resnet18", 64), ("resnet18", 37)])
-def test_a_resnet_training_step_equals_megengines(arch, size, monkeypatch):
-    calls = []
-    run_plan = fused_blocks.run_plan
-    monkeypatch.setattr(fused_blocks, "run_plan", lambda plan, x: calls.append(plan) or run_plan(plan, x))
+def test_a_resnet_training_step_equals_megengines(arch, size, plan_calls):
+    calls = plan_calls
     native = _step(_model(arch), size)
     model = _model(arch)
     blocks = 8 if arch == "resnet18" else 16
@@ -198,10 +205,8 @@ def test_a_bottleneck_block_equals_megengines(stride, in_channels):
     _compare(run(False), run(True))
 
 
-def test_frozen_stages_fall_back_per_block_and_get_no_gradient(monkeypatch):
-    calls = []
-    run_plan = fused_blocks.run_plan
-    monkeypatch.setattr(fused_blocks, "run_plan", lambda plan, x: calls.append(plan) or run_plan(plan, x))
+def test_frozen_stages_fall_back_per_block_and_get_no_gradient(plan_calls):
+    calls = plan_calls
     native = _step(_model("resnet18").freeze(2), 40)
     model = _model("resnet18").freeze(2)
     _host(model)
@@ -212,10 +217,8 @@ def test_frozen_stages_fall_back_per_block_and_get_no_gradient(monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs", [dict(drop_path_rate=0.1), dict(norm_layer="gn")])
-def test_what_the_host_path_does_not_compute_runs_megengines_path(kwargs, monkeypatch):
-    calls = []
-    run_plan = fused_blocks.run_plan
-    monkeypatch.setattr(fused_blocks, "run_plan", lambda plan, x: calls.append(plan) or run_plan(plan, x))
+def test_what_the_host_path_does_not_compute_runs_megengines_path(kwargs, plan_calls):
+    calls = plan_calls
     model = _model("resnet18", **kwargs)
     _host(model)
     _step(model, 32)
@@ -225,10 +228,8 @@ def test_what_the_host_path_does_not_compute_runs_megengines_path(kwargs, monkey
         assert calls == []
 
 
-def test_grouped_convolutions_and_evaluation_run_megengines_path(monkeypatch):
-    calls = []
-    run_plan = fused_blocks.run_plan
-    monkeypatch.setattr(fused_blocks, "run_plan", lambda plan, x: calls.append(plan) or run_plan(plan, x))
+def test_grouped_convolutions_and_evaluation_run_megengines_path(plan_calls):
+    calls = plan_calls
     model = _model("resnext50_32x4d")
     _host(model)
     _step(model, 32)

@@ -61,7 +61,7 @@ class BasicBlock(M.Module):
     def host_plans(self):
         """:meth:`forward` as data (``megzoo.layers.ResidualPlan``), for a faster host implementation."""
         body = (ConvNorm(self.conv1, self.bn1, True), ConvNorm(self.conv2, self.bn2, False))
-        shortcut = None if self.downsample is None else ConvNorm(self.downsample[0], self.downsample[1], False)
+        shortcut = _shortcut_plan(self.downsample)
         return {"forward": ResidualPlan(body, shortcut, True, self.drop_path)}
 
     def forward(self, x):
@@ -114,7 +114,7 @@ class Bottleneck(M.Module):
         """:meth:`forward` as data (``megzoo.layers.ResidualPlan``), for a faster host implementation."""
         body = (ConvNorm(self.conv1, self.bn1, True), ConvNorm(self.conv2, self.bn2, True),
                 ConvNorm(self.conv3, self.bn3, False))
-        shortcut = None if self.downsample is None else ConvNorm(self.downsample[0], self.downsample[1], False)
+        shortcut = _shortcut_plan(self.downsample)
         return {"forward": ResidualPlan(body, shortcut, True, self.drop_path)}
 
     def forward(self, x):
@@ -140,6 +140,11 @@ class Bottleneck(M.Module):
                            fuse_conv(self.conv2, self.bn2, True, f"{where}.conv2"),
                            fuse_conv(self.conv3, self.bn3, False, f"{where}.conv3")],
                           _fused_downsample(self.downsample, where))
+
+
+def _shortcut_plan(downsample: Optional[M.Sequential]) -> Optional[ConvNorm]:
+    """The projection shortcut as a ``ConvNorm`` (None: the identity), for ``host_plans``."""
+    return None if downsample is None else ConvNorm(downsample[0], downsample[1], False)
 
 
 def _fused_downsample(downsample: Optional[M.Sequential], where: str) -> Optional[M.Module]:

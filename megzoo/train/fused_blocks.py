@@ -216,6 +216,11 @@ def _specs(plan: ResidualPlan) -> List[ConvNorm]:
     return list(plan.body) + ([plan.shortcut] if plan.shortcut is not None else [])
 
 
+def _unit_params(spec: ConvNorm):
+    """The three parameters of one unit, in the Function's input order."""
+    return spec.conv.weight, spec.norm.weight, spec.norm.bias
+
+
 def _steps(plan) -> list:
     """A plan as a list of steps: one ResidualPlan, or a sequence of ResidualPlans and MaxPool2d."""
     return [plan] if isinstance(plan, ResidualPlan) else list(plan)
@@ -249,7 +254,7 @@ def run_plan(plan, x: Tensor) -> Tensor:
     one :class:`_PlanFunction`; running statistics updated as ``BatchNorm2d`` updates them."""
     ops, specs = _compile(_steps(plan))
     units = [s for block in specs for s in block]
-    params = [t for s in units for t in (s.conv.weight, s.norm.weight, s.norm.bias)]
+    params = [t for s in units for t in _unit_params(s)]
     fn = _PlanFunction(ops, [_tracked(x)] + [_tracked(p) for p in params], [tuple(p.shape) for p in params])
     y = fn(x, *params)
     for spec, (mean, var, count) in zip(units, fn.stats):
@@ -271,7 +276,7 @@ def _update_running(norm: M.BatchNorm2d, mean: np.ndarray, var: np.ndarray, coun
 
 def _needs_gradient(plan, x: Tensor) -> bool:
     return _tracked(x) or any(_tracked(p) for step in _steps(plan) if isinstance(step, ResidualPlan)
-                              for s in _specs(step) for p in (s.conv.weight, s.norm.weight, s.norm.bias))
+                              for s in _specs(step) for p in _unit_params(s))
 
 
 def _host_call(self, name: str, *args):
@@ -279,9 +284,8 @@ def _host_call(self, name: str, *args):
     from megengine.core.tensor import amp
 
     original = getattr(type(self), name)
-    state = self.__dict__.get(_ATTR)
     x = args[0] if args else None
-    if (state is None or not state["on"] or not _env_enabled() or amp._enabled or len(args) != 1
+    if (not self.__dict__.get(_ATTR) or not _env_enabled() or amp._enabled or len(args) != 1
             or not isinstance(x, Tensor) or not is_cpu_device(x.device) or not self.training):
         return original(self, *args)
     plan = self.host_plans().get(name)
@@ -304,7 +308,7 @@ def enable(model, on: bool = True) -> int:
     for module in _planned_modules(model):
         names = list(module.host_plans())
         if on:
-            object.__setattr__(module, _ATTR, {"on": True})
+            object.__setattr__(module, _ATTR, True)
             for name in names:
                 object.__setattr__(module, name, types.MethodType(
                     lambda self, *args, _name=name: _host_call(self, _name, *args), module))
@@ -323,4 +327,4 @@ def disable(model) -> int:
 
 def is_enabled(model) -> bool:
     """True when some module of ``model`` runs its planned methods on the host."""
-    return any(m.__dict__.get(_ATTR) is not None for m in _planned_modules(model))
+    return any(m.__dict__.get(_ATTR) for m in _planned_modules(model))
