@@ -135,9 +135,9 @@ def _model(arch, **kwargs):
     return model
 
 
-def _step(model, size, batch=4):
+def _step(model, size, batch=4, seed=3):
     """(logits, input grad, {param: grad}, {buffer: value}) of one training step, as numpy."""
-    rng = np.random.RandomState(3)
+    rng = np.random.RandomState(seed)
     x = megengine.Tensor(rng.standard_normal((batch, 3, size, size)).astype("float32"))
     params = list(model.trainable_parameters())
     gm = GradManager().attach(params + [x])
@@ -173,6 +173,28 @@ def test_a_resnet_training_step_equals_megengines(arch, size, plan_calls):
     assert _host(model) == blocks + 2  # every block, the stem, the whole body
     _compare(native, _step(model, size))
     assert len(calls) == 1 and len(calls[0]) == blocks + 2  # the body as one plan: stem, max-pool, blocks
+
+
+def test_steps_reusing_every_workspace_buffer_equal_megengines(monkeypatch):
+    """With every array pooled (no size floor), a second and third step run in the buffers the first
+    gave back (no new ones, nothing left lent) and still equal MegEngine's steps on new inputs
+    (gradients accumulate over the steps in both)."""
+    from megzoo.train import workspace
+
+    monkeypatch.setattr(workspace, "_SMALL", 0)
+    ws = workspace.WORKSPACE
+    ws.clear()
+    native, model = _model("resnet18"), _model("resnet18")
+    _host(model)
+    try:
+        _compare(_step(native, 40, seed=3), _step(model, 40, seed=3))
+        assert ws.lent_bytes == 0
+        allocated = ws.allocations
+        for seed in (4, 5):
+            _compare(_step(native, 40, seed=seed), _step(model, 40, seed=seed))
+            assert ws.lent_bytes == 0 and ws.allocations == allocated
+    finally:
+        ws.clear()
 
 
 @pytest.mark.parametrize("stride,in_channels", [(2, 16), (1, 32), (1, 16)])

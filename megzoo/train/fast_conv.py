@@ -215,14 +215,15 @@ def _window(tap, stride: int) -> Tuple[slice, slice]:
     return slice(first, end), slice(start, start + (end - first - 1) * stride + 1, stride)
 
 
-def _np_cols(x: np.ndarray, kh, kw, stride, padding, dilation, oh, ow) -> np.ndarray:
+def _np_cols(x: np.ndarray, kh, kw, stride, padding, dilation, oh, ow,
+             out: Optional[np.ndarray] = None) -> np.ndarray:
     """im2col of (N, C, H, W): (N, C*KH*KW, OH*OW), kernel-tap-minor like the weight layout;
-    the zero padding is never materialised."""
+    the zero padding is never materialised. Written into ``out`` when given (not for 1x1)."""
     n, c, h, w = x.shape
     (sh, sw), (ph, pw) = stride, padding
     if kh == kw == 1 and (sh, sw) == (1, 1) and (ph, pw) == (0, 0):
         return x.reshape(n, c, oh * ow)
-    cols = np.empty((n, c, kh * kw, oh, ow), np.float32)
+    cols = np.empty((n, c, kh * kw, oh, ow), np.float32) if out is None else out.reshape(n, c, kh * kw, oh, ow)
     taps = _taps(kh, kw, (oh, ow), (h, w), stride, padding, dilation)
 
     def fill(lo, hi):

@@ -26,7 +26,9 @@ rounding, not bit for bit (on a 16 x 64 x 56 x 56 batch closer to a float64 refe
 MegEngine's own: 1.4e-6 against 4.5e-5). Gradients are checked against MegEngine's own in
 ``tests/test_fused_blocks.py``. Memory: the patch matrices of the forward pass are kept for the
 weight gradients: peak memory of a batch-16, 224-px step 1.92 GB against 1.28 GB per convolution for
-ResNet-18, 3.29 against 3.04 GB for ResNet-50.
+ResNet-18, 3.29 against 3.04 GB for ResNet-50. Every large array comes from the workspace
+(:mod:`megzoo.train.workspace`) and goes back once the backward pass is done with it (each op gives
+back what it produced, and the gradient it received), so the next step reuses the same memory.
 """
 import types
 from typing import List, NamedTuple, Optional, Sequence, Tuple
@@ -41,6 +43,7 @@ from ..layers import ConvNorm, ResidualPlan, pair
 from .fast_conv import _env_enabled, _tracked
 from .host_kernels import ConvGeometry, PoolGeometry, bn_backward, bn_forward, conv_forward, conv_input_grad, \
     conv_weight_grad, maxpool_backward, maxpool_forward, to_nchw, to_nhwc
+from .workspace import WORKSPACE
 
 __all__ = ["enable", "disable", "is_enabled", "plan_supported", "run_plan"]
 
@@ -63,22 +66,27 @@ def _unit(spec: ConvNorm) -> _Unit:
 
 
 def _unit_forward(unit: _Unit, x: np.ndarray, weight: np.ndarray, gamma: np.ndarray, beta: np.ndarray):
-    """(N, H, W, C) -> (out (N, OH, OW, O), saved for the backward pass, batch mean, batch variance)."""
+    """(N, H, W, C) -> (out (N, OH, OW, O), saved for the backward pass, batch mean, batch
+    variance). ``saved`` holds ``out`` (at index 4): given back by :func:`_unit_backward` unless
+    the caller gives it back sooner and sets it to None."""
     n, h, w, _ = x.shape
     oh, ow = unit.conv.out_size(h, w)
     y, cols = conv_forward(x, weight, unit.conv)
     out, mean, var, inv = bn_forward(y, gamma, beta, unit.eps, unit.relu)
-    return out.reshape(n, oh, ow, -1), (x.shape, cols, y, inv, out if unit.relu else None), mean, var
+    out = out.reshape(n, oh, ow, -1)
+    return out, [x.shape, cols, y, inv, out], mean, var
 
 
 def _unit_backward(unit: _Unit, d: np.ndarray, saved, weight: np.ndarray, gamma: np.ndarray,
                    need_x: bool, need_w: bool):
     """(d_x (N, H, W, C) or None, d_weight or None, d_gamma, d_beta) from ``d``, the gradient of
-    the unit's output (N, OH, OW, O)."""
+    the unit's output (N, OH, OW, O). Gives back the unit's saved arrays (not ``d``)."""
     x_shape, cols, xhat, inv, out = saved
-    dy, dgamma, dbeta = bn_backward(d.reshape(xhat.shape), xhat, inv, gamma, out)
+    dy, dgamma, dbeta = bn_backward(d.reshape(xhat.shape), xhat, inv, gamma,
+                                    out.reshape(xhat.shape) if unit.relu else None)
     dw = conv_weight_grad(cols, dy, weight.shape) if need_w else None
     dx = conv_input_grad(dy, weight, x_shape, unit.conv) if need_x else None
+    WORKSPACE.give(dy, xhat, out, None if unit.conv.pointwise else cols)
     return dx, dw, dgamma, dbeta
 
 
@@ -123,32 +131,51 @@ def _block_forward(block: _Block, x: np.ndarray, weights, gammas, betas):
         body, short = a, x
     else:
         short = a
-    out = np.add(body, short)
+    out = np.add(body, short, out=WORKSPACE.take(body.shape))
     np.maximum(out, 0, out=out)
+    for unit, s in zip(block.units[block.n_body - 1:], saved[block.n_body - 1:]):
+        if not unit.relu:  # an added output (body end, shortcut) without a ReLU mask: read by nothing else
+            WORKSPACE.give(s[4])
+            s[4] = None
     return out, (saved, out), stats
 
 
 def _block_backward(block: _Block, d: np.ndarray, cache, weights, gammas, need_x: bool, needs):
     """(d_x or None, [(d_weight, d_gamma, d_beta)] per unit) of one block; ``needs[i]``: which of
-    unit i's three parameters need a gradient."""
+    unit i's three parameters need a gradient. ``d`` is consumed (given back)."""
     saved, out = cache
     if out is not None:
-        d = d * (out > 0)
+        masked = WORKSPACE.take(d.shape)
+        np.multiply(d, out > 0, out=masked)
+        WORKSPACE.give(d, out)
+        d = masked
     grads = [None] * len(block.units)
-    dx_total = d if block.residual and block.n_body == len(block.units) else None  # identity shortcut
-    d_body = d
+    parts, d_body = [], d  # parts: gradients of the block input (shortcut, body)
     for i in list(range(block.n_body, len(block.units))) + list(range(block.n_body - 1, -1, -1)):
         reads_input = i == 0 or i >= block.n_body
-        dx, dw, dg, db = _unit_backward(block.units[i], d if i >= block.n_body else d_body, saved[i], weights[i],
+        d_in = d if i >= block.n_body else d_body
+        dx, dw, dg, db = _unit_backward(block.units[i], d_in, saved[i], weights[i],
                                         gammas[i], need_x if reads_input else True, needs[i][0])
         saved[i] = None
+        if d_in is not d:
+            WORKSPACE.give(d_in)
         grads[i] = tuple(g if need else None for g, need in zip((dw, dg, db), needs[i]))
-        if reads_input:
-            if dx is not None:
-                dx_total = dx if dx_total is None else dx_total + dx
-        else:
+        if not reads_input:
             d_body = dx
-    return (dx_total if need_x else None), grads
+        elif dx is not None:
+            parts.append(dx)
+    if block.residual and block.n_body == len(block.units):
+        parts.append(d)  # identity shortcut
+    else:
+        WORKSPACE.give(d)
+    if not need_x:
+        WORKSPACE.give(*parts)
+        return None, grads
+    total = parts[0]
+    for p in parts[1:]:
+        total += p
+        WORKSPACE.give(p)
+    return total, grads
 
 
 class _PlanFunction(Function):
@@ -168,6 +195,7 @@ class _PlanFunction(Function):
         betas = [a.reshape(-1) for a in arrays[2::3]]
         self.caches, self.stats = [], []
         a, k = to_nhwc(x.numpy()), 0
+        self.input = a
         for op in self.ops:
             if isinstance(op, PoolGeometry):
                 out = maxpool_forward(a, op)
@@ -191,7 +219,9 @@ class _PlanFunction(Function):
             self.caches[index] = None
             need_x = self.needs[0] if index == 0 else True
             if isinstance(op, PoolGeometry):
-                d = maxpool_backward(d, cache[0], cache[1], op) if need_x else None
+                dx = maxpool_backward(d, cache[0], cache[1], op) if need_x else None
+                WORKSPACE.give(d, cache[1])
+                d = dx
             else:
                 u = len(op.units)
                 k -= u
@@ -203,7 +233,8 @@ class _PlanFunction(Function):
             if d is None:
                 break
         grads[0] = to_nchw(d) if self.needs[0] and d is not None else None
-        self.weights = self.gammas = None
+        WORKSPACE.give(d, self.input)
+        self.weights = self.gammas = self.input = None
         device = dout.device
         shapes = [None] + self.param_shapes
         return tuple(None if g is None else Tensor(g if shape is None else g.reshape(shape), device=device)

@@ -12,12 +12,16 @@ against 55-105 for the per-image NCHW products (``benchmarks/profile_training.py
 Shapes: activations (N, H, W, C) float32 C-contiguous; convolution weights as MegEngine stores them,
 (O, C, KH, KW) (dense only: groups of 1); per-channel vectors (C,). Elementwise work is split over
 the cores (:func:`megzoo.train.fast_conv.split_over`; NumPy releases the GIL).
+
+Memory: every large output and temporary is taken from :data:`megzoo.train.workspace.WORKSPACE`;
+temporaries go back inside the kernel, outputs are the caller's to give back (or to drop).
 """
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from .fast_conv import _np_cols, _output_size, _taps, _window, split_over
+from .workspace import WORKSPACE
 
 __all__ = ["ConvGeometry", "PoolGeometry", "conv_forward", "conv_input_grad", "conv_weight_grad",
            "bn_forward", "bn_backward", "maxpool_forward", "maxpool_backward", "to_nhwc", "to_nchw"]
@@ -53,27 +57,55 @@ class PoolGeometry(NamedTuple):
                 _output_size(w, self.kernel[1], self.stride[1], self.padding[1], 1))
 
 
+def _transposed(x: np.ndarray, axes, out: np.ndarray) -> np.ndarray:
+    def copy(lo, hi):
+        out[lo:hi] = x[lo:hi].transpose(axes)
+
+    split_over(copy, x.shape[0], x.size)
+    return out
+
+
 def to_nhwc(x: np.ndarray) -> np.ndarray:
-    """(N, C, H, W) -> a C-contiguous (N, H, W, C) copy."""
-    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    """(N, C, H, W) -> a C-contiguous (N, H, W, C) copy, lent from the workspace."""
+    n, c, h, w = x.shape
+    return _transposed(x, (0, 2, 3, 1), WORKSPACE.take((n, h, w, c)))
 
 
 def to_nchw(x: np.ndarray) -> np.ndarray:
-    """(N, H, W, C) -> a C-contiguous (N, C, H, W) copy."""
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    """(N, H, W, C) -> a C-contiguous (N, C, H, W) copy of its own (not from the workspace: it
+    leaves the host plan)."""
+    n, h, w, c = x.shape
+    return _transposed(x, (0, 3, 1, 2), np.empty((n, c, h, w), np.float32))
+
+
+def _padded(x: np.ndarray, ph: int, pw: int) -> np.ndarray:
+    """(N, H, W, C) zero-padded by (ph, pw) on both sides, lent from the workspace."""
+    n, h, w, c = x.shape
+    xp = WORKSPACE.take((n, h + 2 * ph, w + 2 * pw, c))
+
+    def fill(lo, hi):
+        xp[lo:hi, :ph] = 0
+        xp[lo:hi, h + ph:] = 0
+        xp[lo:hi, ph:h + ph, :pw] = 0
+        xp[lo:hi, ph:h + ph, w + pw:] = 0
+        xp[lo:hi, ph:h + ph, pw:w + pw] = x[lo:hi]
+
+    split_over(fill, n, xp.size)
+    return xp
 
 
 # --------------------------------------------------------------------------- convolution
 
 def _im2col(x: np.ndarray, g: ConvGeometry, oh: int, ow: int) -> np.ndarray:
-    """(N, H, W, C) -> patches (N*OH*OW, KH*KW*C), tap-major then channel."""
+    """(N, H, W, C) -> patches (N*OH*OW, KH*KW*C), tap-major then channel; lent from the
+    workspace, except for a pointwise convolution (then the input itself)."""
     n, h, w, c = x.shape
     if g.pointwise:
         return x.reshape(n * h * w, c)
     kh, kw = g.kernel
     if g.dilation[1] == 1:
         return _im2col_rows(x, g, oh, ow)
-    cols = np.empty((n, oh, ow, kh * kw, c), np.float32)
+    cols = WORKSPACE.take((n, oh, ow, kh * kw, c))
     taps = _taps(kh, kw, (oh, ow), (h, w), g.stride, g.padding, g.dilation)
 
     def fill(lo, hi):
@@ -99,8 +131,8 @@ def _im2col_rows(x: np.ndarray, g: ConvGeometry, oh: int, ow: int) -> np.ndarray
     n, h, w, c = x.shape
     kh, kw = g.kernel
     (sh, sw), (ph, pw), dh = g.stride, g.padding, g.dilation[0]
-    xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0))) if ph or pw else x
-    cols = np.empty((n, oh, ow, kh, kw * c), np.float32)
+    xp = _padded(x, ph, pw) if ph or pw else x
+    cols = WORKSPACE.take((n, oh, ow, kh, kw * c))
     sn, sy, sx, sc = xp.strides
 
     def fill(lo, hi):
@@ -111,17 +143,20 @@ def _im2col_rows(x: np.ndarray, g: ConvGeometry, oh: int, ow: int) -> np.ndarray
             cols[lo:hi, :, :, i] = view
 
     split_over(fill, n, cols.size)
+    if xp is not x:
+        WORKSPACE.give(xp)
     return cols.reshape(n * oh * ow, kh * kw * c)
 
 
 def _col2im(dcols: np.ndarray, input_shape, g: ConvGeometry, oh: int, ow: int) -> np.ndarray:
-    """Adjoint of :func:`_im2col`: (N*OH*OW, KH*KW*C) -> (N, H, W, C), overlapping taps summed."""
+    """Adjoint of :func:`_im2col`: (N*OH*OW, KH*KW*C) -> (N, H, W, C), overlapping taps summed;
+    lent from the workspace (for a pointwise convolution ``dcols`` itself)."""
     n, h, w, c = input_shape
     if g.pointwise:
         return dcols.reshape(n, h, w, c)
     kh, kw = g.kernel
     dcols = dcols.reshape(n, oh, ow, kh * kw, c)
-    out = np.zeros((n, h, w, c), np.float32)
+    out = WORKSPACE.zeros((n, h, w, c))
     taps = _taps(kh, kw, (oh, ow), (h, w), g.stride, g.padding, g.dilation)
 
     def add(lo, hi):
@@ -150,24 +185,30 @@ _FEW_CHANNELS = 16
 def conv_forward(x: np.ndarray, weight: np.ndarray, g: ConvGeometry):
     """(N, H, W, C) -> ``(y (N*OH*OW, O), patches)``; the patches are what
     :func:`conv_weight_grad` needs: (N*OH*OW, KH*KW*C), the input itself for a pointwise
-    convolution, or for few input channels channels-first patches (N, C*KH*KW, OH*OW)."""
+    convolution, or for few input channels channels-first patches (N, C*KH*KW, OH*OW). Both are
+    lent from the workspace, except the patches of a pointwise convolution."""
     n, h, w, c = x.shape
     oh, ow = g.out_size(h, w)
     o = weight.shape[0]
+    y = WORKSPACE.take((n * oh * ow, o))
     if c < _FEW_CHANNELS and not g.pointwise:
-        cols = _np_cols(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), *g.kernel, g.stride, g.padding, g.dilation,
-                        oh, ow)
-        y = np.matmul(cols.transpose(0, 2, 1), weight.reshape(o, -1).T)  # (N, OH*OW, O)
-        return y.reshape(n * oh * ow, o), cols
+        xt = _transposed(x, (0, 3, 1, 2), WORKSPACE.take((n, c, h, w)))
+        kh, kw = g.kernel
+        cols = _np_cols(xt, kh, kw, g.stride, g.padding, g.dilation, oh, ow,
+                        out=WORKSPACE.take((n, c * kh * kw, oh * ow)))
+        WORKSPACE.give(xt)
+        np.matmul(cols.transpose(0, 2, 1), weight.reshape(o, -1).T, out=y.reshape(n, oh * ow, o))
+        return y, cols
     cols = _im2col(x, g, oh, ow)
-    return cols @ _filters(weight).T, cols
+    np.matmul(cols, _filters(weight).T, out=y)
+    return y, cols
 
 
 def conv_input_grad(dy: np.ndarray, weight: np.ndarray, input_shape, g: ConvGeometry) -> np.ndarray:
     """Data gradient: ``dy`` (N*OH*OW, O) -> (N, H, W, C). At stride 1 it is itself a
     convolution (of ``dy`` padded by ``dilation * (k - 1) - padding`` with the flipped, transposed
     kernel), computed by the patch copies of the forward pass, where the output gradient outweighs the
-    weight; otherwise ``dy @ F`` (:func:`_filters`) and col2im."""
+    weight; otherwise ``dy @ F`` (:func:`_filters`) and col2im. Lent from the workspace."""
     n, h, w, c = input_shape
     oh, ow = g.out_size(h, w)
     (kh, kw), (dh, dw), (ph, pw) = g.kernel, g.dilation, g.padding
@@ -177,9 +218,15 @@ def conv_input_grad(dy: np.ndarray, weight: np.ndarray, input_shape, g: ConvGeom
             and dy.size > 4 * weight.size:
         flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C, O, KH, KW)
         transposed = ConvGeometry(g.kernel, (1, 1), (dh * (kh - 1) - ph, dw * (kw - 1) - pw), g.dilation)
-        dx, _ = conv_forward(dy.reshape(n, oh, ow, -1), flipped, transposed)
+        dx, cols = conv_forward(dy.reshape(n, oh, ow, -1), flipped, transposed)
+        WORKSPACE.give(cols)
         return dx.reshape(n, h, w, c)
-    return _col2im(dy @ _filters(weight), input_shape, g, oh, ow)
+    filters = _filters(weight)
+    dcols = np.matmul(dy, filters, out=WORKSPACE.take((dy.shape[0], filters.shape[1])))
+    dx = _col2im(dcols, input_shape, g, oh, ow)
+    if not g.pointwise:
+        WORKSPACE.give(dcols)
+    return dx
 
 
 def conv_weight_grad(cols: np.ndarray, dy: np.ndarray, weight_shape) -> np.ndarray:
@@ -223,7 +270,8 @@ def _rows_split(fn, m: int, c: int):
 def bn_forward(y: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, relu: bool):
     """BatchNorm (training mode) of ``y`` (M, C) float32, M = N*H*W, then an optional ReLU.
     ``y`` is overwritten with the normalised ``xhat`` (kept for the backward pass). Returns
-    ``(out (M, C), batch mean (C,), biased batch variance (C,), 1/sqrt(var + eps) (C,))``."""
+    ``(out (M, C), batch mean (C,), biased batch variance (C,), 1/sqrt(var + eps) (C,))``, ``out``
+    lent from the workspace."""
     m, c = y.shape
     mean = sum(_rows_split(lambda lo, hi: _column_sums(y[lo:hi]), m, c)) / m
     mean = mean.astype(np.float32)
@@ -235,7 +283,7 @@ def bn_forward(y: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, r
 
     var = (sum(_rows_split(centre, m, c)) / m).astype(np.float32)
     inv = (1.0 / np.sqrt(var + eps)).astype(np.float32)
-    out = np.empty_like(y)
+    out = WORKSPACE.take(y.shape)
 
     def scale(lo, hi):
         block = y[lo:hi]
@@ -254,9 +302,9 @@ def bn_backward(d: np.ndarray, xhat: np.ndarray, inv: np.ndarray, gamma: np.ndar
                 out: Optional[np.ndarray] = None):
     """Gradients of :func:`bn_forward` from ``d`` (M, C), the gradient of its output; with ``out``
     (the output after the ReLU) ``d`` is first masked by ``out > 0``. Returns ``(d_y (M, C),
-    d_gamma (C,), d_beta (C,))``; ``d`` is not modified."""
+    d_gamma (C,), d_beta (C,))``, ``d_y`` lent from the workspace; ``d`` is not modified."""
     m, c = d.shape
-    dy = np.empty_like(xhat)
+    dy = WORKSPACE.take(xhat.shape)
 
     def sums(lo, hi):
         g = d[lo:hi]
@@ -286,13 +334,15 @@ def bn_backward(d: np.ndarray, xhat: np.ndarray, inv: np.ndarray, gamma: np.ndar
 # --------------------------------------------------------------------------- max pooling
 
 def maxpool_forward(x: np.ndarray, g: PoolGeometry) -> np.ndarray:
-    """(N, H, W, C) -> (N, OH, OW, C), the maximum over each window (padding excluded)."""
+    """(N, H, W, C) -> (N, OH, OW, C), the maximum over each window (padding excluded); lent
+    from the workspace."""
     n, h, w, c = x.shape
     oh, ow = g.out_size(h, w)
-    out = np.full((n, oh, ow, c), -np.inf, np.float32)
+    out = WORKSPACE.take((n, oh, ow, c))
     taps = _taps(g.kernel[0], g.kernel[1], (oh, ow), (h, w), g.stride, g.padding, (1, 1))
 
     def images(lo, hi):
+        out[lo:hi] = -np.inf
         for _, rows, columns in taps:
             (orow, irow), (ocol, icol) = _window(rows, g.stride[0]), _window(columns, g.stride[1])
             if orow.stop > orow.start and ocol.stop > ocol.start:
@@ -305,14 +355,18 @@ def maxpool_forward(x: np.ndarray, g: PoolGeometry) -> np.ndarray:
 
 def maxpool_backward(d: np.ndarray, x: np.ndarray, out: np.ndarray, g: PoolGeometry) -> np.ndarray:
     """Gradient of :func:`maxpool_forward`: each output's gradient ``d`` (N, OH, OW, C) goes to
-    the first input of its window (taps in row-major order) equal to the maximum. -> (N, H, W, C)."""
+    the first input of its window (taps in row-major order) equal to the maximum. -> (N, H, W, C),
+    lent from the workspace."""
     n, h, w, c = x.shape
     oh, ow = out.shape[1:3]
-    dx = np.zeros_like(x)
+    dx = WORKSPACE.take(x.shape)
+    remaining = WORKSPACE.take(d.shape)  # gradient not yet given to an input of its window
     taps = _taps(g.kernel[0], g.kernel[1], (oh, ow), (h, w), g.stride, g.padding, (1, 1))
 
     def images(lo, hi):
-        left = d[lo:hi].copy()  # gradient not yet given to an input of the window
+        dx[lo:hi] = 0
+        left = remaining[lo:hi]
+        left[...] = d[lo:hi]
         for _, rows, columns in taps:
             (orow, irow), (ocol, icol) = _window(rows, g.stride[0]), _window(columns, g.stride[1])
             if orow.stop > orow.start and ocol.stop > ocol.start:
@@ -322,4 +376,5 @@ def maxpool_backward(d: np.ndarray, x: np.ndarray, out: np.ndarray, g: PoolGeome
                 pending -= given  # exact: zero where given, unchanged elsewhere
 
     split_over(images, n, out.size * len(taps))
+    WORKSPACE.give(remaining)
     return dx
