@@ -325,3 +325,20 @@ def test_a_trainer_step_with_fused_blocks_updates_the_weights_as_megengines_path
     assert sorted(native) == sorted(host)
     for name in native:  # weights after one SGD step, running statistics after one update
         _close(native[name], host[name], name, rtol=1e-5, atol=1e-6)
+
+
+def test_fit_and_disable_give_the_workspace_buffers_back(shapes, tmp_path):  # noqa: F811
+    from megzoo.train import Trainer
+    from megzoo.train.workspace import WORKSPACE
+
+    def leave_a_free_buffer():
+        WORKSPACE.give(WORKSPACE.take((1 << 20,)))  # 4 MB
+        assert WORKSPACE.free_bytes == 4 << 20
+
+    trainer = Trainer(_config(shapes, tmp_path, model="resnet18", input_size=32, resize_size=32, epochs=1))
+    leave_a_free_buffer()
+    trainer.fit()
+    assert WORKSPACE.free_bytes == 0
+    leave_a_free_buffer()
+    fused_blocks.disable(trainer.model)
+    assert WORKSPACE.free_bytes == 0

@@ -352,7 +352,9 @@ def enable(model, on: bool = True) -> int:
 
 
 def disable(model) -> int:
-    """Remove the host blocks from ``model``; returns how many planned methods there are."""
+    """Remove the host blocks from ``model`` and drop the workspace's free buffers; returns how many
+    planned methods there are."""
+    WORKSPACE.clear()
     return enable(model, False)
 
 
