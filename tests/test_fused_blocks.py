@@ -60,6 +60,69 @@ def test_channels_last_convolution_equals_megengines(name):
     _close(conv.weight.grad.numpy(), hk.conv_weight_grad(cols, dy_rows, conv.weight.shape), "weight grad")
 
 
+@pytest.mark.parametrize("name", ["3x3", "3x3-stride2", "3x3-nopad"])
+@pytest.mark.parametrize("band", ["two-rows", "two-images"])
+def test_convolution_by_blocks_of_patches_equals_megengines(name, band, monkeypatch):
+    """Patch matrices above the size limit are formed and multiplied block by block (output rows
+    of one image, or whole images, per block), in the forward pass, the data gradient (at stride 1 a
+    convolution too) and the weight gradient; the results are MegEngine's."""
+    kernel, stride, padding, dilation, _ = GEOMETRIES[name]
+    cin, k = 16, 9 * 16
+    g = hk.ConvGeometry(kernel, stride, padding, dilation)
+    oh, ow = g.out_size(11, 10)
+    rows = 2 * ow if band == "two-rows" else 2 * oh * ow  # GEMM rows per block
+    monkeypatch.setattr(hk, "_BLOCKED_ABOVE", 0)
+    monkeypatch.setattr(hk, "_BLOCK_BYTES", rows * 4 * k)
+    bands = hk._bands(3, oh, ow, k)
+    assert bands[:2] == ([(0, 1, 0, 2), (0, 1, 2, 4)] if band == "two-rows" else [(0, 2, 0, oh), (2, 3, 0, oh)])
+    rng = np.random.RandomState(5)
+    conv = M.Conv2d(cin, 20, kernel, stride, padding, dilation, bias=False)
+    conv.weight[...] = rng.standard_normal(conv.weight.shape).astype("float32")
+    x = megengine.Tensor(rng.standard_normal((3, cin, 11, 10)).astype("float32"))
+    gm = GradManager().attach([conv.weight, x])
+    with gm:
+        y = conv(x)
+        dy = rng.standard_normal(y.shape).astype("float32")
+        gm.backward(y, megengine.Tensor(dy))
+    xs = hk.to_nhwc(x.numpy())
+    out, patches = hk.conv_forward(xs, conv.weight.numpy(), g)
+    assert isinstance(patches, hk.BlockedPatches) and patches.x is xs and hk.lent_patches(patches, g) is None
+    _close(y.numpy(), hk.to_nchw(out.reshape(3, oh, ow, 20)), "forward")
+    dy_rows = hk.to_nhwc(dy).reshape(-1, 20)
+    _close(x.grad.numpy(), hk.to_nchw(hk.conv_input_grad(dy_rows, conv.weight.numpy(), xs.shape, g)), "data grad")
+    _close(conv.weight.grad.numpy(), hk.conv_weight_grad(patches, dy_rows, conv.weight.shape), "weight grad")
+
+
+def test_batchnorm_statistics_survive_a_large_offset():
+    """The variance is the mean of squared *centred* values (accumulated in float64): a channel at
+    1000 +- 0.01 keeps its variance, where E[y^2] - E[y]^2 in float32 would give noise."""
+    rng = np.random.RandomState(3)
+    y = (1000 + 0.01 * rng.standard_normal((20000, 3))).astype(np.float32)
+    exact = y.astype(np.float64)
+    out, mean, var, inv = hk.bn_forward(y.copy(), np.ones(3, np.float32), np.zeros(3, np.float32), 0.0, False)
+    np.testing.assert_allclose(mean, exact.mean(axis=0), rtol=1e-7)
+    np.testing.assert_allclose(var, exact.var(axis=0), rtol=1e-4)
+    np.testing.assert_allclose(out.std(axis=0, dtype=np.float64), 1.0, rtol=1e-4)
+
+
+def test_residual_relu_kernels():
+    rng = np.random.RandomState(4)
+    a, b, d = (rng.standard_normal((2, 5, 7, 3)).astype(np.float32) for _ in range(3))
+    out = hk.add_relu(a, b)
+    np.testing.assert_array_equal(out, np.maximum(a + b, 0))
+    np.testing.assert_array_equal(hk.relu_mask(d, out), np.where(out > 0, d, 0))
+
+
+def test_maxpool_lets_a_nan_win_and_refuses_too_many_taps():
+    x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+    x[0, 1, 0, 0] = np.nan
+    out, argmax = hk.maxpool_forward(x, hk.PoolGeometry((2, 2), (2, 2), (0, 0)))
+    assert np.isnan(out[0, 0, 0, 0]) and argmax[0, 0, 0, 0] == 2  # a NaN shows (MegEngine 1.13 drops it: 5)
+    assert out[0, :, :, 0].ravel()[1:].tolist() == [7.0, 13.0, 15.0]
+    with pytest.raises(ValueError, match="a 17x17 window has more taps than uint8 indices name"):
+        hk.maxpool_forward(x, hk.PoolGeometry((17, 17), (1, 1), (8, 8)))
+
+
 @pytest.mark.parametrize("relu", [False, True])
 def test_batchnorm_kernels_equal_megengines_training_mode(relu):
     rng = np.random.RandomState(1)
@@ -97,17 +160,19 @@ def test_maxpool_kernels_equal_megengines():
         gm.backward(y, megengine.Tensor(d))
     g = hk.PoolGeometry((3, 3), (2, 2), (1, 1))
     xs = hk.to_nhwc(x.numpy())
-    out = hk.maxpool_forward(xs, g)
+    out, argmax = hk.maxpool_forward(xs, g)
     np.testing.assert_array_equal(hk.to_nchw(out), y.numpy())  # a maximum is exact
     # overlapping windows: an input's gradients summed in another order
-    _close(x.grad.numpy(), hk.to_nchw(hk.maxpool_backward(hk.to_nhwc(d), xs, out, g)), "input grad", rtol=1e-7)
+    _close(x.grad.numpy(), hk.to_nchw(hk.maxpool_backward(hk.to_nhwc(d), argmax, xs.shape, g)), "input grad",
+           rtol=1e-7)
 
 
 def test_maxpool_gives_a_tied_maximum_to_one_input_only():
     x = np.zeros((1, 4, 4, 1), np.float32)  # every window ties
     g = hk.PoolGeometry((2, 2), (2, 2), (0, 0))
-    out = hk.maxpool_forward(x, g)
-    dx = hk.maxpool_backward(np.ones_like(out), x, out, g)
+    out, argmax = hk.maxpool_forward(x, g)
+    assert argmax.dtype == np.uint8 and argmax.ravel().tolist() == [0, 0, 0, 0]
+    dx = hk.maxpool_backward(np.ones_like(out), argmax, x.shape, g)
     assert dx.sum() == 4.0 and dx[0, ::2, ::2, 0].tolist() == [[1.0, 1.0], [1.0, 1.0]]
 
 
@@ -323,8 +388,11 @@ def test_a_trainer_step_with_fused_blocks_updates_the_weights_as_megengines_path
 
     native, host = one_step(fast_conv="off"), one_step()
     assert sorted(native) == sorted(host)
-    for name in native:  # weights after one SGD step, running statistics after one update
-        _close(native[name], host[name], name, rtol=1e-5, atol=1e-6)
+    # weights after one SGD step, running statistics after one update. The stem's weight is the
+    # farthest (1.7e-5 of its scale): its gradient, from both paths, is ~1.5e-5 (relative) from one
+    # accumulated in float64 on the host, MegEngine's a little farther than the host's
+    for name in native:
+        _close(native[name], host[name], name, rtol=2e-5, atol=1e-6)
 
 
 def test_fit_and_disable_give_the_workspace_buffers_back(shapes, tmp_path):  # noqa: F811
@@ -332,6 +400,7 @@ def test_fit_and_disable_give_the_workspace_buffers_back(shapes, tmp_path):  # n
     from megzoo.train.workspace import WORKSPACE
 
     def leave_a_free_buffer():
+        WORKSPACE.clear()  # whatever earlier tests left
         WORKSPACE.give(WORKSPACE.take((1 << 20,)))  # 4 MB
         assert WORKSPACE.free_bytes == 4 << 20
 

@@ -117,12 +117,13 @@ def test_runtime_loads_alone_by_path(tmp_path, module, runner):
     assert proc.stdout.split("\n")[:2] == ["[]", runner]
 
 
-def test_import_megzoo_leaves_onnx_out():
-    """``onnx`` and ``onnxruntime`` are imported only when an ONNX path runs."""
+def test_import_megzoo_leaves_onnx_and_numba_out():
+    """``onnx`` and ``onnxruntime`` are imported only when an ONNX path runs, ``numba`` only when
+    CPU training runs its host kernels."""
     import subprocess
     import sys
 
-    code = "import sys, megzoo\nprint(sorted(n for n in ('onnx', 'onnxruntime') if n in sys.modules))"
+    code = "import sys, megzoo\nprint(sorted(n for n in ('onnx', 'onnxruntime', 'numba') if n in sys.modules))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]"

@@ -41,8 +41,9 @@ from megengine.autodiff import Function
 from ..device import is_cpu_device
 from ..layers import ConvNorm, ResidualPlan, pair
 from .fast_conv import _env_enabled, _tracked
-from .host_kernels import ConvGeometry, PoolGeometry, bn_backward, bn_forward, conv_forward, conv_input_grad, \
-    conv_weight_grad, maxpool_backward, maxpool_forward, to_nchw, to_nhwc
+from .host_kernels import ConvGeometry, PoolGeometry, add_relu, bn_backward, bn_forward, conv_forward, \
+    conv_input_grad, conv_weight_grad, lent_patches, maxpool_backward, maxpool_forward, relu_mask, to_nchw, \
+    to_nhwc
 from .workspace import WORKSPACE
 
 __all__ = ["enable", "disable", "is_enabled", "plan_supported", "run_plan"]
@@ -86,7 +87,7 @@ def _unit_backward(unit: _Unit, d: np.ndarray, saved, weight: np.ndarray, gamma:
                                     out.reshape(xhat.shape) if unit.relu else None)
     dw = conv_weight_grad(cols, dy, weight.shape) if need_w else None
     dx = conv_input_grad(dy, weight, x_shape, unit.conv) if need_x else None
-    WORKSPACE.give(dy, xhat, out, None if unit.conv.pointwise else cols)
+    WORKSPACE.give(dy, xhat, out, lent_patches(cols, unit.conv))
     return dx, dw, dgamma, dbeta
 
 
@@ -131,8 +132,7 @@ def _block_forward(block: _Block, x: np.ndarray, weights, gammas, betas):
         body, short = a, x
     else:
         short = a
-    out = np.add(body, short, out=WORKSPACE.take(body.shape))
-    np.maximum(out, 0, out=out)
+    out = add_relu(body, short)
     for unit, s in zip(block.units[block.n_body - 1:], saved[block.n_body - 1:]):
         if not unit.relu:  # an added output (body end, shortcut) without a ReLU mask: read by nothing else
             WORKSPACE.give(s[4])
@@ -145,8 +145,7 @@ def _block_backward(block: _Block, d: np.ndarray, cache, weights, gammas, need_x
     unit i's three parameters need a gradient. ``d`` is consumed (given back)."""
     saved, out = cache
     if out is not None:
-        masked = WORKSPACE.take(d.shape)
-        np.multiply(d, out > 0, out=masked)
+        masked = relu_mask(d, out)
         WORKSPACE.give(d, out)
         d = masked
     grads = [None] * len(block.units)
@@ -198,8 +197,8 @@ class _PlanFunction(Function):
         self.input = a
         for op in self.ops:
             if isinstance(op, PoolGeometry):
-                out = maxpool_forward(a, op)
-                self.caches.append((a, out))
+                out, argmax = maxpool_forward(a, op)
+                self.caches.append((a.shape, out, argmax))
             else:
                 u = len(op.units)
                 out, cache, stats = _block_forward(op, a, self.weights[k:k + u], self.gammas[k:k + u],
@@ -219,8 +218,8 @@ class _PlanFunction(Function):
             self.caches[index] = None
             need_x = self.needs[0] if index == 0 else True
             if isinstance(op, PoolGeometry):
-                dx = maxpool_backward(d, cache[0], cache[1], op) if need_x else None
-                WORKSPACE.give(d, cache[1])
+                dx = maxpool_backward(d, cache[2], cache[0], op) if need_x else None
+                WORKSPACE.give(d, cache[1], cache[2])
                 d = dx
             else:
                 u = len(op.units)
