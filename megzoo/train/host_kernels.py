@@ -29,11 +29,11 @@ from .workspace import WORKSPACE
 
 
 def _loops():
-    """:mod:`megzoo.train.host_loops`, imported on first use (Numba takes ~0.5 s to import: not
-    for ``import megzoo``)."""
-    from . import host_loops
+    """The compiled loops of :mod:`megzoo.train.host_loops` (Numba takes ~0.5 s to import: only
+    when a host kernel first runs)."""
+    from .host_loops import compiled
 
-    return host_loops
+    return compiled()
 
 __all__ = ["ConvGeometry", "PoolGeometry", "BlockedPatches", "conv_forward", "lent_patches", "conv_input_grad", "conv_weight_grad",
            "bn_forward", "bn_backward", "add_relu", "relu_mask", "maxpool_forward", "maxpool_backward",

@@ -12,15 +12,14 @@ Every function is serial and releases the GIL (``nogil``); the callers split the
 between the cores (:func:`megzoo.train.fast_conv.split_over`). Arrays are float32 C-contiguous:
 (M, C) for the row-wise loops (M = N*H*W), (N, H, W, C) for pooling. Sums and sums of products
 are accumulated in float64 (per channel, row after row). Compiled on first use (~4 s) and cached
-beside this file, or in Numba's user cache directory when that is not writable.
+beside this file, or in Numba's user cache directory when that is not writable; the plain
+Python functions here are the loops' source (:func:`compiled` gives the compiled ones).
 """
+from types import SimpleNamespace
+
 import numpy as np
-from numba import njit
-
-_jit = njit(nogil=True, cache=True)
 
 
-@_jit
 def column_sums(a):
     """(M, C) -> float64 (C,): the sum of each column."""
     m, c = a.shape
@@ -32,7 +31,6 @@ def column_sums(a):
     return total
 
 
-@_jit
 def centre(y, mean):
     """``y -= mean`` in place, (M, C) - (C,); returns the float64 column sums of the squares."""
     m, c = y.shape
@@ -46,7 +44,6 @@ def centre(y, mean):
     return total
 
 
-@_jit
 def normalise(y, inv, gamma, beta, relu, out):
     """``y *= inv`` in place (the centred values become ``xhat``) and ``out = xhat * gamma + beta``,
     then ``max(out, 0)`` if ``relu``; (M, C) with per-channel (C,) vectors."""
@@ -60,7 +57,6 @@ def normalise(y, inv, gamma, beta, relu, out):
             o[j] = 0.0 if relu and not v > 0.0 else v
 
 
-@_jit
 def gradient_sums(d, xhat, out, masked):
     """The sums BatchNorm's backward pass needs, float64 (C,) each: ``(sum g, sum g * xhat)`` with
     ``g = d``, or (``out`` of more than 0 rows: the output after the ReLU) ``g = d`` where
@@ -81,7 +77,6 @@ def gradient_sums(d, xhat, out, masked):
     return sum_g, sum_gx
 
 
-@_jit
 def gradient_combine(g, xhat, shift, slope, k, dy):
     """``dy = (g - shift - xhat * slope) * k``, (M, C) with per-channel (C,) vectors (``dy`` may be ``g``)."""
     m, c = g.shape
@@ -91,7 +86,6 @@ def gradient_combine(g, xhat, shift, slope, k, dy):
             drow[j] = ((grow[j] - shift[j]) - xrow[j] * slope[j]) * k[j]
 
 
-@_jit
 def add_relu(a, b, out):
     """``out = max(a + b, 0)``, flat arrays of one length."""
     for i in range(a.shape[0]):
@@ -99,14 +93,12 @@ def add_relu(a, b, out):
         out[i] = v if v > 0.0 else 0.0
 
 
-@_jit
 def relu_mask(d, out, masked):
     """``masked = d`` where ``out > 0`` else 0, flat arrays of one length."""
     for i in range(d.shape[0]):
         masked[i] = d[i] if out[i] > 0.0 else 0.0
 
 
-@_jit
 def max_pool(x, first, end, kh, kw, sh, sw, ph, pw, out, argmax):
     """Max pooling of images ``first:end`` of ``x`` (N, H, W, C) into ``out`` (N, OH, OW, C);
     ``argmax`` (uint8, like ``out``) gets each maximum's tap ``i * kw + j``, the first in row-major
@@ -136,7 +128,6 @@ def max_pool(x, first, end, kh, kw, sh, sw, ph, pw, out, argmax):
                                 ix[j] = tap
 
 
-@_jit
 def max_pool_grad(d, argmax, first, end, kw, sh, sw, ph, pw, dx):
     """Gradient of :func:`max_pool` for images ``first:end``: ``dx`` (N, H, W, C) zeroed, then each
     output's gradient ``d`` (N, OH, OW, C) added to the input its ``argmax`` names (outputs in
@@ -153,3 +144,20 @@ def max_pool_grad(d, argmax, first, end, kw, sh, sw, ph, pw, dx):
                     y, xx = r * sh - ph + tap // kw, q * sw - pw + tap % kw
                     if 0 <= y < h and 0 <= xx < w:  # a window wholly in the padding has no input
                         dx[n, y, xx, j] += g[j]
+
+
+_LOOPS = (column_sums, centre, normalise, gradient_sums, gradient_combine, add_relu, relu_mask, max_pool,
+          max_pool_grad)
+_COMPILED = None
+
+
+def compiled() -> SimpleNamespace:
+    """The loops above compiled by Numba, by name (Numba imported, and each loop compiled or read
+    from the cache, on first use: not by ``import megzoo``, nor by hub users who only predict)."""
+    global _COMPILED
+    if _COMPILED is None:
+        from numba import njit
+
+        jit = njit(nogil=True, cache=True)
+        _COMPILED = SimpleNamespace(**{loop.__name__: jit(loop) for loop in _LOOPS})
+    return _COMPILED
