@@ -42,8 +42,8 @@ from ..device import is_cpu_device
 from ..layers import ConvNorm, ResidualPlan, pair
 from .fast_conv import _env_enabled, _tracked
 from .host_kernels import ConvGeometry, PoolGeometry, add_relu, bn_backward, bn_forward, conv_forward, \
-    conv_input_grad, conv_weight_grad, lent_patches, maxpool_backward, maxpool_forward, relu_mask, to_nchw, \
-    to_nhwc
+    conv_input_grad, conv_weight_grad, lent_patches, maxpool_backward, maxpool_forward, relu_mask, \
+    single_blas_thread, to_nchw, to_nhwc
 from .workspace import WORKSPACE
 
 __all__ = ["enable", "disable", "is_enabled", "plan_supported", "run_plan"]
@@ -188,6 +188,14 @@ class _PlanFunction(Function):
         self.ops, self.needs, self.param_shapes = ops, list(needs), list(param_shapes)
 
     def forward(self, x, *params):
+        with single_blas_thread():
+            return self._forward(x, *params)
+
+    def backward(self, dout):
+        with single_blas_thread():
+            return self._backward(dout)
+
+    def _forward(self, x, *params):
         arrays = [p.numpy() for p in params]
         self.weights = arrays[0::3]
         self.gammas = [a.reshape(-1) for a in arrays[1::3]]
@@ -209,7 +217,7 @@ class _PlanFunction(Function):
             a = out
         return Tensor(to_nchw(a), device=x.device)
 
-    def backward(self, dout):
+    def _backward(self, dout):
         d = to_nhwc(dout.numpy())
         grads: List[Optional[np.ndarray]] = [None] * (1 + len(self.param_shapes))
         k = len(self.weights)

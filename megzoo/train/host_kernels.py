@@ -20,7 +20,8 @@ Shapes: activations (N, H, W, C) float32 C-contiguous; convolution weights as Me
 Memory: every large output and temporary is taken from :data:`megzoo.train.workspace.WORKSPACE`;
 temporaries go back inside the kernel, outputs are the caller's to give back (or to drop).
 """
-from typing import NamedTuple, Optional, Tuple
+import contextlib
+from typing import Iterator, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -35,9 +36,9 @@ def _loops():
 
     return compiled()
 
-__all__ = ["ConvGeometry", "PoolGeometry", "BlockedPatches", "conv_forward", "lent_patches", "conv_input_grad", "conv_weight_grad",
-           "bn_forward", "bn_backward", "add_relu", "relu_mask", "maxpool_forward", "maxpool_backward",
-           "to_nhwc", "to_nchw"]
+__all__ = ["ConvGeometry", "PoolGeometry", "BlockedPatches", "conv_forward", "lent_patches", "conv_input_grad",
+           "conv_weight_grad", "matmul_rows", "matmul_tn", "single_blas_thread", "bn_forward", "bn_backward",
+           "add_relu", "relu_mask", "maxpool_forward", "maxpool_backward", "to_nhwc", "to_nchw"]
 
 
 
@@ -201,16 +202,32 @@ def _bands(n: int, oh: int, ow: int, row_floats: int):
 
 
 _BLAS = None
+_BLAS_DEPTH = 0
 
 
-def _one_blas_thread():
-    """A context in which NumPy's BLAS runs single-threaded (each core then multiplies its own blocks)."""
-    global _BLAS
+@contextlib.contextmanager
+def single_blas_thread() -> Iterator[None]:
+    """NumPy's BLAS single-threaded meanwhile (each core then runs its own products). Re-entrant:
+    only the outermost call switches, since each switch back to several threads costs ~0.5 ms
+    (OpenBLAS re-arms its workers): a host plan holds it for its whole forward or backward pass."""
+    global _BLAS, _BLAS_DEPTH
+    if _BLAS_DEPTH:
+        _BLAS_DEPTH += 1
+        try:
+            yield
+        finally:
+            _BLAS_DEPTH -= 1
+        return
     if _BLAS is None:
         from threadpoolctl import ThreadpoolController
 
         _BLAS = ThreadpoolController()
-    return _BLAS.limit(limits=1, user_api="blas")
+    with _BLAS.limit(limits=1, user_api="blas"):
+        _BLAS_DEPTH = 1
+        try:
+            yield
+        finally:
+            _BLAS_DEPTH = 0
 
 
 def _over_bands(fn, bands) -> list:
@@ -220,7 +237,7 @@ def _over_bands(fn, bands) -> list:
     def run(lo, hi):
         results[lo] = fn(bands[lo:hi])
 
-    with _one_blas_thread():
+    with single_blas_thread():
         split_over(run, len(bands), 1 << 30)
     return [results[k] for k in sorted(results)]
 
@@ -230,23 +247,18 @@ def matmul_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     the cores, each core's product single-threaded: OpenBLAS's own threads keep spinning (and
     calling ``sched_yield``) after a product, competing with the copies and loops that follow
     (0.4-0.9 s of system time per ResNet-18 step at batch 16 x 224 px)."""
-    with _one_blas_thread():
+    with single_blas_thread():
         split_over(lambda lo, hi: np.matmul(a[lo:hi], b, out=out[lo:hi]), a.shape[0], 1 << 30)
     return out
 
 
-def matmul_tn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a^T @ b`` (``a`` (K, M), ``b`` (K, N)) -> float32 (M, N): the K rows split between the
-    cores (single-threaded products, as :func:`matmul_rows`), the partial products added."""
-    parts = {}
-
-    def run(lo, hi):
-        parts[lo] = a[lo:hi].T @ b[lo:hi]
-
-    with _one_blas_thread():
-        split_over(run, a.shape[0], 1 << 30)
-    keys = sorted(parts)
-    return sum((parts[k] for k in keys[1:]), parts[keys[0]])
+def matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out = a^T @ b`` (``a`` (K, M), ``b`` (K, N), ``out`` (M, N)) with the M output rows split
+    between the cores (single-threaded products, as :func:`matmul_rows`). Not the summed K: its
+    partial products would each be a whole (M, N) array (9.4 MB for a 512-filter 3x3 weight)."""
+    with single_blas_thread():
+        split_over(lambda lo, hi: np.matmul(a[:, lo:hi].T, b, out=out[lo:hi]), a.shape[1], 1 << 30)
+    return out
 
 
 def _conv_forward_blocked(x: np.ndarray, weight: np.ndarray, g: ConvGeometry, y: np.ndarray) -> None:
@@ -401,14 +413,26 @@ def conv_weight_grad(cols, dy: np.ndarray, weight_shape) -> np.ndarray:
                 total += cols[i] @ d[i]
             parts[lo] = total
 
-        with _one_blas_thread():
+        with single_blas_thread():
             split_over(images, n, 1 << 30)
         g = sum((parts[k] for k in sorted(parts)[1:]), parts[min(parts)])
         return np.ascontiguousarray(g.T).reshape(o, c, kh, kw)
-    # cols^T @ dY rather than dY^T @ cols: the same sums, 10-20% faster from OpenBLAS for every 3x3
-    # shape of a ResNet (e.g. 53 against 63 ms for (50176, 576) patches and 64 filters)
-    gt = matmul_tn(cols, dy)  # (KH*KW*C, O)
-    return np.ascontiguousarray(gt.reshape(kh * kw, c, o).transpose(2, 1, 0)).reshape(o, c, kh, kw)
+    if cols.shape[0] < 4 * cols.shape[1]:
+        # few pixels, a large weight (deep layers on small maps): dY^T @ cols gives the weight in
+        # filter order; the other product's (KH*KW*C, O) result would need a strided transpose of
+        # the whole weight (21 against 8.5 ms for 512 3x3 filters at 1x1, batch 32)
+        gm = matmul_rows(dy.T, cols, WORKSPACE.take((o, cols.shape[1])))  # (O, KH*KW*C)
+        # a copy always (for a 1x1 kernel the transpose is contiguous: ascontiguousarray would
+        # return a view of the buffer given back)
+        g = gm.reshape(o, kh * kw, c).transpose(0, 2, 1).copy().reshape(o, c, kh, kw)
+        WORKSPACE.give(gm)
+        return g
+    # many pixels: cols^T @ dY, the same sums 10-20% faster from OpenBLAS than dY^T @ cols for the
+    # 3x3 shapes of a ResNet on large maps (53 against 63 ms for (50176, 576) patches, 64 filters)
+    gt = matmul_tn(cols, dy, WORKSPACE.take((cols.shape[1], o)))  # (KH*KW*C, O)
+    g = gt.reshape(kh * kw, c, o).transpose(2, 1, 0).copy().reshape(o, c, kh, kw)
+    WORKSPACE.give(gt)
+    return g
 
 
 # --------------------------------------------------------------------------- BatchNorm
