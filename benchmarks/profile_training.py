@@ -14,7 +14,9 @@ timer (a piece's time excludes the pieces it calls).
 
 ``--path fused`` (residual blocks whole on channels-last host arrays, ``megzoo.train.host_kernels``):
 
-* ``im2col`` / ``col2im``, ``GEMM forward`` / ``GEMM data grad`` / ``GEMM weight grad`` as below;
+* ``im2col``, ``GEMM forward`` / ``GEMM data grad`` / ``GEMM weight grad`` as below (the patches of a
+  convolution computed by blocks, ``host_kernels.BlockedPatches``, are formed inside the GEMM timers,
+  and so is the col2im of a strided data gradient: each core forms or sums a block as it multiplies it);
 * ``BatchNorm forward`` / ``BatchNorm backward`` (ReLU masks included), ``max-pool`` (both passes);
 * ``host plan rest``: layout changes at the plan's ends, residual adds, Tensor conversions;
 * ``other forward`` / ``other backward`` / ``optimizer``: what MegEngine still does (head, loss, SGD).
@@ -153,7 +155,6 @@ def wrap_fused(timers: Timers, phase: dict) -> None:
         setattr(fused_blocks, name, timed)  # fused_blocks imported the names
     hk._im2col = timers.wrap(hk._im2col, "im2col")
     hk._np_cols = timers.wrap(hk._np_cols, "im2col")
-    hk._col2im = timers.wrap(hk._col2im, "col2im")
     cls = fused_blocks._PlanFunction
     cls.forward = timers.wrap(cls.forward, "host plan rest")
     cls.backward = timers.wrap(cls.backward, "host plan rest")

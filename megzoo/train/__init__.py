@@ -12,8 +12,8 @@ weights' moving average), :mod:`~megzoo.train.data` (image folders through
 ``megengine.data``), :mod:`~megzoo.train.checkpoint` (atomic, safely loadable checkpoints),
 :mod:`~megzoo.train.distributed` (several GPUs), :mod:`~megzoo.train.fast_conv` (a faster
 convolution backward pass on CPU), :mod:`~megzoo.train.fused_blocks` with
-:mod:`~megzoo.train.host_kernels` and :mod:`~megzoo.train.workspace` (whole residual blocks in NumPy on CPU, their
-arrays reused across steps), :mod:`~megzoo.train.plot` (curves). The command line is
+:mod:`~megzoo.train.host_kernels`, :mod:`~megzoo.train.host_loops` and :mod:`~megzoo.train.workspace` (whole
+residual blocks on host arrays on CPU: BLAS products, Numba-compiled loops, arrays reused across steps), :mod:`~megzoo.train.plot` (curves). The command line is
 ``megzoo train``; see docs/training.md.
 """
 from . import fast_conv, fused_blocks

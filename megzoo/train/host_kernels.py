@@ -305,27 +305,6 @@ def _weight_grad_blocked(p: BlockedPatches, dy: np.ndarray, o: int) -> np.ndarra
     return sum(parts[1:], parts[0])
 
 
-def _col2im(dcols: np.ndarray, input_shape, g: ConvGeometry, oh: int, ow: int) -> np.ndarray:
-    """Adjoint of :func:`_im2col`: (N*OH*OW, KH*KW*C) -> (N, H, W, C), overlapping taps summed;
-    lent from the workspace (for a pointwise convolution ``dcols`` itself)."""
-    n, h, w, c = input_shape
-    if g.pointwise:
-        return dcols.reshape(n, h, w, c)
-    kh, kw = g.kernel
-    dcols = dcols.reshape(n, oh, ow, kh * kw, c)
-    out = WORKSPACE.zeros((n, h, w, c))
-    taps = _taps(kh, kw, (oh, ow), (h, w), g.stride, g.padding, g.dilation)
-
-    def add(lo, hi):
-        for k, rows, columns in taps:
-            (orow, irow), (ocol, icol) = _window(rows, g.stride[0]), _window(columns, g.stride[1])
-            if orow.stop > orow.start and ocol.stop > ocol.start:
-                out[lo:hi, irow, icol] += dcols[lo:hi, orow, ocol, k]
-
-    split_over(add, n, dcols.size)
-    return out
-
-
 def _filters(weight: np.ndarray) -> np.ndarray:
     """(O, C, KH, KW) -> (O, KH*KW*C): each filter in :func:`_im2col`'s column order. Only the
     inside of each filter is permuted (cache-friendly); the products use its transpose as a view,
@@ -384,10 +363,31 @@ def conv_input_grad(dy: np.ndarray, weight: np.ndarray, input_shape, g: ConvGeom
         WORKSPACE.give(lent_patches(cols, transposed))
         return dx.reshape(n, h, w, c)
     filters = _filters(weight)
-    dcols = matmul_rows(dy, filters, WORKSPACE.take((dy.shape[0], filters.shape[1])))
-    dx = _col2im(dcols, input_shape, g, oh, ow)
     if not g.pointwise:
-        WORKSPACE.give(dcols)
+        return _input_grad_by_images(dy, filters, input_shape, g)
+    return matmul_rows(dy, filters, WORKSPACE.take((dy.shape[0], filters.shape[1]))).reshape(n, h, w, c)
+
+
+def _input_grad_by_images(dy: np.ndarray, filters: np.ndarray, input_shape, g: ConvGeometry) -> np.ndarray:
+    """``dy @ F`` then col2im, image by image on each core (one image's patch gradients stay in
+    cache; the summing loop is compiled, :func:`megzoo.train.host_loops.col2im_add`). -> (N, H, W, C),
+    lent from the workspace."""
+    n, h, w, c = input_shape
+    oh, ow = g.out_size(h, w)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = g.kernel, g.stride, g.padding, g.dilation
+    dy3 = dy.reshape(n, oh * ow, -1)
+    dx = WORKSPACE.take((n, h, w, c))
+    add = _loops().col2im_add
+
+    def images(lo, hi):
+        dcols = np.empty((oh * ow, filters.shape[1]), np.float32)
+        for i in range(lo, hi):
+            np.matmul(dy3[i], filters, out=dcols)
+            dx[i] = 0
+            add(dcols, kh, kw, sh, sw, ph, pw, dh, dw, dx[i])
+
+    with single_blas_thread():
+        split_over(images, n, 1 << 30)
     return dx
 
 

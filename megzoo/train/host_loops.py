@@ -146,8 +146,29 @@ def max_pool_grad(d, argmax, first, end, kw, sh, sw, ph, pw, dx):
                         dx[n, y, xx, j] += g[j]
 
 
+def col2im_add(dcols, kh, kw, sh, sw, ph, pw, dh, dw, dx):
+    """Adds one image's patch gradients ``dcols`` (OH*OW, KH*KW*C), tap-major then channel, into
+    ``dx`` (H, W, C) at the inputs each tap read (padding skipped); outputs in row-major order."""
+    h, w, c = dx.shape
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    for r in range(oh):
+        for q in range(ow):
+            row = dcols[r * ow + q]
+            for a in range(kh):
+                y = r * sh - ph + a * dh
+                if y < 0 or y >= h:
+                    continue
+                for b in range(kw):
+                    xx = q * sw - pw + b * dw
+                    if xx < 0 or xx >= w:
+                        continue
+                    base, out = (a * kw + b) * c, dx[y, xx]
+                    for j in range(c):
+                        out[j] += row[base + j]
+
 _LOOPS = (column_sums, centre, normalise, gradient_sums, gradient_combine, add_relu, relu_mask, max_pool,
-          max_pool_grad)
+          max_pool_grad, col2im_add)
 _COMPILED = None
 
 
