@@ -7,6 +7,7 @@
 
 Each figure is one training step (forward, cross-entropy, backward, SGD with momentum) on a
 random batch, timed after ``--warmup`` steps and averaged over ``--steps``, in a fresh process.
+Each row also gives that process's peak resident memory (``peak GB``, ``ru_maxrss``).
 Configurations (``--configs``, comma-separated; ``all`` for every one):
 
 * ``plain``: MegEngine as it comes: default CPU device (one thread), HEURISTIC algorithms;
@@ -119,7 +120,8 @@ def megengine_worker(arch: str, size: int, batch: int, steps: int, warmup: int, 
             seconds = seconds_per_step(step, warmup, steps)
     else:
         seconds = seconds_per_step(step, warmup, steps)
-    return {"device": device, "images_per_second": batch / seconds, "seconds_per_step": seconds}
+    return {"device": device, "images_per_second": batch / seconds, "seconds_per_step": seconds,
+            "peak_rss_gb": peak_rss_gb()}
 
 
 def seconds_per_step(step, warmup: int, steps: int) -> float:
@@ -154,7 +156,14 @@ def torch_worker(arch: str, size: int, batch: int, steps: int, warmup: int) -> d
 
     seconds = seconds_per_step(step, warmup, steps)
     return {"device": f"cpu, {threads} threads, torch {torch.__version__}", "images_per_second": batch / seconds,
-            "seconds_per_step": seconds}
+            "seconds_per_step": seconds, "peak_rss_gb": peak_rss_gb()}
+
+
+def peak_rss_gb() -> float:
+    """This worker process's peak resident memory so far, GB (Linux's ``ru_maxrss`` is in KB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 class _Host:
@@ -310,7 +319,8 @@ def main(argv=None) -> int:
         unknown = set(configs) - set(ALL_CONFIGS)
         if unknown:
             parser.error(f"unknown config(s): {', '.join(sorted(unknown))}")
-        print(f"{'model':<10} {'px':>4} {'config':<15} {'img/s':>8} {'s/step':>8}  {'load after':<16} device",
+        print(f"{'model':<10} {'px':>4} {'config':<15} {'img/s':>8} {'s/step':>8} {'peak GB':>7}  {'load after':<16} "
+              "device",
               flush=True)
         for arch in archs:
             for size in sizes:
@@ -329,11 +339,12 @@ def main(argv=None) -> int:
                     rows[config] = r
                     results.append(r)
                     if "error" in r:
-                        print(f"{arch:<10} {size:>4} {config:<15} {'-':>8} {'-':>8}  {r['load_after']:<16} "
+                        print(f"{arch:<10} {size:>4} {config:<15} {'-':>8} {'-':>8} {'-':>7}  {r['load_after']:<16} "
                               f"{r['error']}", flush=True)
                     else:
                         print(f"{arch:<10} {size:>4} {config:<15} {r['images_per_second']:8.2f} "
-                              f"{r['seconds_per_step']:8.2f}  {r['load_after']:<16} {r['device']}", flush=True)
+                              f"{r['seconds_per_step']:8.2f} {r['peak_rss_gb']:7.2f}  {r['load_after']:<16} {r['device']}",
+                              flush=True)
                 plain, mz, pt = (rows.get(k, {}).get("images_per_second") for k in ("plain", "megzoo", "pytorch"))
                 notes = []
                 if plain and mz:
