@@ -1,6 +1,8 @@
 """megzoo.train.fused_blocks / host_kernels: whole residual blocks in NumPy equal MegEngine's own
 training step (outputs, every gradient, running statistics) to float32 rounding, and fall back
 to MegEngine's path wherever they would compute something else."""
+import os
+
 import numpy as np
 import pytest
 
@@ -111,6 +113,134 @@ def test_residual_relu_kernels():
     out = hk.add_relu(a, b)
     np.testing.assert_array_equal(out, np.maximum(a + b, 0))
     np.testing.assert_array_equal(hk.relu_mask(d, out), np.where(out > 0, d, 0))
+
+
+def test_residual_relu_kernels_refuse_arrays_of_two_shapes():
+    # the compiled loops do not check bounds: without the check add_relu read past b's end
+    a, b = np.ones((2, 3), np.float32), np.ones((2, 2), np.float32)
+    with pytest.raises(ValueError, match=r"the residual add on the host needs two arrays of one shape, "
+                                         r"got \(2, 3\) and \(2, 2\)"):
+        hk.add_relu(a, b)
+    with pytest.raises(ValueError, match=r"the ReLU's gradient on the host needs two arrays of one shape"):
+        hk.relu_mask(a, b)
+
+
+def _blas_threads():
+    """Thread counts of the BLAS libraries single_blas_thread controls: those loaded when it was
+    first used, NumPy's among them (Numba's import may load SciPy's later)."""
+    from threadpoolctl import threadpool_info
+
+    if hk._BLAS is None:
+        with hk.single_blas_thread():
+            pass
+    paths = {lib.filepath for lib in hk._BLAS.lib_controllers if lib.user_api == "blas"}
+    return [pool["num_threads"] for pool in threadpool_info() if pool["filepath"] in paths]
+
+
+def test_single_blas_thread_is_switched_and_restored_by_its_owner_only():
+    # the switch is made and undone from one thread (here the main one): NumPy's OpenBLAS
+    # ignores some changes made from other threads
+    import threading
+
+    before = _blas_threads()
+    single = [1] * len(before)
+    seen = {}
+
+    def visitor(entered, leave, key):
+        with hk.single_blas_thread():
+            entered.set()
+            leave.wait(10)
+            seen[key] = _blas_threads()
+        seen[key + " after"] = _blas_threads()
+
+    # another thread enters and leaves while the main thread holds: the switch stands
+    entered, leave = threading.Event(), threading.Event()
+    with hk.single_blas_thread():
+        with hk.single_blas_thread():  # re-entrant
+            pass
+        seen["owner nested"] = _blas_threads()
+        t = threading.Thread(target=visitor, args=(entered, leave, "visitor"))
+        t.start()
+        entered.wait(10)
+        leave.set()
+        t.join(10)
+        seen["owner after visitor"] = _blas_threads()
+    assert seen == {"owner nested": single, "visitor": single, "visitor after": single,
+                    "owner after visitor": single}
+    assert _blas_threads() == before
+
+    # the owner leaves first: it restores; the visitor leaves later and changes nothing
+    seen.clear()
+    entered, leave = threading.Event(), threading.Event()
+    with hk.single_blas_thread():
+        t = threading.Thread(target=visitor, args=(entered, leave, "visitor"))
+        t.start()
+        entered.wait(10)
+    leave.set()
+    t.join(10)
+    assert seen == {"visitor": before, "visitor after": before}
+    assert _blas_threads() == before
+    with hk.single_blas_thread():  # nothing left held: the next holder switches again
+        assert _blas_threads() == single
+    assert _blas_threads() == before
+
+
+def test_host_loops_compile_without_a_writable_cache(tmp_path):
+    # a read-only install and a HOME that cannot hold a cache: Numba finds no cache locator
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import megzoo.train.host_loops as host_loops
+
+    copy = tmp_path / "host_loops_copy.py"
+    copy.write_text(Path(host_loops.__file__).read_text())
+    (tmp_path / "__pycache__").write_text("a file where the cache directory would go")
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    code = ("import importlib.util, sys, warnings\n"
+            "spec = importlib.util.spec_from_file_location('host_loops_copy', sys.argv[1])\n"
+            "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
+            "import numpy as np\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n"
+            "    loops = mod.compiled()\n"
+            "print(loops.column_sums(np.arange(6, dtype=np.float32).reshape(3, 2)).tolist())\n"
+            "print([str(w.message) for w in caught])\n")
+    env = dict(os.environ, HOME=str(blocked / "home"), XDG_CACHE_HOME=str(blocked / "xdg"),
+               NUMBA_CACHE_DIR=str(blocked / "numba"))
+    done = subprocess.run([sys.executable, "-c", code, str(copy)], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sums, warned = done.stdout.strip().splitlines()[-2:]
+    assert sums == "[6.0, 9.0]"
+    assert "compiled without a cache (cannot cache function 'column_sums'" in warned
+    assert "Set NUMBA_CACHE_DIR to a writable directory" in warned
+
+
+def test_host_loops_compile_once_when_several_threads_ask_first(monkeypatch):
+    import threading
+    import time
+
+    import megzoo.train.host_loops as host_loops
+
+    calls = []
+    real = host_loops._compile
+
+    def slow_compile():
+        calls.append(threading.get_ident())
+        time.sleep(0.2)  # both threads ask while the first compiles
+        return real()
+
+    monkeypatch.setattr(host_loops, "_COMPILED", None)
+    monkeypatch.setattr(host_loops, "_compile", slow_compile)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(host_loops.compiled())) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(calls) == 1 and len(got) == 2 and got[0] is got[1]
 
 
 def test_maxpool_lets_a_nan_win_and_refuses_too_many_taps():

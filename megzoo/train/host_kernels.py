@@ -21,6 +21,7 @@ Memory: every large output and temporary is taken from :data:`megzoo.train.works
 temporaries go back inside the kernel, outputs are the caller's to give back (or to drop).
 """
 import contextlib
+import threading
 from typing import Iterator, NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -201,33 +202,48 @@ def _bands(n: int, oh: int, ow: int, row_floats: int):
     return [(i, min(n, i + per), 0, oh) for i in range(0, n, per)]
 
 
-_BLAS = None
-_BLAS_DEPTH = 0
+_BLAS = None  # threadpoolctl's controller, made on first use
+_BLAS_LIMIT = None  # the owner's limit while it holds single_blas_thread()
+_BLAS_OWNER = None  # the thread that switched BLAS to one thread
+_BLAS_DEPTH = 0  # the owner's nesting depth
+_BLAS_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
 def single_blas_thread() -> Iterator[None]:
-    """NumPy's BLAS single-threaded meanwhile (each core then runs its own products). Re-entrant:
+    """NumPy's BLAS single-threaded meanwhile (each core then runs its own products; every BLAS
+    library loaded when this is first used is switched, NumPy's among them). Re-entrant:
     only the outermost call switches, since each switch back to several threads costs ~0.5 ms
-    (OpenBLAS re-arms its workers): a host plan holds it for its whole forward or backward pass."""
-    global _BLAS, _BLAS_DEPTH
-    if _BLAS_DEPTH:
-        _BLAS_DEPTH += 1
-        try:
-            yield
-        finally:
-            _BLAS_DEPTH -= 1
-        return
-    if _BLAS is None:
-        from threadpoolctl import ThreadpoolController
+    (OpenBLAS re-arms its workers): a host plan holds it for its whole forward or backward pass.
 
-        _BLAS = ThreadpoolController()
-    with _BLAS.limit(limits=1, user_api="blas"):
-        _BLAS_DEPTH = 1
-        try:
-            yield
-        finally:
-            _BLAS_DEPTH = 0
+    The BLAS thread count is one setting for the process, and NumPy's OpenBLAS 0.3.23 was seen
+    to ignore changes made from some threads other than the one that made the last change, so
+    the thread that switched (the owner) is the one that switches back, when its outermost call
+    ends; another thread entering meanwhile runs under the owner's switch and never switches
+    itself, even if the owner leaves first (its products are then multi-threaded: slower, never
+    wrong)."""
+    global _BLAS, _BLAS_LIMIT, _BLAS_OWNER, _BLAS_DEPTH
+    me = threading.get_ident()
+    with _BLAS_LOCK:
+        if _BLAS_OWNER is None:
+            if _BLAS is None:
+                from threadpoolctl import ThreadpoolController
+
+                _BLAS = ThreadpoolController()
+            _BLAS_LIMIT = _BLAS.limit(limits=1, user_api="blas")
+            _BLAS_OWNER = me
+        owner = _BLAS_OWNER == me
+        if owner:
+            _BLAS_DEPTH += 1
+    try:
+        yield
+    finally:
+        if owner:
+            with _BLAS_LOCK:
+                _BLAS_DEPTH -= 1
+                if not _BLAS_DEPTH:
+                    _BLAS_LIMIT.restore_original_limits()
+                    _BLAS_LIMIT, _BLAS_OWNER = None, None
 
 
 def _over_bands(fn, bands) -> list:
@@ -455,12 +471,13 @@ def bn_forward(y: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, r
     lent from the workspace. Two passes for the statistics (the mean, then the squares of the
     centred values: no cancellation), one for the output (:mod:`megzoo.train.host_loops`)."""
     m, c = y.shape
-    mean = (sum(_rows_split(lambda lo, hi: _loops().column_sums(y[lo:hi]), m, c)) / m).astype(np.float32)
-    var = (sum(_rows_split(lambda lo, hi: _loops().centre(y[lo:hi], mean), m, c)) / m).astype(np.float32)
+    loops = _loops()  # here, not in the pool's threads: compiled once, its errors raised here
+    mean = (sum(_rows_split(lambda lo, hi: loops.column_sums(y[lo:hi]), m, c)) / m).astype(np.float32)
+    var = (sum(_rows_split(lambda lo, hi: loops.centre(y[lo:hi], mean), m, c)) / m).astype(np.float32)
     inv = (1.0 / np.sqrt(var + eps)).astype(np.float32)
     gamma, beta = np.ascontiguousarray(gamma, np.float32), np.ascontiguousarray(beta, np.float32)
     out = WORKSPACE.take(y.shape)
-    _rows_split(lambda lo, hi: _loops().normalise(y[lo:hi], inv, gamma, beta, relu, out[lo:hi]), m, c)
+    _rows_split(lambda lo, hi: loops.normalise(y[lo:hi], inv, gamma, beta, relu, out[lo:hi]), m, c)
     return out, mean, var, inv
 
 
@@ -470,16 +487,17 @@ def bn_backward(d: np.ndarray, xhat: np.ndarray, inv: np.ndarray, gamma: np.ndar
     (the output after the ReLU) ``d`` is first masked by ``out > 0``. Returns ``(d_y (M, C),
     d_gamma (C,), d_beta (C,))``, ``d_y`` lent from the workspace; ``d`` is not modified."""
     m, c = d.shape
+    loops = _loops()
     dy = WORKSPACE.take(xhat.shape)
     no_rows = np.empty((0, c), np.float32)
-    parts = _rows_split(lambda lo, hi: _loops().gradient_sums(
+    parts = _rows_split(lambda lo, hi: loops.gradient_sums(
         d[lo:hi], xhat[lo:hi], no_rows if out is None else out[lo:hi], dy[lo:hi]), m, c)
     dbeta = sum(p[0] for p in parts).astype(np.float32)
     dgamma = sum(p[1] for p in parts).astype(np.float32)
     k = (gamma * inv).astype(np.float32)
     shift, slope = (dbeta / m).astype(np.float32), (dgamma / m).astype(np.float32)
     g = d if out is None else dy  # the masked gradient is in dy already
-    _rows_split(lambda lo, hi: _loops().gradient_combine(g[lo:hi], xhat[lo:hi], shift, slope, k, dy[lo:hi]), m, c)
+    _rows_split(lambda lo, hi: loops.gradient_combine(g[lo:hi], xhat[lo:hi], shift, slope, k, dy[lo:hi]), m, c)
     return dy, dgamma, dbeta
 
 
@@ -491,8 +509,17 @@ def _flat_split(fn, *arrays) -> None:
     split_over(lambda lo, hi: fn(*(f[lo:hi] for f in flats)), flats[0].size, flats[0].size)
 
 
+def _same_shape(what: str, a: np.ndarray, b: np.ndarray) -> None:
+    """The compiled loops do not check bounds: refuse arrays of two shapes before they run."""
+    if a.shape != b.shape:
+        raise ValueError(f"{what} on the host needs two arrays of one shape, got {a.shape} and {b.shape}: "
+                         "a residual block's shortcut must give its body's output shape (stride, "
+                         "padding and channels)")
+
+
 def add_relu(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``max(a + b, 0)`` of two arrays of one shape (a residual add), lent from the workspace."""
+    _same_shape("the residual add", a, b)
     out = WORKSPACE.take(a.shape)
     _flat_split(_loops().add_relu, a, b, out)
     return out
@@ -501,6 +528,7 @@ def add_relu(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def relu_mask(d: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``d`` where ``out > 0`` else 0 (the gradient through a ReLU whose output is ``out``), lent
     from the workspace."""
+    _same_shape("the ReLU's gradient", d, out)
     masked = WORKSPACE.take(d.shape)
     _flat_split(_loops().relu_mask, d, out, masked)
     return masked
@@ -520,7 +548,8 @@ def maxpool_forward(x: np.ndarray, g: PoolGeometry):
                          "indices name (256); use a smaller kernel or MegEngine's pooling")
     out = WORKSPACE.take((n, oh, ow, c))
     argmax = WORKSPACE.take((n, oh, ow, c), np.uint8)
-    split_over(lambda lo, hi: _loops().max_pool(x, lo, hi, kh, kw, sh, sw, ph, pw, out, argmax), n, x.size)
+    pool = _loops().max_pool
+    split_over(lambda lo, hi: pool(x, lo, hi, kh, kw, sh, sw, ph, pw, out, argmax), n, x.size)
     return out, argmax
 
 
@@ -529,6 +558,7 @@ def maxpool_backward(d: np.ndarray, argmax: np.ndarray, input_shape, g: PoolGeom
     the input its ``argmax`` names. -> (N, H, W, C), lent from the workspace."""
     kw, (sh, sw), (ph, pw) = g.kernel[1], g.stride, g.padding
     dx = WORKSPACE.take(tuple(input_shape))
-    split_over(lambda lo, hi: _loops().max_pool_grad(d, argmax, lo, hi, kw, sh, sw, ph, pw, dx),
+    pool_grad = _loops().max_pool_grad
+    split_over(lambda lo, hi: pool_grad(d, argmax, lo, hi, kw, sh, sw, ph, pw, dx),
                dx.shape[0], dx.size)
     return dx

@@ -15,6 +15,8 @@ are accumulated in float64 (per channel, row after row). Compiled on first use (
 beside this file, or in Numba's user cache directory when that is not writable; the plain
 Python functions here are the loops' source (:func:`compiled` gives the compiled ones).
 """
+import threading
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -170,15 +172,32 @@ def col2im_add(dcols, kh, kw, sh, sw, ph, pw, dh, dw, dx):
 _LOOPS = (column_sums, centre, normalise, gradient_sums, gradient_combine, add_relu, relu_mask, max_pool,
           max_pool_grad, col2im_add)
 _COMPILED = None
+_COMPILING = threading.Lock()
 
 
 def compiled() -> SimpleNamespace:
     """The loops above compiled by Numba, by name (Numba imported, and each loop compiled or read
-    from the cache, on first use: not by ``import megzoo``, nor by hub users who only predict)."""
+    from the cache, on first use: not by ``import megzoo``, nor by hub users who only predict).
+    Safe to call from several threads at once: the first caller compiles, the others wait for it.
+    Where Numba finds no writable cache directory (beside this file, or its user cache), the loops
+    are compiled anew in each process, with a warning that names ``NUMBA_CACHE_DIR``."""
     global _COMPILED
     if _COMPILED is None:
-        from numba import njit
-
-        jit = njit(nogil=True, cache=True)
-        _COMPILED = SimpleNamespace(**{loop.__name__: jit(loop) for loop in _LOOPS})
+        with _COMPILING:
+            if _COMPILED is None:
+                _COMPILED = _compile()
     return _COMPILED
+
+
+def _compile() -> SimpleNamespace:
+    from numba import njit
+
+    try:
+        jit = njit(nogil=True, cache=True)
+        return SimpleNamespace(**{loop.__name__: jit(loop) for loop in _LOOPS})
+    except RuntimeError as error:  # Numba: "cannot cache function ...: no locator available"
+        warnings.warn(f"megzoo's host loops are compiled without a cache ({error}); each process "
+                      "compiles them again (~4 s). Set NUMBA_CACHE_DIR to a writable directory to "
+                      "keep them.", RuntimeWarning, stacklevel=3)
+        jit = njit(nogil=True)
+        return SimpleNamespace(**{loop.__name__: jit(loop) for loop in _LOOPS})
