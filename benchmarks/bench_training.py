@@ -8,6 +8,8 @@
 Each figure is one training step (forward, cross-entropy, backward, SGD with momentum) on a
 random batch, timed after ``--warmup`` steps and averaged over ``--steps``, in a fresh process.
 Each row also gives that process's peak resident memory (``peak GB``, ``ru_maxrss``).
+The ``megzoo*`` configurations update the weights as ``megzoo train`` does (MegEngine's in-place SGD
+update, ``megzoo.train.optim.inplace_update``; since 2026-12-04: earlier figures used the plain one).
 Configurations (``--configs``, comma-separated; ``all`` for every one):
 
 * ``plain``: MegEngine as it comes: default CPU device (one thread), HEURISTIC algorithms;
@@ -36,6 +38,7 @@ The machine's load average is printed before and after: on a shared machine, fig
 while other processes run are not reliable.
 """
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -105,11 +108,17 @@ def megengine_worker(arch: str, size: int, batch: int, steps: int, warmup: int, 
     images = rng.standard_normal((batch, 3, size, size)).astype("float32")
     labels = rng.randint(0, 1000, batch).astype("int32")
 
+    # megzoo's configurations update as `megzoo train` does: MegEngine's in-place SGD update
+    from megzoo.train.optim import inplace_update
+
+    update = inplace_update if config.startswith("megzoo") else contextlib.nullcontext
+
     def step():
         with gm:
             loss = F.nn.cross_entropy(model(megengine.Tensor(images)), megengine.Tensor(labels))
             gm.backward(loss)
-        opt.step().clear_grad()
+        with update():
+            opt.step().clear_grad()
         return loss.item()
 
     if config in ("megzoo-yield", "megzoo-fused"):

@@ -108,6 +108,7 @@ def megzoo_worker(arch: str, size: int, batch: int, steps: int, warmup: int, pat
     megengine.set_default_device(f"multithread{threads}:0" if threads > 1 else "cpu0")
     import megzoo
     from megzoo.train import fast_conv
+    from megzoo.train.optim import inplace_update
 
     model = megzoo.get_model(arch)
     model.train()
@@ -131,7 +132,8 @@ def megzoo_worker(arch: str, size: int, batch: int, steps: int, warmup: int, pat
                                                                megengine.Tensor(labels)))
             phase["now"] = "backward"
             t("other backward", lambda: gm.backward(loss))
-        t("optimizer", lambda: opt.step().clear_grad())
+        with inplace_update():  # as `megzoo train` updates
+            t("optimizer", lambda: opt.step().clear_grad())
         return loss.item()
 
     from megzoo.device import poller_yields

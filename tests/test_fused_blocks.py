@@ -95,6 +95,34 @@ def test_convolution_by_blocks_of_patches_equals_megengines(name, band, monkeypa
     _close(conv.weight.grad.numpy(), hk.conv_weight_grad(patches, dy_rows, conv.weight.shape), "weight grad")
 
 
+@pytest.mark.parametrize("name", ["3x3-stride2", "3x3-weight-heavy"])
+@pytest.mark.parametrize("min_rows", [1, 13])
+def test_data_gradient_by_groups_of_images_equals_megengines(name, min_rows, monkeypatch):
+    """Strided and weight-heavy data gradients multiply ``dy @ F`` for a few images at a time (at
+    least ``_MIN_GEMM_ROWS`` rows) and add each image's patch gradients into it: one image per
+    product, or three (7 images over two cores: groups of 3 + 1 and 3), give MegEngine's gradient."""
+    kernel, stride, padding, dilation, cin = GEOMETRIES[name]
+    monkeypatch.setattr(hk, "_MIN_GEMM_ROWS", min_rows)
+    products = []
+    real_matmul = np.matmul
+    monkeypatch.setattr(hk.np, "matmul", lambda a, b, out=None: products.append(a.shape[0]) or real_matmul(a, b, out=out))
+    rng = np.random.RandomState(7)
+    conv = M.Conv2d(cin, 6, kernel, stride, padding, dilation, bias=False)
+    conv.weight[...] = rng.standard_normal(conv.weight.shape).astype("float32")
+    h, w = (5, 4) if name == "3x3-stride2" else (2, 3)  # 3x2 or 2x3 output: 6 rows an image
+    x = megengine.Tensor(rng.standard_normal((7, cin, h, w)).astype("float32"))
+    gm = GradManager().attach([x])
+    with gm:
+        y = conv(x)
+        dy = rng.standard_normal(y.shape).astype("float32")
+        gm.backward(y, megengine.Tensor(dy))
+    g = hk.ConvGeometry(kernel, stride, padding, dilation)
+    dy_rows = hk.to_nhwc(dy).reshape(-1, 6)
+    dx = hk.conv_input_grad(dy_rows, conv.weight.numpy(), (7, h, w, cin), g)
+    _close(x.grad.numpy(), hk.to_nchw(dx), "data grad")
+    assert sorted(products) == ([6] * 7 if min_rows == 1 else [6, 18, 18])
+
+
 def test_batchnorm_statistics_survive_a_large_offset():
     """The variance is the mean of squared *centred* values (accumulated in float64): a channel at
     1000 +- 0.01 keeps its variance, where E[y^2] - E[y]^2 in float32 would give noise."""

@@ -384,23 +384,33 @@ def conv_input_grad(dy: np.ndarray, weight: np.ndarray, input_shape, g: ConvGeom
     return matmul_rows(dy, filters, WORKSPACE.take((dy.shape[0], filters.shape[1]))).reshape(n, h, w, c)
 
 
+_MIN_GEMM_ROWS = 256  # rows of one dY @ F product of the per-image data gradient, at least
+
+
 def _input_grad_by_images(dy: np.ndarray, filters: np.ndarray, input_shape, g: ConvGeometry) -> np.ndarray:
-    """``dy @ F`` then col2im, image by image on each core (one image's patch gradients stay in
-    cache; the summing loop is compiled, :func:`megzoo.train.host_loops.col2im_add`). -> (N, H, W, C),
+    """``dy @ F`` then col2im, a few images at a time on each core (their patch gradients stay in
+    cache; the summing loop is compiled, :func:`megzoo.train.host_loops.col2im_add`). Small maps
+    take as many images per product as make ``_MIN_GEMM_ROWS`` rows: one image of a 1x1 map is a
+    single row, and a product per row reads the whole filter matrix each time. -> (N, H, W, C),
     lent from the workspace."""
     n, h, w, c = input_shape
     oh, ow = g.out_size(h, w)
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = g.kernel, g.stride, g.padding, g.dilation
-    dy3 = dy.reshape(n, oh * ow, -1)
+    rows = oh * ow
+    dy3 = dy.reshape(n, rows, -1)
     dx = WORKSPACE.take((n, h, w, c))
     add = _loops().col2im_add
+    per = max(1, -(-_MIN_GEMM_ROWS // rows))  # images per product
 
     def images(lo, hi):
-        dcols = np.empty((oh * ow, filters.shape[1]), np.float32)
-        for i in range(lo, hi):
-            np.matmul(dy3[i], filters, out=dcols)
-            dx[i] = 0
-            add(dcols, kh, kw, sh, sw, ph, pw, dh, dw, dx[i])
+        dcols = np.empty((min(per, hi - lo) * rows, filters.shape[1]), np.float32)
+        for first in range(lo, hi, per):
+            last = min(hi, first + per)
+            part = dcols[:(last - first) * rows]
+            np.matmul(dy3[first:last].reshape(-1, dy3.shape[2]), filters, out=part)
+            for i in range(first, last):
+                dx[i] = 0
+                add(part[(i - first) * rows:(i - first + 1) * rows], kh, kw, sh, sw, ph, pw, dh, dw, dx[i])
 
     with single_blas_thread():
         split_over(images, n, 1 << 30)
