@@ -398,6 +398,62 @@ def test_a_resnet_training_step_equals_megengines(arch, size, plan_calls):
     assert len(calls) == 1 and len(calls[0]) == blocks + 2  # the body as one plan: stem, max-pool, blocks
 
 
+@pytest.fixture
+def inference_calls(monkeypatch):
+    """The plans that ran on the host in eval mode (``fused_blocks.run_plan_inference`` still runs them)."""
+    calls = []
+    run = fused_blocks.run_plan_inference
+    monkeypatch.setattr(fused_blocks, "run_plan_inference", lambda plan, x: calls.append(plan) or run(plan, x))
+    return calls
+
+
+def test_eval_mode_runs_the_host_plans_only_inside_host_evaluation(inference_calls, plan_calls):
+    model = _model("resnet18")
+    rng = np.random.RandomState(2)
+    for module in model.modules():  # running statistics away from 0 and 1
+        if isinstance(module, M.BatchNorm2d):
+            module.running_mean[...] = rng.standard_normal(module.running_mean.shape).astype("float32") * 0.3
+            module.running_var[...] = rng.uniform(0.5, 2.0, module.running_var.shape).astype("float32")
+    model.eval()
+    x = megengine.Tensor(rng.standard_normal((3, 3, 37, 37)).astype("float32"))
+    native = model(x).numpy()
+    _host(model)
+    np.testing.assert_array_equal(model(x).numpy(), native)  # outside: MegEngine's operators, bit for bit
+    assert inference_calls == []
+    with fused_blocks.host_evaluation():
+        host = model(x).numpy()
+        assert len(inference_calls) == 1 and len(inference_calls[0]) == 10  # the body: stem, max-pool, 8 blocks
+        gm = GradManager().attach([x])  # a gradient wanted (saliency, say): MegEngine's path
+        with gm:
+            y = model(x)
+            gm.backward(y.sum())
+        assert len(inference_calls) == 1
+    _close(native, host, "logits", rtol=2e-5)
+    _close(native, y.numpy(), "logits with a gradient", rtol=2e-5)  # fast_conv's recorded path: BLAS
+    assert plan_calls == []  # no training plan ran, and the running statistics did not move
+    body = model.host_plans()["forward_levels"]
+    assert fused_blocks.plan_supported(body, training=False) and not fused_blocks.plan_supported(body)
+    model.train()
+    assert fused_blocks.plan_supported(body) and not fused_blocks.plan_supported(body, training=False)
+
+
+def test_the_trainers_validation_runs_the_host_plans(shapes, tmp_path, inference_calls):  # noqa: F811
+    from megzoo.train import Trainer
+
+    def validation(**options):
+        trainer = Trainer(_config(shapes, tmp_path / str(len(options)), model="resnet18", input_size=32,
+                                  resize_size=32, **options))
+        return trainer.evaluate(), trainer
+
+    native, _ = validation(fused_blocks=False)
+    assert inference_calls == []
+    host, trainer = validation()
+    assert len(inference_calls) == len(trainer.val_loader) and trainer.model.training
+    assert native["val_images"] == host["val_images"] > 0
+    assert native["val_top1"] == host["val_top1"] and native["val_top5"] == host["val_top5"]
+    assert abs(native["val_loss"] - host["val_loss"]) <= 1e-5 * abs(native["val_loss"])
+
+
 def test_steps_reusing_every_workspace_buffer_equal_megengines(monkeypatch):
     """With every array pooled (no size floor), a second and third step run in the buffers the first
     gave back (no new ones, nothing left lent) and still equal MegEngine's steps on new inputs

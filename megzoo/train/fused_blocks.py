@@ -15,7 +15,8 @@ bn1(conv1(x))))) + shortcut(x))``) or a sequence of them and ``MaxPool2d`` modul
 ``forward_levels``: stem, max-pool, every block). This module knows no model family.
 :func:`enable` replaces those methods on the instances; the replacement runs the host version
 only when it computes exactly what the method does (:func:`plan_supported`) and the call is a
-CPU training step with gradient recording; otherwise (evaluation, GPUs, frozen BatchNorm, group
+CPU training step with gradient recording (or, inside :func:`host_evaluation`, an ``eval()``-mode
+call without one); otherwise (other evaluation, GPUs, frozen BatchNorm in training, group
 norm, grouped convolutions, drop path in use, mixed precision, ``MEGZOO_FAST_CONV=0``) the method
 itself runs. When a whole-body plan does not apply, the per-block plans inside it still may.
 
@@ -24,12 +25,16 @@ biased variance for the normalisation, ``eps`` inside the square root; running s
 as ``momentum * running + (1 - momentum) * batch`` with the unbiased variance), equal to float32
 rounding, not bit for bit (on a 16 x 64 x 56 x 56 batch closer to a float64 reference than
 MegEngine's own: 1.4e-6 against 4.5e-5). Gradients are checked against MegEngine's own in
-``tests/test_fused_blocks.py``. Memory: the patch matrices of the forward pass are kept for the
-weight gradients: peak memory of a batch-16, 224-px step 1.92 GB against 1.28 GB per convolution for
-ResNet-18, 3.29 against 3.04 GB for ResNet-50, and the workspace keeps ~0.3 GB more. Every large array comes from the workspace
+``tests/test_fused_blocks.py``. Memory: patch matrices over 16 MB are never formed whole (blocks of
+2 MB per core, re-formed for the weight gradient); peak resident memory of a batch-16, 224-px step
+1.31 GB for ResNet-18 and 2.71 GB for ResNet-50, PyTorch's 1.36 and 2.71 (2026-12-04, Zen 4,
+``benchmarks/bench_training.py``). In ``eval()`` mode the plans run on the host only inside
+:func:`host_evaluation` (the trainer's validation). Every large array comes from the workspace
 (:mod:`megzoo.train.workspace`) and goes back once the backward pass is done with it (each op gives
 back what it produced, and the gradient it received), so the next step reuses the same memory.
 """
+import contextlib
+import contextvars
 import types
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
@@ -41,12 +46,12 @@ from megengine.autodiff import Function
 from ..device import is_cpu_device
 from ..layers import ConvNorm, ResidualPlan, pair
 from .fast_conv import _env_enabled, _tracked
-from .host_kernels import ConvGeometry, PoolGeometry, add_relu, bn_backward, bn_forward, conv_forward, \
-    conv_input_grad, conv_weight_grad, lent_patches, maxpool_backward, maxpool_forward, relu_mask, \
+from .host_kernels import ConvGeometry, PoolGeometry, add_relu, bn_backward, bn_forward, bn_inference, \
+    conv_forward, conv_input_grad, conv_weight_grad, lent_patches, maxpool_backward, maxpool_forward, relu_mask, \
     single_blas_thread, to_nchw, to_nhwc
 from .workspace import WORKSPACE
 
-__all__ = ["enable", "disable", "is_enabled", "plan_supported", "run_plan"]
+__all__ = ["enable", "disable", "is_enabled", "host_evaluation", "plan_supported", "run_plan", "run_plan_inference"]
 
 _ATTR = "_megzoo_fused_blocks"
 
@@ -248,6 +253,78 @@ class _PlanFunction(Function):
                      for g, shape in zip(grads, shapes))
 
 
+# --------------------------------------------------------------------------- inference (evaluation)
+
+def _unit_inference(unit: _Unit, x: np.ndarray, weight: np.ndarray, norm: M.BatchNorm2d) -> np.ndarray:
+    """(N, H, W, C) -> (N, OH, OW, O): the convolution, BatchNorm with the running statistics,
+    the ReLU; lent from the workspace (the patches are given back at once)."""
+    n, h, w, _ = x.shape
+    oh, ow = unit.conv.out_size(h, w)
+    y, cols = conv_forward(x, weight, unit.conv)
+    WORKSPACE.give(lent_patches(cols, unit.conv))
+    out = bn_inference(y, *(t.numpy().reshape(-1) for t in (norm.running_mean, norm.running_var, norm.weight,
+                                                                norm.bias)), unit.eps, unit.relu)
+    WORKSPACE.give(y)
+    return out.reshape(n, oh, ow, -1)
+
+
+def _block_inference(block: _Block, x: np.ndarray, specs: Sequence[ConvNorm]) -> np.ndarray:
+    """One block in inference mode; ``x`` stays the caller's, the result is lent."""
+    a, body = x, None
+    for i, (unit, spec) in enumerate(zip(block.units, specs)):
+        if i == block.n_body:
+            body = a
+        inp = a if i < block.n_body else x  # the shortcut unit reads the block input
+        a = _unit_inference(unit, inp, spec.conv.weight.numpy(), spec.norm)
+        if inp is not x and i < block.n_body:
+            WORKSPACE.give(inp)  # a body unit's output, read once
+    if not block.residual:
+        return a
+    if body is None:  # identity shortcut
+        body, short = a, x
+    else:
+        short = a
+    out = add_relu(body, short)
+    WORKSPACE.give(body, None if short is x else short)
+    return out
+
+
+def run_plan_inference(plan, x: Tensor) -> Tensor:
+    """``plan`` applied to ``x`` in inference mode (BatchNorm with its running statistics), on
+    host arrays, no gradient: what the plan's method computes in ``eval()`` mode, to float32
+    rounding (the convolutions as BLAS products, not MegEngine's operator)."""
+    ops, specs = _compile(_steps(plan))
+    with single_blas_thread():
+        a, k = to_nhwc(x.numpy()), 0
+        for op in ops:
+            if isinstance(op, PoolGeometry):
+                out, argmax = maxpool_forward(a, op)
+                WORKSPACE.give(argmax)
+            else:
+                out = _block_inference(op, a, specs[k])
+                k += 1
+            WORKSPACE.give(a)
+            a = out
+        y = to_nchw(a)
+        WORKSPACE.give(a)
+    return Tensor(y, device=x.device)
+
+
+_HOST_EVALUATION = contextvars.ContextVar("megzoo_host_evaluation", default=False)
+
+
+@contextlib.contextmanager
+def host_evaluation():
+    """Meanwhile, enabled models in ``eval()`` mode run their plans on host arrays too
+    (:func:`run_plan_inference`): the trainer's validation. Outside it, evaluation and inference
+    run MegEngine's own operators, as they always do."""
+    token = _HOST_EVALUATION.set(True)
+    try:
+        yield
+    finally:
+        _HOST_EVALUATION.reset(token)
+
+
 # --------------------------------------------------------------------------- plans and switching
 
 def _specs(plan: ResidualPlan) -> List[ConvNorm]:
@@ -264,11 +341,11 @@ def _steps(plan) -> list:
     return [plan] if isinstance(plan, ResidualPlan) else list(plan)
 
 
-def plan_supported(plan) -> bool:
-    """Whether the host version computes exactly what ``plan`` describes now: every norm a
-    training-mode, affine ``BatchNorm2d`` tracking running statistics (not frozen), every
-    convolution a dense (groups 1), bias-free, zero-padded ``Conv2d`` in the default compute mode,
-    no active drop path."""
+def plan_supported(plan, training: bool = True) -> bool:
+    """Whether the host version computes exactly what ``plan`` describes now: every norm an
+    affine ``BatchNorm2d`` tracking running statistics, in training mode and not frozen (or, with
+    ``training=False``, in inference mode), every convolution a dense (groups 1), bias-free,
+    zero-padded ``Conv2d`` in the default compute mode, no active drop path."""
     for step in _steps(plan):
         if isinstance(step, M.MaxPool2d):
             if type(step) is not M.MaxPool2d:
@@ -281,8 +358,8 @@ def plan_supported(plan) -> bool:
             if type(conv) is not M.Conv2d or conv.bias is not None or conv.groups != 1 \
                     or conv.padding_mode != "zeros" or str(conv.compute_mode).lower() != "default":
                 return False
-            if type(norm) is not M.BatchNorm2d or not norm.training or not norm.affine or norm.freeze \
-                    or not norm.track_running_stats:
+            if type(norm) is not M.BatchNorm2d or norm.training != training or not norm.affine \
+                    or (training and norm.freeze) or not norm.track_running_stats:
                 return False
     return True
 
@@ -324,12 +401,15 @@ def _host_call(self, name: str, *args):
     original = getattr(type(self), name)
     x = args[0] if args else None
     if (not self.__dict__.get(_ATTR) or not _env_enabled() or amp._enabled or len(args) != 1
-            or not isinstance(x, Tensor) or not is_cpu_device(x.device) or not self.training):
+            or not isinstance(x, Tensor) or not is_cpu_device(x.device)
+            or not (self.training or _HOST_EVALUATION.get())):
         return original(self, *args)
     plan = self.host_plans().get(name)
-    if plan is None or not plan_supported(plan) or not _needs_gradient(plan, x):
+    if plan is None or not plan_supported(plan, self.training):
         return original(self, *args)
-    return run_plan(plan, x)
+    if self.training:
+        return run_plan(plan, x) if _needs_gradient(plan, x) else original(self, *args)
+    return original(self, *args) if _needs_gradient(plan, x) else run_plan_inference(plan, x)
 
 
 def _planned_modules(model):

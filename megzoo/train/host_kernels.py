@@ -491,6 +491,21 @@ def bn_forward(y: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, r
     return out, mean, var, inv
 
 
+def bn_inference(y: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                 eps: float, relu: bool) -> np.ndarray:
+    """BatchNorm in inference mode of ``y`` (M, C) float32 with the running ``mean`` and ``var``
+    (C,), then an optional ReLU: ``(y - mean) / sqrt(var + eps) * gamma + beta`` as one scale and
+    shift per channel (folded in float64). -> (M, C), lent from the workspace."""
+    m, c = y.shape
+    scale64 = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
+    shift = (beta.astype(np.float64) - mean.astype(np.float64) * scale64).astype(np.float32)
+    scale = scale64.astype(np.float32)
+    loops = _loops()
+    out = WORKSPACE.take(y.shape)
+    _rows_split(lambda lo, hi: loops.scale_shift(y[lo:hi], scale, shift, relu, out[lo:hi]), m, c)
+    return out
+
+
 def bn_backward(d: np.ndarray, xhat: np.ndarray, inv: np.ndarray, gamma: np.ndarray,
                 out: Optional[np.ndarray] = None):
     """Gradients of :func:`bn_forward` from ``d`` (M, C), the gradient of its output; with ``out``

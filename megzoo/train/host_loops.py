@@ -59,6 +59,17 @@ def normalise(y, inv, gamma, beta, relu, out):
             o[j] = 0.0 if relu and not v > 0.0 else v
 
 
+def scale_shift(y, scale, shift, relu, out):
+    """``out = y * scale + shift`` (BatchNorm in inference mode, folded into one scale and shift
+    per channel), then ``max(out, 0)`` if ``relu``; (M, C) with per-channel (C,) vectors."""
+    m, c = y.shape
+    for i in range(m):
+        row, o = y[i], out[i]
+        for j in range(c):
+            v = row[j] * scale[j] + shift[j]
+            o[j] = 0.0 if relu and not v > 0.0 else v
+
+
 def gradient_sums(d, xhat, out, masked):
     """The sums BatchNorm's backward pass needs, float64 (C,) each: ``(sum g, sum g * xhat)`` with
     ``g = d``, or (``out`` of more than 0 rows: the output after the ReLU) ``g = d`` where
@@ -169,7 +180,7 @@ def col2im_add(dcols, kh, kw, sh, sw, ph, pw, dh, dw, dx):
                     for j in range(c):
                         out[j] += row[base + j]
 
-_LOOPS = (column_sums, centre, normalise, gradient_sums, gradient_combine, add_relu, relu_mask, max_pool,
+_LOOPS = (column_sums, centre, normalise, scale_shift, gradient_sums, gradient_combine, add_relu, relu_mask, max_pool,
           max_pool_grad, col2im_add)
 _COMPILED = None
 _COMPILING = threading.Lock()
