@@ -100,9 +100,10 @@ def test_convolution_by_blocks_of_patches_equals_megengines(name, band, monkeypa
 def test_data_gradient_by_groups_of_images_equals_megengines(name, min_rows, monkeypatch):
     """Strided and weight-heavy data gradients multiply ``dy @ F`` for a few images at a time (at
     least ``_MIN_GEMM_ROWS`` rows) and add each image's patch gradients into it: one image per
-    product, or three (7 images over two cores: groups of 3 + 1 and 3), give MegEngine's gradient."""
+    product, or three (7 images over two cores: groups of 3, and 3 + 1), give MegEngine's gradient."""
     kernel, stride, padding, dilation, cin = GEOMETRIES[name]
     monkeypatch.setattr(hk, "_MIN_GEMM_ROWS", min_rows)
+    monkeypatch.setattr(fast_conv, "usable_cpus", lambda: 2)  # the split between cores, on any machine
     products = []
     real_matmul = np.matmul
     monkeypatch.setattr(hk.np, "matmul", lambda a, b, out=None: products.append(a.shape[0]) or real_matmul(a, b, out=out))
@@ -435,6 +436,42 @@ def test_eval_mode_runs_the_host_plans_only_inside_host_evaluation(inference_cal
     assert fused_blocks.plan_supported(body, training=False) and not fused_blocks.plan_supported(body)
     model.train()
     assert fused_blocks.plan_supported(body) and not fused_blocks.plan_supported(body, training=False)
+
+
+def test_eval_on_the_host_gives_back_every_buffer_and_keeps_the_statistics(monkeypatch, inference_calls):
+    """With every array pooled (no size floor), evaluation on the host leaves nothing lent and the
+    running statistics as they were; frozen BatchNorm (the same in eval) runs on the host too;
+    where a plan's norms are in both modes, that plan runs MegEngine's path."""
+    from megzoo.train import workspace
+
+    monkeypatch.setattr(workspace, "_SMALL", 0)
+    ws = workspace.WORKSPACE
+    ws.clear()
+    try:
+        for arch in ("resnet18", "resnet50"):
+            model = _model(arch)
+            model.eval()
+            x = megengine.Tensor(np.random.RandomState(3).standard_normal((2, 3, 33, 33)).astype("float32"))
+            native = model(x).numpy()
+            _host(model)
+            model.layer2[0].bn1.freeze = True
+            buffers = {k: v.numpy().copy() for k, v in model.named_buffers()}
+            with fused_blocks.host_evaluation():
+                for _ in range(2):
+                    _close(native, model(x).numpy(), f"{arch} logits", rtol=2e-5)
+                    assert ws.lent_bytes == 0
+                assert len(inference_calls) == 2  # the whole body, twice
+                model.layer3[0].bn2.train()  # one norm in training mode: neither the body's plan nor that
+                mixed = model(x).numpy()     # block's applies; the stem's and the other blocks' do
+            blocks = 8 if arch == "resnet18" else 16
+            assert len(inference_calls) == 2 + 1 + (blocks - 1)
+            _close(model(x).numpy(), mixed, f"{arch} logits, mixed modes", rtol=2e-5)  # MegEngine's path
+            for name, value in model.named_buffers():
+                if "layer3.0.bn2" not in name:
+                    np.testing.assert_array_equal(value.numpy(), buffers[name], err_msg=name)
+            inference_calls.clear()
+    finally:
+        ws.clear()
 
 
 def test_the_trainers_validation_runs_the_host_plans(shapes, tmp_path, inference_calls):  # noqa: F811

@@ -242,8 +242,8 @@ def single_blas_thread() -> Iterator[None]:
             with _BLAS_LOCK:
                 _BLAS_DEPTH -= 1
                 if not _BLAS_DEPTH:
-                    _BLAS_LIMIT.restore_original_limits()
-                    _BLAS_LIMIT, _BLAS_OWNER = None, None
+                    limit, _BLAS_LIMIT, _BLAS_OWNER = _BLAS_LIMIT, None, None  # released even if restoring fails
+                    limit.restore_original_limits()
 
 
 def _over_bands(fn, bands) -> list:
@@ -481,7 +481,7 @@ def bn_forward(y: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, r
     lent from the workspace. Two passes for the statistics (the mean, then the squares of the
     centred values: no cancellation), one for the output (:mod:`megzoo.train.host_loops`)."""
     m, c = y.shape
-    loops = _loops()  # here, not in the pool's threads: compiled once, its errors raised here
+    loops = _loops()  # here, not in the pool's threads (Numba itself compiles on the first call, under its lock)
     mean = (sum(_rows_split(lambda lo, hi: loops.column_sums(y[lo:hi]), m, c)) / m).astype(np.float32)
     var = (sum(_rows_split(lambda lo, hi: loops.centre(y[lo:hi], mean), m, c)) / m).astype(np.float32)
     inv = (1.0 / np.sqrt(var + eps)).astype(np.float32)
