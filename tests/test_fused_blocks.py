@@ -337,13 +337,18 @@ def test_maxpool_gives_a_tied_maximum_to_one_input_only():
 
 # --------------------------------------------------------------------------- whole models
 
+def _recorded(monkeypatch, name: str) -> list:
+    """The plans ``fused_blocks.<name>`` is called with, in order (it still runs them)."""
+    calls = []
+    run = getattr(fused_blocks, name)
+    monkeypatch.setattr(fused_blocks, name, lambda plan, x: calls.append(plan) or run(plan, x))
+    return calls
+
+
 @pytest.fixture
 def plan_calls(monkeypatch):
-    """The plans that ran on the host, in order (``fused_blocks.run_plan`` still runs them)."""
-    calls = []
-    run_plan = fused_blocks.run_plan
-    monkeypatch.setattr(fused_blocks, "run_plan", lambda plan, x: calls.append(plan) or run_plan(plan, x))
-    return calls
+    """The plans that ran on the host in training mode."""
+    return _recorded(monkeypatch, "run_plan")
 
 
 def _model(arch, **kwargs):
@@ -401,11 +406,8 @@ def test_a_resnet_training_step_equals_megengines(arch, size, plan_calls):
 
 @pytest.fixture
 def inference_calls(monkeypatch):
-    """The plans that ran on the host in eval mode (``fused_blocks.run_plan_inference`` still runs them)."""
-    calls = []
-    run = fused_blocks.run_plan_inference
-    monkeypatch.setattr(fused_blocks, "run_plan_inference", lambda plan, x: calls.append(plan) or run(plan, x))
-    return calls
+    """The plans that ran on the host in eval mode."""
+    return _recorded(monkeypatch, "run_plan_inference")
 
 
 def test_eval_mode_runs_the_host_plans_only_inside_host_evaluation(inference_calls, plan_calls):
