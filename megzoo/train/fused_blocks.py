@@ -121,22 +121,33 @@ def _compile(steps) -> Tuple[list, list]:
     return ops, specs
 
 
-def _block_forward(block: _Block, x: np.ndarray, weights, gammas, betas):
-    """(out, saved, [(mean, var)] per unit) of one block on host arrays."""
-    saved, stats, a, body = [], [], x, None
-    for i, unit in enumerate(block.units):
+def _through_block(block: _Block, x: np.ndarray, run_unit):
+    """``run_unit(i, input) -> output`` for each unit of ``block``: the body's units chained from
+    ``x``, the shortcut's unit on ``x``. -> ``(body output, shortcut output)``, the shortcut output
+    ``x`` itself for an identity shortcut, or None for a block that adds nothing."""
+    a, body = x, None
+    for i in range(len(block.units)):
         if i == block.n_body:
             body = a
-        inp = a if i < block.n_body else x  # the shortcut unit reads the block input
-        a, s, mean, var = _unit_forward(unit, inp, weights[i], gammas[i], betas[i])
+        a = run_unit(i, a if i < block.n_body else x)
+    if not block.residual:
+        return a, None
+    return (a, x) if body is None else (body, a)
+
+
+def _block_forward(block: _Block, x: np.ndarray, weights, gammas, betas):
+    """(out, saved, [(mean, var)] per unit) of one block on host arrays."""
+    saved, stats = [], []
+
+    def run_unit(i, inp):
+        a, s, mean, var = _unit_forward(block.units[i], inp, weights[i], gammas[i], betas[i])
         saved.append(s)
         stats.append((mean, var))
-    if not block.residual:
-        return a, (saved, None), stats
-    if body is None:  # identity shortcut
-        body, short = a, x
-    else:
-        short = a
+        return a
+
+    body, short = _through_block(block, x, run_unit)
+    if short is None:
+        return body, (saved, None), stats
     out = add_relu(body, short)
     for unit, s in zip(block.units[block.n_body - 1:], saved[block.n_body - 1:]):
         if not unit.relu:  # an added output (body end, shortcut) without a ReLU mask: read by nothing else
@@ -270,20 +281,15 @@ def _unit_inference(unit: _Unit, x: np.ndarray, weight: np.ndarray, norm: M.Batc
 
 def _block_inference(block: _Block, x: np.ndarray, specs: Sequence[ConvNorm]) -> np.ndarray:
     """One block in inference mode; ``x`` stays the caller's, the result is lent."""
-    a, body = x, None
-    for i, (unit, spec) in enumerate(zip(block.units, specs)):
-        if i == block.n_body:
-            body = a
-        inp = a if i < block.n_body else x  # the shortcut unit reads the block input
-        a = _unit_inference(unit, inp, spec.conv.weight.numpy(), spec.norm)
-        if inp is not x and i < block.n_body:
+    def run_unit(i, inp):
+        out = _unit_inference(block.units[i], inp, specs[i].conv.weight.numpy(), specs[i].norm)
+        if inp is not x:
             WORKSPACE.give(inp)  # a body unit's output, read once
-    if not block.residual:
-        return a
-    if body is None:  # identity shortcut
-        body, short = a, x
-    else:
-        short = a
+        return out
+
+    body, short = _through_block(block, x, run_unit)
+    if short is None:
+        return body
     out = add_relu(body, short)
     WORKSPACE.give(body, None if short is x else short)
     return out
