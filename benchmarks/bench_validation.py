@@ -13,14 +13,11 @@ relative to their largest magnitude. The load average is printed before and afte
 machine, figures taken while other processes run are not reliable.
 """
 import argparse
-import os
 import time
 
 import numpy as np
 
-
-def load() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+from bench_training import load  # the load average, as every training benchmark prints it
 
 
 def measure(arch: str, size: int, batch: int, repeats: int) -> dict:

@@ -203,12 +203,14 @@ def compiled() -> SimpleNamespace:
 def _compile() -> SimpleNamespace:
     from numba import njit
 
-    try:
-        jit = njit(nogil=True, cache=True)
+    def jitted(**options) -> SimpleNamespace:
+        jit = njit(nogil=True, **options)
         return SimpleNamespace(**{loop.__name__: jit(loop) for loop in _LOOPS})
+
+    try:
+        return jitted(cache=True)
     except RuntimeError as error:  # Numba: "cannot cache function ...: no locator available"
         warnings.warn(f"megzoo's host loops are compiled without a cache ({error}); each process "
                       "compiles them again (~4 s). Set NUMBA_CACHE_DIR to a writable directory to "
                       "keep them.", RuntimeWarning, stacklevel=3)
-        jit = njit(nogil=True)
-        return SimpleNamespace(**{loop.__name__: jit(loop) for loop in _LOOPS})
+        return jitted()

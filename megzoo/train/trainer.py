@@ -46,8 +46,7 @@ from . import checkpoint as ckpt
 from .data import FolderData, build_folder_data, eval_loader, seed_epoch, train_loader
 from .distributed import all_reduce_sum, allreduce_callback, broadcast_module, launch, rank, world_size
 from .fast_conv import enable as enable_fast_conv
-from .fused_blocks import enable as enable_fused_blocks
-from .fused_blocks import host_evaluation
+from .fused_blocks import enable as enable_fused_blocks, host_evaluation
 from .ema import WeightEma
 from .mixing import BatchMixer, soft_cross_entropy
 from .optim import inplace_update, param_groups
