@@ -9,7 +9,9 @@ the default device to ``cpux`` when there is no GPU, so MegEngine never probes a
 instead: they build their model on the quiet choice without changing the program's default.
 
 Device names: ``cpu`` (= ``cpux``), ``gpu``/``cuda`` (= ``gpux``), or any MegEngine name
-(``cpu0``, ``gpu1``, ``xpux``, ...). ``MEGZOO_DEVICE`` gives one when the caller does not.
+(``cpu0``, ``gpu1``, ``xpux``, ``multithread2:0``, ...; :data:`DEVICE_NAMES`), any case.
+``MEGZOO_DEVICE`` gives one when the caller does not. Other names are refused with a
+ValueError listing these (MegEngine itself only asserts).
 
 :func:`poller_yields` keeps MegEngine's ``CompNodeSync`` thread from taxing a compiled run or a
 CPU training run (see its docstring).
@@ -17,15 +19,20 @@ CPU training run (see its docstring).
 import contextlib
 import functools
 import os
+import re
 import sys
 import threading
 from typing import Dict, Iterator, List, Optional, Tuple
 
-__all__ = ["select_device", "quiet_device", "using_device", "cuda_available", "quiet_stderr", "is_cpu_device",
+__all__ = ["DEVICE_NAMES", "select_device", "quiet_device", "using_device", "cuda_available", "quiet_stderr", "is_cpu_device",
            "move_tensors", "poller_yields", "poller_threads", "poller_policy", "can_undo_idle_policy",
            "POLLER_THREAD_NAME"]
 
 _ALIASES = {"cpu": "cpux", "gpu": "gpux", "cuda": "gpux"}
+#: the names MegEngine 1.13's ``set_default_device`` takes (its ``_valid_device`` pattern)
+_MEGENGINE_NAME = re.compile(r"([cxg]pu|rocm|multithread)(x|\d+)(:\d+)?")
+#: what an invalid device name's error lists
+DEVICE_NAMES = ("cpu", "gpu", "cuda", "cpux", "cpuN", "gpux", "gpuN", "xpux", "multithreadT:N")
 _cuda: Optional[bool] = None
 
 
@@ -71,14 +78,21 @@ def select_device(device: Optional[str] = None) -> str:
     """
     import megengine
 
-    name = (device or os.environ.get("MEGZOO_DEVICE") or "").strip()
-    name = _checked(name) if name else ("xpux" if cuda_available() else "cpux")
+    name = _checked(device) if device else _checked(os.environ.get("MEGZOO_DEVICE", ""), "$MEGZOO_DEVICE")
+    name = name or ("xpux" if cuda_available() else "cpux")
     megengine.set_default_device(name)
     return name
 
 
-def _checked(name: str) -> str:
-    name = _ALIASES.get(name.lower(), name)
+def _checked(name: str, where: str = "device") -> str:
+    """``name`` stripped, lower-cased, its alias resolved and checked ("" for an empty one)."""
+    name = name.strip().lower()
+    if not name:
+        return ""
+    name = _ALIASES.get(name, name)
+    if not _MEGENGINE_NAME.fullmatch(name):
+        raise ValueError(f"unknown {where} {name!r}: valid devices are {', '.join(DEVICE_NAMES)} "
+                         "(N: a device number, T: threads; e.g. cpu, gpu1, multithread2:0)")
     if name.startswith("gpu") and not cuda_available():
         raise ValueError(f"device {name!r} asked for, but MegEngine finds no usable CUDA GPU here "
                          "(use cpu, or check the NVIDIA driver)")
@@ -92,9 +106,9 @@ def quiet_device(device: Optional[str] = None) -> str:
     same choice made quietly (``xpux`` with a usable GPU, ``cpux`` without)."""
     import megengine
 
-    name = (device or os.environ.get("MEGZOO_DEVICE") or "").strip()
+    name = _checked(device) if device else _checked(os.environ.get("MEGZOO_DEVICE", ""), "$MEGZOO_DEVICE")
     if name:
-        return _checked(name)
+        return name
     current = megengine.get_default_device()
     if current != "xpux":
         return current

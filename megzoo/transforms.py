@@ -31,6 +31,7 @@ from .host import usable_cpus
 from .images import ImageSource, describe_source, read_image
 from .registry import get_model_entry, get_weights
 from .weights.catalog import MEAN_BGR, STD_BGR, WEIGHTS, Preprocess, Weights, weights_for
+from .weights.limits import check_size
 
 __all__ = ["INTERPOLATIONS", "interpolation_flag", "resolve_preprocess", "train_transform", "eval_transform",
            "resized_shape", "center_crop_offsets", "EvalPreprocessor", "SwapRB", "default_workers", "as_image_list"]
@@ -125,9 +126,7 @@ def _preprocess_of_model(model) -> Preprocess:
 
 def _check_preprocess(p: Preprocess) -> None:
     for key in ("input_size", "resize_size"):
-        value = getattr(p, key)
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{key} must be a positive int, got {value!r}")
+        check_size(key, getattr(p, key))  # positive, within megzoo.weights.limits
     if p.resize_size < p.input_size:
         raise ValueError(f"resize_size ({p.resize_size}) must be at least input_size ({p.input_size}): the centre "
                          "crop is taken from the resized image")

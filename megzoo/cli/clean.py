@@ -2,6 +2,8 @@
 import json
 import sys
 
+from .predict import _input_size
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -21,8 +23,9 @@ def register(subparsers) -> None:
     p.add_argument("--weights", default=None, metavar="TAG|FILE",
                    help="kfold: weights to start each fold from (default: from scratch); probe: the backbone's "
                         "weights (default: the model's default pretrained ones)")
-    p.add_argument("--input-size", type=int, default=None, metavar="PX",
-                   help="px the images are seen at (kfold default: their median short side, at most 224)")
+    p.add_argument("--input-size", type=_input_size, default=None, metavar="PX",
+                   help="px the images are seen at, 1 to 1024 (default: kfold their median short side, 32 to 224; "
+                        "probe the backbone weights' own)")
     p.add_argument("--epochs", type=int, default=10, metavar="N", help="kfold: training epochs per fold (default 10)")
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="kfold: batch size (default 32)")
     p.add_argument("--lr", type=float, default=0.05, help="kfold: learning rate (cosine schedule; default 0.05)")
@@ -43,6 +46,8 @@ def cmd_clean(args) -> int:
     from ..cleaning import find_label_issues
     from ..cleaning.label_issues import require_cleanlab
     from . import CLIError
+    from .paths import check_output, naming_output
+    from .text import printable
 
     try:
         require_cleanlab()
@@ -51,12 +56,14 @@ def cmd_clean(args) -> int:
     for name in ("folds", "epochs", "batch_size", "top"):
         if getattr(args, name) < (2 if name == "folds" else 1):
             raise ValueError(f"--{name.replace('_', '-')} must be at least {2 if name == 'folds' else 1}")
-    log = None if args.json else (lambda message: print(message, file=sys.stderr, flush=True))
-    result = find_label_issues(args.data, method=args.method, folds=args.folds, model=args.model, weights=args.weights,
-                               input_size=args.input_size, epochs=args.epochs, pred_probs=args.pred_probs,
-                               out=args.out, top=args.top, seed=args.seed, progress=args.progress,
-                               train_settings={"batch_size": args.batch_size, "lr": args.lr, "hflip": args.hflip},
-                               log=log)
+    check_output(args.out, folder=True)  # before any fold is trained
+    log = None if args.json else (lambda message: print(printable(message), file=sys.stderr, flush=True))
+    with naming_output(args.out):
+        result = find_label_issues(args.data, method=args.method, folds=args.folds, model=args.model,
+                                   weights=args.weights, input_size=args.input_size, epochs=args.epochs,
+                                   pred_probs=args.pred_probs, out=args.out, top=args.top, seed=args.seed,
+                                   progress=args.progress, log=log,
+                                   train_settings={"batch_size": args.batch_size, "lr": args.lr, "hflip": args.hflip})
     s = result.summary
     if args.json:
         print(json.dumps(s, indent=2))
@@ -65,11 +72,11 @@ def cmd_clean(args) -> int:
     print(f"{s['images']} images, {len(s['classes'])} classes: {s['flagged_images']} flagged ({counts or 'nothing'})")
     print(f"label issues: {s['label_issues']} (confident learning; the argmax baseline would flag "
           f"{s['argmax_baseline_flags']}); label health {s['health']['overall_label_health_score']:.3f}")
-    for pair in s["health"]["confused_pairs"][:3]:
-        print(f"  most confused: {pair['classes'][0]} <-> {pair['classes'][1]} ({pair['images']} images)")
+    for pair in s["health"]["confused_pairs"][:3]:  # folder and file names are shown escaped (docs/cli.md)
+        print(printable(f"  most confused: {pair['classes'][0]} <-> {pair['classes'][1]} ({pair['images']} images)"))
     for row in [r for r in result.rows if r["is_label_issue"]][:5]:
-        print(f"  {row['path']}: given {row['given']}, suggested {row['suggested']} (p {row['p_suggested']})")
+        print(printable(f"  {row['path']}: given {row['given']}, suggested {row['suggested']} (p {row['p_suggested']})"))
     for name, path in result.files.items():
-        print(f"wrote {path}")
-    print(f"next: megzoo train --data {args.data} --exclude {result.files.get('exclude.txt', 'exclude.txt')} ...")
+        print(printable(f"wrote {path}"))
+    print(printable(f"next: megzoo train --data {args.data} --exclude {result.files.get('exclude.txt', 'exclude.txt')} ..."))
     return 0

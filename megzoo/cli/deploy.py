@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from .predict import _positive
+from .predict import _input_size, _num_classes, _positive
 
 
 def register(subparsers) -> None:
@@ -40,7 +40,7 @@ def register(subparsers) -> None:
                    help="CHECKPOINT is a pickled whole module (megengine.save(model)) you trust: unpickle it with "
                         "megengine.load, which runs any code the file carries. Without it only state dicts are read, "
                         "by an allow-list reader that runs nothing")
-    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the model's)")
+    p.add_argument("--num-classes", type=_num_classes, default=None, help="classifier outputs (default: the model's)")
     p.add_argument("--input-shape", default="1,3,224,224", metavar="N,C,H,W",
                    help="input shape the graph is made for (default 1,3,224,224); the batch stays dynamic "
                         "unless --static-batch")
@@ -61,7 +61,7 @@ def register(subparsers) -> None:
                    help="--int8: calibration images used at most, spread over the folder (default 512)")
     p.add_argument("--observer", choices=tuple(OBSERVERS), default=None,
                    help="--int8: how activation ranges are set (default minmax, measured: docs/quantization.md)")
-    p.add_argument("--tolerance", type=float, default=None,
+    p.add_argument("--tolerance", type=_tolerance, default=None,
                    help="parity tolerance: max |exported - eager| / max |eager| (default 1e-4); with --int8, max "
                         "|exported - eager int8| in int8 output steps (default 2)")
     p.add_argument("--image", metavar="FILE", default=None,
@@ -80,7 +80,8 @@ def register(subparsers) -> None:
     p.add_argument("--models", default="resnet18,resnet50,vgg16", help="comma-separated model names")
     p.add_argument("--batch", default="1,16", help="comma-separated batch sizes (default 1,16)")
     p.add_argument("--threads", type=int, default=None, help="threads of the optimised path (default: all usable CPUs)")
-    p.add_argument("--input-size", type=int, default=224, metavar="PX")
+    p.add_argument("--input-size", type=_input_size, default=224, metavar="PX",
+                   help="input side in pixels (default 224; at most 1024)")
     p.add_argument("--modes", default="eager,optimised,onnxruntime",
                    help="which paths to run, of eager, optimised (Lite), onnxruntime, ort_alone (the exported .onnx "
                         "in a process without megzoo), onnxruntime_untamed (without keeping MegEngine's poller "
@@ -116,13 +117,32 @@ def register(subparsers) -> None:
 # export
 # ------------------------------------------------------------------------------------------------
 def _parse_shape(text: str) -> tuple:
+    from ..weights.limits import MAX_INPUT_SIZE
+
     try:
         shape = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
     except ValueError:
         shape = ()
     if len(shape) != 4 or min(shape) < 1:
         raise ValueError(f"--input-shape must be N,C,H,W positive ints, got {text!r}")
+    if max(shape[2:]) > MAX_INPUT_SIZE:
+        raise ValueError(f"--input-shape {text}: H and W must be at most {MAX_INPUT_SIZE} px "
+                         "(docs/cli.md#size-limits)")
     return shape
+
+
+def _tolerance(text: str) -> float:
+    """``--tolerance``: a finite number >= 0."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r} (--no-check skips the check)")
+    return value
 
 
 def _int_list(text: str, what: str) -> List[int]:
@@ -154,12 +174,15 @@ def _default_image() -> Optional[Path]:
 
 
 def cmd_export(args) -> int:
-    from ..inference import ParityError, export, resolve_layout
+    from ..inference import ParityError, export, metadata_path, resolve_layout
     from ..inference.export import INT8_TOLERANCE_STEPS, export_format
     from ..model_source import model_from_source
+    from .paths import check_output, naming_output
 
     shape = _parse_shape(args.input_shape)
     fmt = export_format(args.output, args.format)
+    check_output(args.output)  # before the model is built, exported and checked
+    check_output(metadata_path(args.output))
     if fmt == "mge":
         if args.opset is not None or args.static_batch:
             raise ValueError("--opset and --static-batch apply to --format onnx only")
@@ -187,9 +210,10 @@ def cmd_export(args) -> int:
     tolerance = args.tolerance if args.tolerance is not None else (INT8_TOLERANCE_STEPS if int8 else 1e-4)
     try:
         options = dict(opset=args.opset, dynamic_batch=not args.static_batch) if fmt == "onnx" else dict(layout=args.layout)
-        report = export(model, args.output, shape, format=fmt, fuse=args.fuse, metadata=meta, check=args.check,
-                        tolerance=tolerance, image=image, threads=args.threads, parity_inputs=parity_inputs,
-                        **options)
+        with naming_output(args.output):
+            report = export(model, args.output, shape, format=fmt, fuse=args.fuse, metadata=meta, check=args.check,
+                            tolerance=tolerance, image=image, threads=args.threads, parity_inputs=parity_inputs,
+                            **options)
     except ParityError as exc:
         print(f"megzoo export: error: {exc}", file=sys.stderr)
         print(f"megzoo export: {args.output} not written", file=sys.stderr)

@@ -41,7 +41,7 @@ def _model_options(p) -> None:
 
     p.add_argument("--model", default="resnet50", help="model name (default resnet50; `megzoo list --pretrained`)")
     p.add_argument("--weights", metavar="TAG|FILE", default=None, help=_WEIGHTS_HELP)
-    p.add_argument("--num-classes", type=_positive, default=None, metavar="N",
+    p.add_argument("--num-classes", type=_num_classes, default=None, metavar="N",
                    help="classes of a checkpoint of your own (default 1000)")
     p.add_argument("--device", default=None,
                    help="cpu, gpu, or a MegEngine device name (default: $MEGZOO_DEVICE, else the GPU if usable, "
@@ -73,6 +73,28 @@ def _positive(text: str) -> int:
     return value
 
 
+def _bounded(name: str, text: str) -> int:
+    """A positive int within megzoo.weights.limits' bound of ``name`` (docs/cli.md#size-limits)."""
+    import argparse
+
+    from ..weights.limits import check_size
+
+    try:
+        return check_size(name, _positive(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _num_classes(text: str) -> int:
+    """``--num-classes``: 1 ... megzoo.weights.limits.MAX_NUM_CLASSES."""
+    return _bounded("num_classes", text)
+
+
+def _input_size(text: str) -> int:
+    """``--input-size``: pixels, 1 ... megzoo.weights.limits.MAX_INPUT_SIZE."""
+    return _bounded("input_size", text)
+
+
 def _non_negative(text: str) -> int:
     import argparse
 
@@ -102,6 +124,7 @@ def _classifier(args, **kwargs):
     from ..predict import Classifier
     from ..registry import get_model_entry
     from ..weights.errors import DownloadError, OfflineError, WeightsError
+    from .text import printable
 
     get_model_entry(args.model)  # unknown model: the usual error, before anything else
     select_device(args.device)
@@ -112,7 +135,7 @@ def _classifier(args, **kwargs):
                           calibration=args.calibration, observer=args.observer, **kwargs)
     except WeightsError as exc:
         message = " ".join(str(exc).split())
-        print(f"megzoo {args.command}: error: {message}", file=sys.stderr)
+        print(f"megzoo {args.command}: error: {printable(message)}", file=sys.stderr)
         if name and isinstance(exc, (OfflineError, DownloadError)) and "megzoo download" not in message:
             print(f"hint: on a machine with network, run `megzoo download {name} --to DIR`, copy DIR here and "
                   "set MEGZOO_HOME=DIR (and MEGZOO_OFFLINE=1 to never try the network)", file=sys.stderr)
@@ -120,6 +143,8 @@ def _classifier(args, **kwargs):
 
 
 def cmd_predict(args) -> int:
+    from .text import printable
+
     classifier = _classifier(args, batch_size=args.batch_size, workers=None)
     if classifier is None:
         return 2
@@ -133,14 +158,15 @@ def cmd_predict(args) -> int:
         classifier.runner_for(len(args.images))  # the backend follows the whole job's size, not each chunk's
         for start in range(0, len(args.images), args.batch_size):
             for result in classifier.predict(args.images[start:start + args.batch_size], topk=args.topk):
-                print(result.image)
+                print(printable(result.image))  # names from files are shown escaped (docs/cli.md)
                 for score in result.topk:
-                    print(f"  {score.probability:8.4f}  {score.name} ({score.index})")
+                    print(f"  {score.probability:8.4f}  {printable(score.name)} ({score.index})")
     return 0
 
 
 def cmd_eval(args) -> int:
     from ..evaluate import evaluate
+    from .text import printable
 
     classifier = _classifier(args, batch_size=args.batch_size, workers=args.workers)
     if classifier is None:
@@ -152,8 +178,8 @@ def cmd_eval(args) -> int:
         print(json.dumps(result.as_dict(), indent=2))
         return 0
     how = {"wnid": "named by WordNet id", "index": "named by class index", "sorted": "in sorted order"}[result.labels]
-    print(f"{result.model} ({result.weights}) on {result.data}: {result.images} images in {result.classes} "
-          f"classes (folders {how})")
+    print(printable(f"{result.model} ({result.weights}) on {result.data}: {result.images} images in {result.classes} "
+                    f"classes (folders {how})"))
     print(result)
     compiled = f", of which compiling {result.compile_seconds:.1f} s" if result.runtime else ""
     runtime = f" ({result.runtime})" if result.runtime and result.runtime != result.backend else ""

@@ -130,9 +130,13 @@ def config_from_args(args):
 def cmd_train(args) -> int:
     from ..registry import get_model_entry
     from ..train import train
+    from .paths import check_output, naming_output
 
     get_model_entry(args.model)  # unknown model: the usual error first
-    result = train(config_from_args(args))
+    config = config_from_args(args)
+    check_output(config.output, folder=True)  # before the data is read (docs/cli.md#output-paths)
+    with naming_output(config.output):
+        result = train(config)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
     elif result.best_path:

@@ -19,6 +19,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, List, Optional, Tuple, Union
 
 from ..weights.catalog import WEIGHTS
+from ..weights.limits import check_size
 from .fast_conv import FORWARDS, METHODS
 
 __all__ = ["TrainConfig", "REFERENCE_TOP1", "imagenet_recipe", "learning_rate", "config_fields", "FieldDoc", "RECIPES",
@@ -195,6 +196,9 @@ class TrainConfig:
                 positive_int(name)
         if self.freeze_stages is not None:
             positive_int("freeze_stages", 0)
+        for name in ("input_size", "eval_size", "resize_size", "num_classes"):  # megzoo.weights.limits
+            if getattr(self, name) is not None:
+                check_size(name, getattr(self, name))
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "min_lr", "backbone_lr_mult"):
