@@ -18,6 +18,11 @@ The model is duck-typed: besides the three hooks it needs ``state_dict``/``load_
 Adaptation (reported in a :class:`LoadReport`): a classifier whose shape differs from the model's
 (other ``num_classes``) is left freshly initialised; a first convolution with other input
 channels is adapted: summed over RGB for 1 channel, else tiled and scaled by 3 / in_channels.
+
+Values: floating-point tensors of another precision (float16, float64) are converted to the
+model's dtype (reported); integers or booleans where the model has floats, and any NaN/Inf in
+what would be loaded, are refused with :class:`InvalidWeightsError` naming the tensor, before the
+model is changed.
 """
 import logging
 from dataclasses import dataclass, field
@@ -28,13 +33,18 @@ import numpy as np
 
 from .errors import WeightsError
 
-__all__ = ["LoadReport", "ArchitectureMismatchError", "to_megzoo_layout", "load_into", "detect_layout"]
+__all__ = ["LoadReport", "ArchitectureMismatchError", "InvalidWeightsError", "to_megzoo_layout", "load_into",
+           "detect_layout"]
 
 logger = logging.getLogger("megzoo.weights")
 
 
 class ArchitectureMismatchError(WeightsError):
     """The checkpoint's keys or shapes do not fit the model."""
+
+
+class InvalidWeightsError(WeightsError):
+    """The checkpoint's values cannot be the model's: non-finite numbers, integers where floats belong."""
 
 
 @dataclass
@@ -47,16 +57,26 @@ class LoadReport:
     reinitialized: List[str] = field(default_factory=list)  #: model keys left at their initialisation
     unused: List[str] = field(default_factory=list)  #: checkpoint keys the model has no place for
     file: Optional[str] = None  #: the local file read
+    converted: Dict[str, str] = field(default_factory=dict)  #: key -> dtype change, e.g. "float16 -> float32"
 
     def __str__(self) -> str:
-        lines = [f"weights from {self.source}: {len(self.loaded)} loaded, {len(self.adapted)} adapted, "
+        converted = f" ({len(self.converted)} converted to the model's dtype)" if self.converted else ""
+        lines = [f"weights from {self.source}: {len(self.loaded)} loaded{converted}, {len(self.adapted)} adapted, "
                  f"{len(self.reinitialized)} re-initialised, {len(self.unused)} unused"]
+        lines += [f"  converted {how}: {count} tensors" for how, count in _counts(self.converted.values()).items()]
         lines += [f"  adapted {k}: {how}" for k, how in self.adapted.items()]
         if self.reinitialized:
             lines.append(f"  re-initialised: {', '.join(self.reinitialized)}")
         if self.unused:
             lines.append(f"  unused: {', '.join(self.unused)}")
         return "\n".join(lines)
+
+
+def _counts(values) -> Dict[str, int]:
+    counts: Dict[str, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return counts
 
 
 def detect_layout(state_dict: Dict[str, np.ndarray], model, is_torch_file: bool) -> str:
@@ -92,11 +112,57 @@ def _adapt_first_conv(weight: np.ndarray, in_channels: int) -> np.ndarray:
     return (np.tile(weight, (1, repeats, 1, 1))[:, :in_channels] * (weight.shape[1] / in_channels)).astype(weight.dtype)
 
 
+def _as_dtype(key: str, value: np.ndarray, want: np.dtype, source: str, model_name: str) -> np.ndarray:
+    """``value`` as ``want``: floats of any precision convert, so do integers that fit an integer
+    entry; anything else is refused naming ``key``."""
+    kind, want_kind = value.dtype.kind, want.kind
+    fits = want_kind == "f" and kind == "f" or want_kind in "iu" and kind in "iu" and (
+        value.size == 0 or np.iinfo(want).min <= value.min() and value.max() <= np.iinfo(want).max)
+    if not fits:
+        what = "floating-point" if want_kind == "f" else str(want)
+        raise InvalidWeightsError(f"weights from {source}: tensor {key!r} holds {value.dtype} values where "
+                                  f"{model_name} has {want} ones; refusing to load it (save the model's {what} "
+                                  "state dict)")
+    with np.errstate(over="ignore"):
+        return value.astype(want)
+
+
+def _non_finite(value: np.ndarray, chunk: int = 1 << 22) -> int:
+    """How many NaN/Inf elements ``value`` holds (0 for integers); counted in chunks of elements."""
+    if value.dtype.kind not in "fc":
+        return 0
+    flat = value.reshape(-1)
+    return sum(int(part.size - np.count_nonzero(np.isfinite(part)))
+               for part in (flat[i:i + chunk] for i in range(0, flat.size, chunk)))
+
+
+def _check_values(to_load: Dict[str, np.ndarray], current, report: LoadReport, model_name: str) -> None:
+    """Convert ``to_load`` in place to the dtypes of ``current`` (the model's state dict), noting
+    each change in ``report``; refuse integers where floats belong and non-finite values."""
+    bad = []
+    for key, value in to_load.items():
+        want = np.dtype(current[key].dtype)
+        if value.dtype != want:
+            to_load[key] = _as_dtype(key, value, want, report.source, model_name)
+            report.converted[key] = f"{value.dtype} -> {want}"
+        count = _non_finite(to_load[key])
+        if count:
+            bad.append((key, count, count > _non_finite(value)))
+    if bad:
+        key, count, overflow = bad[0]
+        where = f" after conversion to {current[key].dtype} (values beyond its range)" if overflow else ""
+        more = f"; also in {len(bad) - 1} other tensor(s)" if len(bad) > 1 else ""
+        raise InvalidWeightsError(f"weights from {report.source}: tensor {key!r} has {count} non-finite values "
+                                  f"(NaN/Inf) of {to_load[key].size}{where}{more}; refusing to load it (a diverged "
+                                  "training run? use an earlier checkpoint)")
+
+
 def load_into(model, state_dict: Dict[str, np.ndarray], source: str) -> LoadReport:
     """Load a megzoo-layout ``state_dict`` into ``model`` strictly, except for the documented
     adaptations (classifier of another size, first conv of other input channels).
 
-    Raises :class:`ArchitectureMismatchError` naming the keys/shapes when anything else differs.
+    Raises :class:`ArchitectureMismatchError` naming the keys/shapes when anything else differs,
+    :class:`InvalidWeightsError` for values the model cannot take (see module docstring).
     """
     report = LoadReport(source=source)
     current = model.state_dict()
@@ -143,6 +209,7 @@ def load_into(model, state_dict: Dict[str, np.ndarray], source: str) -> LoadRepo
             f"weights from {source} do not fit {model.model_name}: {'; '.join(details)}. "
             "Check that the checkpoint is for this architecture (and its groups/width options)"
         )
+    _check_values(to_load, current, report, model.model_name)
     for key in report.reinitialized:
         to_load[key] = current[key]  # keep the fresh initialisation; lets the load stay strict
     model.load_state_dict(to_load, strict=True)
@@ -151,4 +218,6 @@ def load_into(model, state_dict: Dict[str, np.ndarray], source: str) -> LoadRepo
                        model.model_name, ", ".join(report.reinitialized), model.num_classes)
     for key, how in report.adapted.items():
         logger.warning("%s: adapted %s (%s)", model.model_name, key, how)
+    for how, count in _counts(report.converted.values()).items():
+        logger.warning("%s: converted %d tensors of %s (%s)", model.model_name, count, source, how)
     return report

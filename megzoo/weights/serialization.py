@@ -16,6 +16,8 @@ called (:class:`UnsafeCheckpointError`, naming the global and the file):
   ``torch.storage.UntypedStorage`` with ``_rebuild_tensor_v3(..., dtype)`` for uint16/32/64; both
   are read, and ``_rebuild_parameter`` (a pickled ``nn.Parameter``). Each tensor is the strided
   view of its storage copied to a C-contiguous array; bfloat16 becomes float32 (exactly).
+  Sizes are bounded before anything is read (zip bombs, many views of one storage): see
+  :mod:`megzoo.weights.archive`.
 
 Truncated or garbled files raise :class:`CorruptCheckpointError`; readable files in a form not
 read here (legacy non-zip torch files, big-endian storages, float8, TorchScript, no state dict)
@@ -33,6 +35,7 @@ from typing import Any, BinaryIO, Dict, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
+from .archive import MAX_BROADCAST_BYTES, MAX_PICKLE_BYTES, CopyBudget, MemberReader
 from .errors import CorruptCheckpointError, UnsafeCheckpointError, UnsupportedCheckpointError, WeightsError
 
 __all__ = ["load_checkpoint", "load_megengine_pickle", "load_torch_zip", "extract_state_dict",
@@ -50,8 +53,6 @@ _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "model_state", "net", "network", "module",
                    "weights", "params", "ema", "model_ema", "state_dict_ema", "ema_state_dict")
 
-#: a tensor may be bigger than its storage (stride 0, from ``expand``) only up to this many bytes
-_MAX_BROADCAST_BYTES = 1 << 28
 
 def is_torch_zip(path: PathLike) -> bool:
     """Whether the file at ``path`` is a zip archive (a torch >= 1.6 ``.pth``), by its first bytes."""
@@ -356,9 +357,10 @@ def _is_index(value) -> bool:
     return type(value) is int and value >= 0
 
 
-def _strided_copy(flat: np.ndarray, offset, size, stride) -> np.ndarray:
+def _strided_copy(flat: np.ndarray, offset, size, stride, budget: Optional[CopyBudget] = None) -> np.ndarray:
     """The tensor of ``size`` and ``stride`` (in elements) at element ``offset`` of the 1-D
-    ``flat``, copied to a C-contiguous array; every element read is checked to be inside ``flat``."""
+    ``flat``, copied to a C-contiguous array; every element read is checked to be inside ``flat``,
+    and the copy's bytes are taken from ``budget``."""
     if not (_is_index(offset) and isinstance(size, tuple) and isinstance(stride, tuple)
             and len(size) == len(stride) and all(_is_index(v) for v in size + stride)):
         raise CorruptCheckpointError(f"malformed tensor record: offset {offset!r}, size {size!r}, stride {stride!r}")
@@ -370,9 +372,11 @@ def _strided_copy(flat: np.ndarray, offset, size, stride) -> np.ndarray:
         raise CorruptCheckpointError(f"tensor of size {size}, stride {stride} at offset {offset} reads element "
                                      f"{last} of a storage of {flat.size}")
     numel = int(np.prod(size, dtype=object))
-    if numel > flat.size and numel * flat.itemsize > _MAX_BROADCAST_BYTES:
+    if numel > flat.size and numel * flat.itemsize > MAX_BROADCAST_BYTES:
         raise UnsupportedCheckpointError(f"tensor of size {size} expands a storage of {flat.size} elements "
                                          f"to {numel * flat.itemsize} bytes")
+    if budget is not None:
+        budget.take(numel * flat.itemsize, size)
     view = np.lib.stride_tricks.as_strided(flat[offset:], shape=size, strides=[st * flat.itemsize for st in stride],
                                            writeable=False)
     return view.copy(order="C")
@@ -395,16 +399,16 @@ def _check_metadata(metadata) -> None:
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
-                       metadata=None) -> np.ndarray:
+                       metadata=None, *, budget: Optional[CopyBudget] = None) -> np.ndarray:
     """``torch._utils._rebuild_tensor_v2``: a tensor of a typed storage, as numpy."""
     storage = _check_storage(storage)
     _check_metadata(metadata)
-    array = _strided_copy(storage.data, storage_offset, size, stride)
+    array = _strided_copy(storage.data, storage_offset, size, stride, budget)
     return _bfloat16_to_float32(array) if storage.type.bfloat16 else array
 
 
 def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype,
-                       metadata=None) -> np.ndarray:
+                       metadata=None, *, budget: Optional[CopyBudget] = None) -> np.ndarray:
     """``torch._utils._rebuild_tensor_v3``: a tensor of an untyped (byte) storage and a dtype."""
     storage = _check_storage(storage)
     _check_metadata(metadata)
@@ -413,7 +417,7 @@ def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, bac
     if storage.data.dtype != np.uint8 or storage.data.size % dtype.dtype.itemsize:
         raise CorruptCheckpointError(f"storage {storage.key} ({storage.type.name}, {storage.data.nbytes} bytes) "
                                      f"cannot hold {dtype.name} elements")
-    array = _strided_copy(storage.data.view(dtype.dtype), storage_offset, size, stride)
+    array = _strided_copy(storage.data.view(dtype.dtype), storage_offset, size, stride, budget)
     return _bfloat16_to_float32(array) if dtype.bfloat16 else array
 
 
@@ -425,15 +429,17 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None) -> np.nda
 
 
 class _TorchUnpickler(_AllowListUnpickler):
-    """Reads ``<prefix>/data.pkl``; storages come from ``<prefix>/data/<key>`` of ``archive``."""
+    """Reads ``<prefix>/data.pkl``; storages come from ``<prefix>/data/<key>`` of the archive."""
 
     allowed = _torch_globals()
 
-    def __init__(self, file: BinaryIO, archive: zipfile.ZipFile, prefix: str):
+    def __init__(self, file: BinaryIO, reader: MemberReader, prefix: str):
         super().__init__(file)
-        self.archive = archive
+        self.reader = reader
+        self.archive = reader.archive
         self.prefix = prefix
         self.storages: Dict[str, _TorchStorage] = {}
+        self.budget = CopyBudget.for_storages(self.archive, f"{prefix}/data/")
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.allowed and module == "torch":
@@ -441,7 +447,10 @@ class _TorchUnpickler(_AllowListUnpickler):
                 raise UnsupportedCheckpointError(f"storage type torch.{name} is not read")
             if _TORCH_EXOTIC_DTYPE.fullmatch(name):
                 raise UnsupportedCheckpointError(f"dtype torch.{name} has no numpy equivalent")
-        return super().find_class(module, name)
+        found = super().find_class(module, name)
+        if (module, name) in (("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor_v3")):
+            return functools.partial(found, budget=self.budget)  # keyword-only: a pickle cannot set it
+        return found
 
     def persistent_load(self, pid) -> _TorchStorage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -465,7 +474,8 @@ class _TorchUnpickler(_AllowListUnpickler):
         if info.file_size != expected:
             raise CorruptCheckpointError(f"storage entry {entry} has {info.file_size} bytes, expected {expected} "
                                          f"({numel} x {storage_type.name})")
-        data = np.frombuffer(self.archive.read(info), dtype=storage_type.dtype)
+        data = np.frombuffer(self.reader.read(info), dtype=storage_type.dtype)
+        data.flags.writeable = False
         storage = self.storages[key] = _TorchStorage(key, storage_type, data)
         return storage
 
@@ -493,10 +503,14 @@ def _read_torch_zip(path: PathLike) -> object:
         raise CorruptCheckpointError(f"{source}: truncated or garbled zip archive ({exc})") from exc
     with archive:
         prefix = _torch_prefix(archive, source)
+        reader = MemberReader(archive, os.fstat(archive.fp.fileno()).st_size)
         try:
-            byteorder = archive.read(f"{prefix}/byteorder") if f"{prefix}/byteorder" in archive.namelist() else b"little"
-            with archive.open(f"{prefix}/data.pkl") as f:
-                data_pkl = f.read()
+            names = archive.namelist()
+            byteorder = bytes(reader.read(archive.getinfo(f"{prefix}/byteorder"), 64)) \
+                if f"{prefix}/byteorder" in names else b"little"
+            data_pkl = reader.read(archive.getinfo(f"{prefix}/data.pkl"), MAX_PICKLE_BYTES)
+        except WeightsError as exc:
+            raise type(exc)(f"{source}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - bad CRC, truncated entry, bad compression
             raise CorruptCheckpointError(f"{source}: truncated or garbled zip archive ({exc})") from exc
         if byteorder == b"big":
@@ -504,7 +518,7 @@ def _read_torch_zip(path: PathLike) -> object:
                                              "are not read")
         if byteorder != b"little":
             raise CorruptCheckpointError(f"{source}: unknown byteorder record {byteorder[:20]!r}")
-        return _unpickle(_TorchUnpickler(io.BytesIO(data_pkl), archive, prefix), source)
+        return _unpickle(_TorchUnpickler(io.BytesIO(data_pkl), reader, prefix), source)
 
 
 def load_torch_zip(path: PathLike) -> Dict[str, np.ndarray]:
