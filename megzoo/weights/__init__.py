@@ -16,13 +16,15 @@ from typing import Optional, Union
 
 from .cache import evict
 from .catalog import WEIGHTS, Preprocess, Weights, default_weights, find_weights, weights_for
-from .convert import ArchitectureMismatchError, LoadReport, detect_layout, load_into, to_megzoo_layout
+from .convert import ArchitectureMismatchError, InvalidWeightsError, LoadReport, detect_layout, load_into, \
+    to_megzoo_layout
 from .download import fetch
 from .errors import CorruptCheckpointError, UnsafeCheckpointError, WeightsError
 from .serialization import extract_state_dict, is_torch_zip, load_checkpoint
 
 __all__ = ["load_pretrained", "resolve_weights", "list_weights", "fetch_weights",
            "Weights", "Preprocess", "LoadReport", "WEIGHTS", "WeightsError", "ArchitectureMismatchError",
+           "InvalidWeightsError",
            "pretrained_value", "DEFAULT_WEIGHT_WORDS"]
 
 logger = logging.getLogger("megzoo.weights")
