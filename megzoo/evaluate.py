@@ -1,8 +1,10 @@
 """Top-1/top-5 accuracy of a classifier on an image folder: :func:`evaluate` (``megzoo eval``).
 
 The folder holds one sub-folder per class, images anywhere below it (``DIR/CLASS/**/IMAGE``,
-files ending in :data:`megzoo.images.IMAGE_EXTENSIONS`, as ``megengine.data.dataset.ImageFolder``
-finds them). Class folders map to classifier outputs by ``labels``:
+files ending in :data:`megzoo.images.IMAGE_EXTENSIONS`), listed by the trainer's lister
+(:func:`megzoo.data.folders.list_image_folder`: hidden folders and files left out, links to
+folders followed only inside their class folder, so a link loop ends and a link to a parent
+files nothing under the wrong class). Class folders map to classifier outputs by ``labels``:
 
 * ``"wnid"``: folders named by WordNet id (the ImageNet validation layout, ``n01440764`` ...)
   map through the shipped ImageNet-1k list (:func:`megzoo.data.imagenet1k_wnids`); any subset
@@ -27,7 +29,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from .data import imagenet1k_wnids
-from .images import is_image_file
+from .data.folders import folder_listing
 from .metrics import topk_correct
 from .predict import Classifier
 
@@ -61,12 +63,6 @@ class EvalResult:
     def __str__(self) -> str:
         return (f"top-1 {self.top1:.3%} ({self.top1_correct}/{self.images})   "
                 f"top-5 {self.top5:.3%} ({self.top5_correct}/{self.images})")
-
-
-def _class_dirs(root: str) -> List[str]:
-    if not os.path.isdir(root):
-        raise ValueError(f"{root}: not a directory (give a folder with one sub-folder per class)")
-    return sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
 
 
 def _label_map(root: str, names: List[str], labels: str, num_classes: int) -> Tuple[str, Dict[str, int]]:
@@ -108,16 +104,18 @@ def _label_map(root: str, names: List[str], labels: str, num_classes: int) -> Tu
 
 def find_samples(root, labels: str = "auto", num_classes: int = 1000) -> Tuple[List[Tuple[str, int]], str]:
     """``([(path, label), ...], labels_used)`` for the image folder ``root`` (see the module
-    docstring), in sorted order (class folder, then path)."""
+    docstring), in the lister's order (class folder, then folder by folder with names sorted).
+    Says so once on stderr when links leaving a class folder were skipped."""
     root = os.fspath(root)
-    names = _class_dirs(root)
+    if not os.path.isdir(root):
+        raise ValueError(f"{root}: not a directory (give a folder with one sub-folder per class)")
+    listing = folder_listing(root)
+    names = listing.classes
     if not names:
         raise ValueError(f"{root} has no class sub-folders (expected {root}/CLASS/IMAGE files)")
     mode, mapping = _label_map(root, names, labels, num_classes)
-    samples = []
-    for name in names:
-        for directory, _, files in sorted(os.walk(os.path.join(root, name), followlinks=True)):
-            samples += [(os.path.join(directory, f), mapping[name]) for f in sorted(files) if is_image_file(f)]
+    listing.warn()
+    samples = [(path, mapping[names[label]]) for path, label in listing.samples]
     if not samples:
         raise ValueError(f"no images under {root} (expected {root}/CLASS/IMAGE files ending in .jpg, .png, ...)")
     return samples, mode

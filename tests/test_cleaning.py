@@ -211,7 +211,7 @@ def test_given_method_writes_every_report_and_leaves_the_data_alone(messy, tmp_p
     assert summary["settings"]["method"] == "given" and summary["settings"]["features"] is None
     assert summary["exact_duplicate_groups"] == 2 and summary["duplicate_groups_with_conflicts"] == 2
     assert summary["versions"]["cleanlab"].split(".")[0] == "2" and summary["readable"] == len(images) - 3
-    excluded = [line for line in (out / "exclude.txt").read_text().splitlines() if not line.startswith("#")]
+    excluded = [json.loads(line) for line in (out / "exclude.txt").read_text().splitlines() if not line.startswith("#")]
     assert excluded == [os.path.join(str(messy), r["path"]) for r in rows
                         if set(r["flags"].split(";")) & {"unreadable", "label", "duplicate"}]
     assert len(excluded) == 8
@@ -250,7 +250,7 @@ def _jpeg_with_thumbnail(image, thumbnail) -> bytes:
 
 
 def test_jpeg_completeness_reads_the_structure_not_the_last_bytes(tmp_path):
-    from megzoo.cleaning.health import _byte_problem
+    from megzoo.images import file_problem as _byte_problem
 
     rng = np.random.RandomState(4)
     image, thumb = _colour(rng, 0, 64), _colour(rng, 1, 8)
@@ -277,7 +277,7 @@ def test_health_sees_images_as_the_trainer_reads_them(tmp_path):
     assert health.problem == ["", "", "", ""]
     assert health.digest[0] == health.digest[1] == health.digest[3] != health.digest[2]
     assert health.std[2] < CONSTANT_STD  # not stretched to full range as a per-image rescale would
-    np.testing.assert_array_equal(cv2.imread(paths[1]), eight)  # what the trainer reads
+    np.testing.assert_array_equal(megzoo.read_image(paths[1]), eight)  # what the trainer reads
 
 
 def test_a_class_with_no_readable_image_is_reported_not_fatal(messy, tmp_path):
@@ -448,7 +448,7 @@ def test_an_unreadable_training_image_is_named_and_replaced(messy, tmp_path, cap
     train[0]
     err = capsys.readouterr().err
     assert err.count("cannot read image") == 1  # once per file
-    assert f"megzoo: cannot read image {messy / 'train' / 'blue' / 'zero.png'} (corrupt, truncated or not an image): " \
+    assert f"megzoo: cannot read image {messy / 'train' / 'blue' / 'zero.png'} (zero-byte file): " \
            "replaced by the next readable image of the training set" in err
     val = ImageSamples([(str(messy / "train" / "blue" / "text.jpg"), 1)])
     with pytest.raises(ValueError, match=r"cannot read image .*text.jpg .*`megzoo clean DATA` lists every such file; "

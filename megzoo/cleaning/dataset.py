@@ -4,9 +4,11 @@
 ``DATA/val/CLASS/...`` beside it (the layout ``megzoo train`` reads; every split is examined,
 so a copy of a training image in val is found). Classes are the training folder's sorted
 sub-folder names, as the trainer numbers them: the listing is the trainer's own
-(:func:`megzoo.train.data.list_image_folder`: hidden folders and files left out, a file taken by
-its extension whether or not it can be read, since finding the unreadable ones is part of the job). The order of :attr:`LabeledImages.paths` (split, then class,
-then file name) is the row order of ``issues.csv`` and of the ``--pred-probs`` array.
+(:func:`megzoo.data.folders.list_image_folder`: hidden folders and files left out, links to
+folders followed only inside their class folder, a file taken by its extension whether or not it
+can be read, since finding the unreadable ones is part of the job). The order of
+:attr:`LabeledImages.paths` (split, then class, then file name) is the row order of
+``issues.csv`` and of the ``--pred-probs`` array.
 """
 import os
 from dataclasses import dataclass
@@ -14,7 +16,8 @@ from typing import List
 
 import numpy as np
 
-from ..train.data import find_folders, list_image_folder
+from ..data.folders import list_image_folder
+from ..train.data import find_folders
 
 __all__ = ["LabeledImages", "scan_folder", "CleaningInputError"]
 
@@ -56,7 +59,8 @@ def scan_folder(data: str) -> LabeledImages:
                                  "val/ with class sub-folders)")
     train_dir, val_dir = find_folders(data)
     splits = [("train" if train_dir != data else "", train_dir)] + ([("val", val_dir)] if val_dir else [])
-    classes, _ = list_image_folder(train_dir)
+    listed = [list_image_folder(folder) for _, folder in splits]  # each folder once: one warning at most
+    classes = listed[0][0]
     if not classes:
         raise CleaningInputError(f"{train_dir} has no class sub-folders: expected {train_dir}/CLASS/IMAGE files "
                                  "(one sub-folder per class, named after it)")
@@ -64,8 +68,7 @@ def scan_folder(data: str) -> LabeledImages:
     paths: List[str] = []
     labels: List[int] = []
     names: List[str] = []
-    for split, folder in splits:
-        split_classes, samples = list_image_folder(folder)
+    for (split, folder), (split_classes, samples) in zip(splits, listed):
         for name in split_classes:
             if name not in index:
                 raise CleaningInputError(f"{folder}/{name}: a class the training folder {train_dir} lacks; add the "

@@ -1,10 +1,14 @@
 """Image health with OpenCV: unreadable, grayscale among colour, odd size, near-constant, exact duplicates.
 
-Each file is read once (:func:`check_images`): its bytes give the failure kind (zero-byte, not an
-image, a JPEG without its end marker or a PNG without ``IEND``: truncated, which OpenCV would
-otherwise decode with a grey tail), its pixels the shape, the colour test (all three channels
-equal to within :data:`GRAY_TOLERANCE`), the pixel spread and a content hash (SHA-1 of the decoded
-pixels and shape, so a copy saved under another name or re-encoded losslessly is the same image).
+Each file is read once (:func:`check_images`), with megzoo's image checks
+(:func:`megzoo.images.file_problem`): its bytes give the failure kind (zero-byte, not an image, a
+JPEG without its end marker or a PNG without ``IEND``: truncated, which OpenCV would otherwise
+decode with a grey tail; more pixels than :func:`megzoo.images.max_image_pixels`: "too large to
+check", refused from its header before decoding), its pixels the shape, the colour test (all three
+channels equal to within :data:`GRAY_TOLERANCE`), the pixel standard deviation and a content hash
+(SHA-1 of the decoded pixels and shape, so a copy saved under another name or re-encoded
+losslessly is the same image). The statistics are computed in row blocks, without full-size
+temporaries: memory per thread is about the decoded image (3 bytes a pixel) and its grey copy.
 The flags are then set against the dataset (:func:`health_flags`): ``grayscale`` only when most
 images are colour; ``odd_size`` when an image's area or aspect ratio is far from the median.
 """
@@ -15,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+
+from ..images import TOO_LARGE, ImageError, decode_image, file_problem
 
 __all__ = ["ImageHealth", "check_images", "health_flags", "duplicate_groups", "GRAY_TOLERANCE",
            "CONSTANT_STD", "ODD_AREA_RATIO", "ODD_ASPECT_RATIO", "MIN_SIDE"]
@@ -59,41 +65,6 @@ class ImageHealth:
         return np.array([not p for p in self.problem], dtype=bool)
 
 
-def _jpeg_scan_start(data: bytes) -> int:
-    """Offset of a JPEG's first top-level start-of-scan marker, stepping over the header segments
-    by their lengths (so an EXIF thumbnail's own markers are not taken for the image's); -1 if
-    the header ends first."""
-    i = 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            return -1
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-        elif marker == 0xDA:
-            return i
-        elif 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
-            i += 2
-        else:
-            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-    return -1
-
-
-def _byte_problem(data: bytes) -> str:
-    """Why these file bytes are not a complete image, from the bytes alone ("" if none found).
-    A JPEG is complete when an end-of-image marker follows its first scan (entropy-coded data
-    cannot hold one), whatever comes after it (motion photos append a video)."""
-    if not data:
-        return "zero-byte file"
-    if data[:3] == b"\xff\xd8\xff":
-        scan = _jpeg_scan_start(data)
-        if scan < 0 or data.find(b"\xff\xd9", scan) < 0:
-            return "truncated JPEG (no end-of-image marker)"
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-16:]:
-        return "truncated PNG (no IEND chunk)"
-    return ""
-
-
 def _thumbnail(image: np.ndarray) -> np.ndarray:
     import cv2
 
@@ -103,28 +74,47 @@ def _thumbnail(image: np.ndarray) -> np.ndarray:
     return t / max(float(np.linalg.norm(t)), 1e-6)
 
 
-def _read_one(path: str):
-    """(problem, height, width, gray, std, digest, size, thumbnail) of one file."""
+def _spread_and_std(image: np.ndarray):
+    """(the largest channel spread max - min of any pixel, the pixel standard deviation) of a
+    (H, W, 3) uint8 image, in row blocks of about 1M pixels (no full-size temporaries)."""
     import cv2
 
+    rows = max(1, (1 << 20) // max(1, image.shape[1]))
+    spread = 0
+    for top in range(0, image.shape[0], rows):
+        block = image[top:top + rows]
+        spread = max(spread, int((block.max(axis=2) - block.min(axis=2)).max()))
+        if spread > GRAY_TOLERANCE:
+            break
+    means, stds = cv2.meanStdDev(image)  # per channel, in double precision
+    means, stds = means.ravel(), stds.ravel()
+    variance = float(np.mean(stds ** 2 + means ** 2) - np.mean(means) ** 2)
+    return spread, float(np.sqrt(max(variance, 0.0)))
+
+
+def _read_one(path: str):
+    """(problem, height, width, gray, std, digest, size, thumbnail) of one file."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
         return f"cannot open ({exc.strerror or exc})", 0, 0, False, 0.0, "", 0, _NO_THUMB
-    problem = _byte_problem(data)
+    problem = file_problem(data)
+    if problem.startswith(TOO_LARGE):
+        problem = "too large to check" + problem[len(TOO_LARGE):]
     if problem:
         return problem, 0, 0, False, 0.0, "", len(data), _NO_THUMB
-    # decoded as the trainer reads it (cv2.imread's IMREAD_COLOR: 8-bit BGR, 16-bit scaled by
-    # 1/256, alpha dropped, one channel repeated), so health and duplicates are of what it sees
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if image is None or image.size == 0:
-        return "not an image OpenCV can decode", 0, 0, False, 0.0, "", len(data), _NO_THUMB
+    # decoded as every reader of megzoo decodes it (megzoo.images: 8-bit BGR, 16-bit scaled by
+    # 1/257, alpha dropped, one channel repeated), so health and duplicates are of what the trainer sees
+    try:
+        image = decode_image(data, path)
+    except ImageError as exc:
+        return exc.reason, 0, 0, False, 0.0, "", len(data), _NO_THUMB
     h, w = image.shape[:2]
-    spread = image.max(axis=2).astype(np.int16) - image.min(axis=2)
-    gray = bool(spread.max() <= GRAY_TOLERANCE)
-    digest = hashlib.sha1(f"{image.shape}".encode() + np.ascontiguousarray(image).tobytes()).hexdigest()
-    return "", int(h), int(w), gray, float(image.std()), digest, len(data), _thumbnail(image)
+    spread, std = _spread_and_std(image)
+    digest = hashlib.sha1(f"{image.shape}".encode())
+    digest.update(image.reshape(-1))  # C-contiguous: hashed in place
+    return "", int(h), int(w), spread <= GRAY_TOLERANCE, std, digest.hexdigest(), len(data), _thumbnail(image)
 
 
 def check_images(paths: Sequence[str], progress: bool = True, workers: Optional[int] = None) -> ImageHealth:

@@ -4,7 +4,10 @@ Every file is written atomically into the output folder (never into the data fol
 image is only ever read. ``issues.csv`` has one row per image with any flag (columns:
 :data:`CSV_COLUMNS`), unreadable files first, then label issues worst first, then the rest by
 path; ``exclude.txt`` lists the absolute paths of the images whose flags are in
-``exclude_flags`` (default: unreadable, label, duplicate), for ``megzoo train --exclude``.
+``exclude_flags`` (default: unreadable, label, duplicate), for ``megzoo train --exclude``: ``#``
+comment lines, then one path a line written as a JSON string (``"/data/cat/a\\nb.jpg"``), so
+that any file name, one holding a newline included, reads back exactly
+(:func:`megzoo.train.data.read_exclude_list`).
 """
 import csv
 import io
@@ -15,6 +18,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ..host import atomic_write_bytes, atomic_write_text
+from ..images import ImageError, read_image
 
 __all__ = ["CSV_COLUMNS", "FLAGS", "DEFAULT_EXCLUDE_FLAGS", "write_issues_csv", "write_exclude", "write_summary",
            "contact_sheet"]
@@ -36,12 +40,24 @@ def write_issues_csv(path: str, rows: Sequence[Dict]) -> str:
     return path
 
 
+def _json_line(path: str) -> str:
+    """``path`` as a one-line JSON string: non-ASCII letters kept as they are, unless the name holds
+    bytes that are not UTF-8 (then ``\\udcxx`` escapes, which read back to the same name)."""
+    text = json.dumps(path, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(path)
+    return text
+
+
 def write_exclude(path: str, rows: Sequence[Dict], root: str, flags: Sequence[str] = DEFAULT_EXCLUDE_FLAGS) -> int:
     """Write the images of ``rows`` carrying any of ``flags``; returns how many."""
     chosen = [r for r in rows if set(r["flags"].split(";")) & set(flags)]
-    lines = [f"# megzoo clean: {len(chosen)} images of {root} flagged {', '.join(flags)}",
-             "# use: megzoo train --data DATA --exclude THIS_FILE (absolute paths; the images stay where they are)"]
-    lines += [os.path.join(root, r["path"]) for r in chosen]
+    lines = [f"# megzoo clean: {len(chosen)} images of {_json_line(root)} flagged {', '.join(flags)}",
+             "# use: megzoo train --data DATA --exclude THIS_FILE (absolute paths, one JSON string a line; "
+             "the images stay where they are)"]
+    lines += [_json_line(os.path.join(root, r["path"])) for r in chosen]
     atomic_write_text(path, "\n".join(lines) + "\n")
     return len(chosen)
 
@@ -54,7 +70,10 @@ def write_summary(path: str, summary: Dict) -> str:
 def _thumbnail(path: str, side: int) -> np.ndarray:
     import cv2
 
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    try:
+        image = read_image(path)  # megzoo's checks: a truncated or too large file is not decoded
+    except ImageError:
+        image = None
     if image is None:
         image = np.full((side, side, 3), 64, np.uint8)
         cv2.line(image, (0, 0), (side - 1, side - 1), (0, 0, 255), 2)

@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, List, Optional, Union
 
 import numpy as np
 
-from ..images import is_image_file
+from ..data.folders import list_image_files
 
 __all__ = ["CalibrationSet", "calibration_batches", "list_images", "DEFAULT_MAX_IMAGES"]
 
@@ -35,13 +35,14 @@ class CalibrationSet:
 
 
 def list_images(folder: Union[str, "os.PathLike[str]"], max_images: Optional[int] = None) -> List[str]:
-    """Image files under ``folder`` (any depth, sorted), spread evenly over the sorted list when
-    there are more than ``max_images`` (so every class folder contributes)."""
+    """Image files under ``folder`` (any depth, sorted; listed by :func:`megzoo.data.folders.list_image_files`:
+    hidden files left out, links to folders followed only inside ``folder``), spread evenly over
+    the sorted list when there are more than ``max_images`` (so every class folder contributes)."""
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"calibration folder {root} does not exist: give a folder of images "
                                 "(e.g. the training images, ImageFolder layout or flat)")
-    files = sorted(str(p) for p in root.rglob("*") if p.is_file() and is_image_file(p))
+    files = sorted(list_image_files(str(root)))
     if not files:
         raise ValueError(f"no image files under {root} (.jpg, .png, ...): give a folder of calibration images")
     if max_images is not None and len(files) > max_images:
