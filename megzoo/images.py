@@ -178,8 +178,8 @@ def file_problem(data) -> str:
     pixels than :func:`max_image_pixels`. A JPEG is complete when an end-of-image marker follows
     its first scan (entropy-coded data cannot hold one), whatever comes after it (motion photos
     append a video)."""
-    buffer = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
-    if buffer.size == 0:
+    buffer = memoryview(np.ascontiguousarray(data, dtype=np.uint8) if isinstance(data, np.ndarray) else data).cast("B")
+    if len(buffer) == 0:  # (a memoryview: bytes read in place; an array's items are slow to index one by one)
         return "zero-byte file"
     size = declared_size(buffer)
     if size is not None and _too_large(*size):
@@ -187,7 +187,8 @@ def file_problem(data) -> str:
     head = bytes(buffer[:8])
     if head[:3] == _JPEG_MAGIC:
         scan = next((at for marker, at in _jpeg_segments(buffer) if marker == 0xDA), -1)
-        if scan < 0 or _EOI.search(buffer, scan) is None:
+        ends = scan >= 0 and bytes(buffer[-2:]) == b"\xff\xd9"  # the usual case, without a search
+        if scan < 0 or not (ends or _EOI.search(buffer, scan)):
             return "truncated JPEG (no end-of-image marker)"
     if head == _PNG_MAGIC and b"IEND" not in bytes(buffer[-16:]):
         return "truncated PNG (no IEND chunk)"
