@@ -396,9 +396,10 @@ def test_verify_cache_reports_and_removes_bad_files(server):
     (weights_dir() / "stray.bin.part").write_bytes(b"in progress")
     results = {r.path.name: r for r in verify_cache()}
     assert sorted(results) == ["bad.bin", "good.bin", "placed.bin"]
-    assert results["good.bin"].ok and results["good.bin"].checked
-    assert not results["bad.bin"].ok and "sha256" in results["bad.bin"].reason
-    assert results["placed.bin"].ok and not results["placed.bin"].checked
+    assert results["good.bin"].status == "ok" and results["good.bin"].checked
+    assert results["bad.bin"].status == "bad" and "sha256" in results["bad.bin"].reason
+    assert results["placed.bin"].status == "unchecked" and not results["placed.bin"].checked
+    assert not results["placed.bin"].ok
     assert good.exists() and unchecked.exists()
     assert not bad.exists() and not sidecar_path(bad).exists()
     assert verify_cache(weights_dir() / "missing") == []
@@ -597,6 +598,44 @@ def test_two_processes_download_the_file_once(server, tmp_path):
     assert len(server.requests) == 1 and server.full_transfers(PATH) == 1
     assert sum(any("waiting for another process" in line for line in lines) for lines in errors) == 1
     assert leftovers(weights_dir()) == []
+    assert sorted(p.name for p in weights_dir().iterdir()) == ["shared.bin", "shared.bin.sha256"]  # no lock left
+
+
+def test_no_lock_file_is_left_for_any_url_tried(server, tmp_path):
+    server.add("/b.bin", DATA)
+    server.set_mode(PATH, Mode.error(404))
+    fetch([server.url(PATH), server.url("/b.bin")], "a.bin", **FAST)
+    with pytest.raises(DownloadError):
+        fetch([server.url(PATH)], "c.bin", **FAST)
+    download_file(server.url("/b.bin"), tmp_path / "out" / "d.bin", **FAST)
+    assert [(r.path.name, r.ok) for r in verify_cache()] == [("a.bin", True)]
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["a.bin", "a.bin.sha256", "d.bin",
+                                                                          "d.bin.sha256"]
+
+
+# A child whose files may not grow past 100 kB (RLIMIT_FSIZE): a write error in the middle of a download.
+CHILD_FULL = r"""
+import resource, signal, sys, types
+for package in ("megzoo", "megzoo.weights"):
+    sys.modules[package] = types.ModuleType(package)
+    sys.modules[package].__path__ = [package.replace(".", "/")]
+from megzoo.weights.download import fetch
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+try:
+    fetch([sys.argv[1]], "a.bin", progress=False, retries=0)
+except OSError as exc:
+    print(f"{type(exc).__name__}: {exc}")
+"""
+
+
+def test_a_write_error_names_the_file_and_leaves_nothing(server):
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", CHILD_FULL, server.url(PATH)], cwd=root, capture_output=True,
+                          text=True, timeout=60)
+    part = weights_dir() / "a.bin.part"
+    assert done.stdout == f"OSError: [Errno 27] File too large: '{part}'\n", done.stderr
+    assert list(weights_dir().iterdir()) == []
 
 
 # -- the test server itself ---------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from ..host import atomic_write
+from .paths import check_output, naming_output
 
 
 def register(subparsers) -> None:
@@ -28,7 +29,12 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--output", required=True, help="output .pkl (MegEngine pickle of numpy arrays)")
     p.set_defaults(handler=cmd_convert)
 
-    p = subparsers.add_parser("verify", help="re-check every cached weight file against its recorded sha256")
+    p = subparsers.add_parser(
+        "verify", help="re-check every cached weight file against its published sha256, else its recorded one",
+        description="Re-check the cache: a file is compared with the sha256 (or prefix) its publisher gives, else "
+                    "with the sha256 recorded on download. ok: it matches; BAD: it does not and was removed; "
+                    "unchecked: there is nothing to compare it with; PROBLEM: an unreadable record or a file another "
+                    "user could have written (kept). Exit status 1 when a file is BAD or has a PROBLEM.")
     p.set_defaults(handler=cmd_verify)
 
 
@@ -73,6 +79,7 @@ def cmd_download(args) -> int:
     from ..weights import fetch_weights
 
     if args.to:
+        check_output(args.to, folder=True)  # docs/cli.md#output-paths
         os.environ["MEGZOO_HOME"] = str(Path(args.to).expanduser().resolve())
     for weights in _selected(args.names):
         path = fetch_weights(weights, progress=not args.no_progress)
@@ -90,10 +97,11 @@ def cmd_convert(args) -> int:
     from ..weights import load_pretrained
 
     source = Path(args.file)
+    output = check_output(args.output)  # before the checkpoint is read (docs/cli.md#output-paths)
     model = get_model(args.arch)
     report = load_pretrained(model, args.arch, source, progress=False)
-    output = Path(args.output)
-    atomic_write(output, lambda f: megengine.save(model.state_dict(), f))
+    with naming_output(output):
+        atomic_write(output, lambda f: megengine.save(model.state_dict(), f))
     print(report, file=sys.stderr)
     print(f"wrote {output} ({output.stat().st_size:,} bytes); load it with "
           f"megzoo.{args.arch}(pretrained={str(output)!r})")
@@ -104,10 +112,16 @@ def cmd_verify(args) -> int:
     from ..weights.cache import verify_cache
 
     results = verify_cache()
-    bad = 0
+    label = {"ok": "ok", "unchecked": "unchecked", "bad": "BAD", "problem": "PROBLEM"}
+    counts = {status: 0 for status in label}
     for result in results:
-        ok = getattr(result, "ok", None)
-        bad += not ok
-        print(f"{'ok ' if ok else 'BAD'} {result.path}" + ("" if ok else f"  ({result.reason}; removed)"))
-    print(f"{len(results)} files checked, {bad} bad")
-    return 1 if bad else 0
+        counts[result.status] += 1
+        suffix = "; removed" if result.status == "bad" else ""
+        print(f"{label[result.status]:<9} {result.path}  ({result.reason}{suffix})")
+    summary = f"{counts['ok'] + counts['bad']} files checked, {counts['bad']} bad"
+    if counts["unchecked"]:
+        summary += f"; {counts['unchecked']} unchecked (no published or recorded sha256)"
+    if counts["problem"]:
+        summary += f"; {counts['problem']} with a problem (kept, see above)"
+    print(summary)
+    return 1 if counts["bad"] or counts["problem"] else 0

@@ -12,13 +12,18 @@ errors fail at once. The finished file's length is checked (Content-Length or Co
 and ``size`` when known) and its sha256 too when known (a full digest, or a prefix of at least 8
 hex digits as in torchvision file names), then it is renamed into place with ``os.replace``: a
 half file never appears under ``dest``. Its sha256 is recorded in ``<dest>.sha256`` so that later
-uses are checked even when no hash was published. ``<dest>.lock`` (a ``filelock.FileLock``) keeps
-processes from downloading the same file at once: the second one waits, then uses the finished file.
-After a final failure the ``.part`` file is removed; only an interruption (Ctrl-C) keeps it, so
-the next attempt resumes it.
+uses are checked even when no hash was published. ``<dest>.lock`` (an ``flock``, removed on
+release) keeps processes from downloading the same file at once: the second one waits, then uses
+the finished file. After a final failure the ``.part`` file is removed; only an interruption
+(Ctrl-C) keeps it, so the next attempt resumes it. A write error (full disk, read-only folder)
+raises OSError naming the file and leaves no partial file.
+
+The cache's folders and files are checked before use (:mod:`.cache_safety`): one another user
+could have written is refused with UnsafeCacheError; the ``.part`` and ``.lock`` files are never
+opened through a link.
 
 Sources may be ``http://`` or ``https://`` URLs, ``file://`` URLs or plain local paths; local
-files are copied and verified like downloads.
+files are copied and verified like downloads. Other schemes (``ftp://``...) are refused.
 
 Environment variables:
 
@@ -44,23 +49,26 @@ import http.client
 import logging
 import os
 import re
+import stat
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-import filelock
 import requests
 import urllib3
 from tqdm import tqdm
 
-from .cache import file_lock, file_sha256, normalize_sha256, sidecar_path, verify_file, weights_dir, write_sidecar
+from .cache import (cache_folders, file_sha256, normalize_sha256, sidecar_path, verify_file, weights_dir,
+                    write_sidecar)
+from .cache_safety import (cache_lock, check_temporary, check_trusted, discard_temporary, open_temporary,
+                           prepare_folders)
 from .errors import ChecksumError, DownloadError, OfflineError, WeightsError
 
-__all__ = ["download_file", "fetch", "is_offline", "mirror_rules", "apply_mirrors"]
+__all__ = ["download_file", "fetch", "is_offline", "mirror_rules", "apply_mirrors", "check_url_scheme",
+           "SUPPORTED_SCHEMES"]
 
 logger = logging.getLogger("megzoo.weights")
 
@@ -71,6 +79,10 @@ _CHUNK = 1 << 16  # bytes per read
 _MAX_BACKOFF = 60.0  # seconds
 _RETRY_STATUS = {408, 429}  # besides every 5xx
 _FALSE_WORDS = {"", "0", "false", "no", "off"}
+
+#: the URL schemes a weight source may have (besides a plain local path)
+SUPPORTED_SCHEMES = ("http", "https", "file")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 _sleep = time.sleep  # patched by tests
 
@@ -111,20 +123,32 @@ def apply_mirrors(url: str, rules: Optional[Sequence[Tuple[str, str]]] = None) -
     return url
 
 
+def check_url_scheme(source: str) -> Optional[str]:
+    """The lower-case scheme of the URL ``source`` (None for a plain path); DownloadError for a
+    scheme megzoo cannot fetch (``ftp://``, ``s3://``...), naming the supported ones."""
+    match = _SCHEME.match(source)
+    if not match:
+        return None
+    scheme = match.group(1).lower()
+    if scheme not in SUPPORTED_SCHEMES:
+        raise DownloadError(f"{source}: unsupported URL scheme {scheme}://; megzoo fetches "
+                            f"{', '.join(s + '://' for s in SUPPORTED_SCHEMES)} URLs and local paths "
+                            "(download the file yourself and pass its path)", source)
+    return scheme
+
+
 def _is_remote(source: str) -> bool:
     return source.lower().startswith(("http://", "https://"))
 
 
 def _local_path(source: str) -> Path:
     """The path of a ``file://`` URL or plain path."""
-    if source.lower().startswith("file://"):
+    if check_url_scheme(source) == "file":
         parsed = urlparse(source)
         if parsed.netloc not in ("", "localhost"):
             raise DownloadError(f"{source}: file:// URLs must name a local file (file:///path), "
                                 f"not one on host {parsed.netloc!r}", source)
         return Path(url2pathname(parsed.path))
-    if "://" in source:
-        raise DownloadError(f"{source}: unsupported URL scheme; use http(s)://, file:// or a local path", source)
     return Path(source).expanduser()
 
 
@@ -137,7 +161,9 @@ def download_file(url: str, dest: PathLike, *, sha256: Optional[str] = None, siz
 
     Atomic (through ``<dest>.part`` and ``os.replace``), resumable, locked against other processes,
     length-checked and verified against ``sha256`` (hex digest or >= 8-digit prefix) and ``size``
-    (bytes) when given; the file's sha256 is recorded in ``<dest>.sha256``. ``timeout`` is
+    (bytes) when given; the file's sha256 is recorded in ``<dest>.sha256``. ``dest``'s folder must
+    be the user's (or root's) and writable by nobody else unless sticky, like ``/tmp``
+    (UnsafeCacheError otherwise, see :mod:`.cache_safety`). ``timeout`` is
     ``(connect, read)`` in seconds; ``retries`` is how many times a transient failure is retried
     (the count starts over whenever a retry got further into the file); the n-th retry waits
     ``backoff * 2**(n-1)`` seconds. An existing ``dest`` that verifies against ``sha256`` or its
@@ -149,15 +175,18 @@ def download_file(url: str, dest: PathLike, *, sha256: Optional[str] = None, siz
     if _is_remote(url) and is_offline():
         raise OfflineError(f"MEGZOO_OFFLINE is set: not downloading {url}; fetch it on a machine with network "
                            f"and place it at {dest}", dest, [url])
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(dest):
-        if not overwrite and dest.is_file() and (sha256 or sidecar_path(dest).is_file()):
+    if not prepare_folders([(dest.parent, True)]):
+        dest.parent.mkdir(parents=True, exist_ok=True)  # raises why it cannot be made, naming it
+        prepare_folders([(dest.parent, True)])
+    with cache_lock(dest):
+        present = check_trusted(dest)
+        if not overwrite and present and (sha256 or os.path.lexists(sidecar_path(dest))):
             try:
                 verify_file(dest, sha256, size=size)
                 logger.info("%s is already there and verified", dest)
                 return dest
             except ChecksumError:
-                pass  # removed; fetch it again
+                pass  # removed (or its sidecar is unreadable); fetch it again
         _download(url, dest, sha256, size, progress, timeout, retries, backoff)
     return dest
 
@@ -169,25 +198,25 @@ def fetch(urls: Union[str, Sequence[str]], filename: str, *, sha256: Optional[st
 
     A cached file is checked against ``sha256`` (hex digest or >= 8-digit prefix), else its
     recorded sidecar (a cached file with neither gets its sha256 recorded now); one that fails is
-    removed and fetched again. Otherwise ``urls`` are tried in order, after ``MEGZOO_MIRRORS``
-    rewriting, and the first that works wins. Under ``MEGZOO_OFFLINE`` only local sources are
-    used and a missing file raises OfflineError. ``name`` (e.g. ``"resnet50.tv2_in1k"``) is only
-    used in messages; the other options are those of :func:`download_file`.
+    removed and fetched again. The cache's folders and the file must be the user's (or root's) and
+    writable by nobody else, else UnsafeCacheError says which path and how to fix it. Otherwise
+    ``urls`` are tried in order, after ``MEGZOO_MIRRORS`` rewriting, and the first that works wins.
+    Under ``MEGZOO_OFFLINE`` only local sources are used and a missing file raises OfflineError.
+    ``name`` (e.g. ``"resnet50.tv2_in1k"``) is only used in messages; the other options are those
+    of :func:`download_file`.
     """
     urls = [urls] if isinstance(urls, str) else list(urls)
     if not urls:
         raise ValueError(f"no URL given for {filename}")
     directory = Path(cache_dir) if cache_dir is not None else weights_dir()
-    dest = directory / _checked_filename(filename)
+    relative = _checked_filename(filename)
+    dest = directory / relative
     sha256 = normalize_sha256(sha256)
     sources = list(dict.fromkeys(apply_mirrors(url) for url in urls))
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError:  # a read-only cache can still serve (or lack) the file
-        pass
-    with _locked(dest):
+    cache_folders(cache_dir, str(PurePosixPath(relative).parent))  # a read-only cache may lack them
+    with cache_lock(dest):
         failed_check = None
-        if dest.is_file():
+        if check_trusted(dest):
             try:
                 verify_file(dest, sha256, size=size)
                 return dest
@@ -211,28 +240,7 @@ def fetch(urls: Union[str, Sequence[str]], filename: str, *, sha256: Optional[st
         raise _all_failed(dest, errors)
 
 
-# -- locking and errors -----------------------------------------------------------------------------
-
-@contextmanager
-def _locked(dest: Path) -> Iterator[None]:
-    """Hold ``<dest>.lock``, saying so when another process holds it; without a lock on a read-only cache."""
-    lock = file_lock(dest)
-    try:
-        try:
-            lock.acquire(timeout=0)
-        except filelock.Timeout:
-            logger.info("waiting for another process downloading %s (lock %s)", dest, lock.lock_file)
-            lock.acquire()
-        held = True
-    except OSError as exc:  # the lock file cannot be created: a read-only cache nobody writes to
-        logger.debug("no lock for %s (%s); going on without it", dest, exc)
-        held = False
-    try:
-        yield
-    finally:
-        if held:
-            lock.release()
-
+# -- errors -------------------------------------------------------------------------------------------
 
 def _checked_filename(filename: str) -> str:
     parts = PurePosixPath(filename.replace("\\", "/")).parts
@@ -246,7 +254,11 @@ def _offline_error(dest: Path, urls: Sequence[str], name: Optional[str], failed:
     for url in urls:
         mirrored = apply_mirrors(url)
         lines.append(url if mirrored == url else f"{url} (mirror: {mirrored})")
-    why = f"the cached file failed its check and was removed ({failed.reason})" if failed else "it is not cached"
+    if failed:
+        what = "could not be checked and was kept" if dest.exists() else "failed its check and was removed"
+        why = f"the cached file {what} ({failed.reason})"
+    else:
+        why = "it is not cached"
     return OfflineError(
         f"{dest.name}: {why}, and MEGZOO_OFFLINE is set, so it is not downloaded. Place the file at {dest} "
         f"(on a machine with network, fetch it from {' or '.join(lines)}), or pre-fetch it there with "
@@ -297,12 +309,37 @@ def _download(source: str, dest: Path, sha256: Optional[str], size: Optional[int
             else:
                 _copy_local(source, dest, part, sha256, size, bar)
     except Exception:
-        part.unlink(missing_ok=True)  # a failed download leaves nothing behind
+        discard_temporary(part)  # a failed download leaves nothing behind (a planted link is not ours to remove)
         raise
     except BaseException:
-        if part.is_file():
+        if part.is_file() and not part.is_symlink():
             logger.info("interrupted: kept %s (%d bytes); the next attempt resumes it", part, part.stat().st_size)
         raise
+
+
+def _write_error(exc: OSError, path: Path) -> OSError:
+    """``exc`` as an OSError naming ``path`` (a write error of a file object names no file)."""
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))
+
+
+def _write_all(fd: int, data: bytes, path: Path) -> None:
+    """Write all of ``data`` to ``fd``; an OSError names ``path``."""
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as exc:
+        raise _write_error(exc, path) from exc
+
+
+def _sync_close(fd: int, path: Path) -> None:
+    """fsync and close ``fd``; an OSError names ``path``."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise _write_error(exc, path) from exc
+    finally:
+        os.close(fd)
 
 
 def _copy_local(source: str, dest: Path, part: Path, sha256: Optional[str], size: Optional[int], bar: tqdm) -> None:
@@ -311,18 +348,21 @@ def _copy_local(source: str, dest: Path, part: Path, sha256: Optional[str], size
         raise DownloadError(f"{source}: no such file ({path}); check the path, or MEGZOO_MIRRORS if it was "
                             "rewritten to a local mirror", source, dest)
     bar.reset(total=path.stat().st_size)
-    with open(path, "rb") as src, open(part, "wb") as out:
-        for block in iter(lambda: src.read(1 << 20), b""):
-            out.write(block)
-            bar.update(len(block))
-        out.flush()
-        os.fsync(out.fileno())
+    with open(path, "rb") as src:
+        out = open_temporary(part, append=False)
+        try:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                _write_all(out, block, part)
+                bar.update(len(block))
+        finally:
+            _sync_close(out, part)
     _install(part, dest, source, sha256, size, length_known=True)
 
 
 def _install(part: Path, dest: Path, source: str, sha256: Optional[str], size: Optional[int],
              length_known: bool) -> None:
     """Check the finished ``part`` against ``size``/``sha256``, record its sha256, move it to ``dest``."""
+    check_temporary(part)
     have = part.stat().st_size
     if size is not None and have != size:
         raise ChecksumError(f"{source} gave {have} bytes for {dest.name}, expected {size}; the download was "
@@ -337,7 +377,10 @@ def _install(part: Path, dest: Path, source: str, sha256: Optional[str], size: O
     if sha256 is None and size is None and not length_known:
         logger.info("%s sent no length and no sha256 is known: %s could not be checked; recorded its sha256 %s",
                     source, dest.name, digest)
-    write_sidecar(dest, digest)
+    try:
+        write_sidecar(dest, digest)
+    except OSError as exc:
+        raise _write_error(exc, sidecar_path(dest)) from exc
     os.replace(part, dest)
     logger.info("saved %s (%d bytes, sha256 %s)", dest, have, digest)
 
@@ -367,14 +410,14 @@ class _HttpDownload:
                         raise DownloadError(f"{self.url}: {exc}, again after {restarts - 1} fresh starts; "
                                             "giving up. Try another mirror (MEGZOO_MIRRORS)", self.url, self.dest)
                     logger.info("%s: %s; downloading from the start", self.url, exc)
-                    self.part.unlink(missing_ok=True)
+                    discard_temporary(self.part)
                     self.resumed = False
                 except ChecksumError as exc:
                     if not self.resumed:
                         raise
                     restarts += 1  # the bytes kept from before may be the bad ones
                     logger.info("%s after resuming; downloading from the start", exc.reason)
-                    self.part.unlink(missing_ok=True)
+                    discard_temporary(self.part)
                     self.resumed = False
                     if restarts > retries + 1:
                         raise
@@ -394,10 +437,12 @@ class _HttpDownload:
                     _sleep(delay)
 
     def _have(self) -> int:
+        """Bytes in the .part file (0 when there is none, or something else than a file is there)."""
         try:
-            return self.part.stat().st_size
+            st = os.lstat(self.part)
         except FileNotFoundError:
             return 0
+        return st.st_size if stat.S_ISREG(st.st_mode) else 0
 
     def _attempt(self, session: requests.Session) -> None:
         offset = self._have()
@@ -432,18 +477,24 @@ class _HttpDownload:
             self.resumed = mode == "ab"
             self.bar.reset(total=total)
             self.bar.update(offset)
-            with open(self.part, mode) as out:
-                try:
-                    for chunk in _body(response):
-                        out.write(chunk)
-                        self.bar.update(len(chunk))
-                except _BODY_ERRORS as exc:
-                    error = exc
-                else:
-                    error = None
-                finally:
-                    out.flush()
-                    os.fsync(out.fileno())
+            out = open_temporary(self.part, append=mode == "ab")
+            error = None
+            try:
+                if os.fstat(out).st_size != offset:
+                    raise _Restart(f"{self.part} changed while it was being resumed")
+                chunks = _body(response)
+                while True:
+                    try:
+                        chunk = next(chunks, None)
+                    except _BODY_ERRORS as exc:
+                        error = exc
+                        break
+                    if chunk is None:
+                        break
+                    _write_all(out, chunk, self.part)
+                    self.bar.update(len(chunk))
+            finally:
+                _sync_close(out, self.part)
         have = self._have()
         got = f"{have} of {total if total is not None else 'an unknown number of'} bytes"
         if error is not None:

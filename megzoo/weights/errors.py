@@ -57,3 +57,14 @@ class UnsupportedCheckpointError(CorruptCheckpointError):
 
 
 __all__.append("UnsupportedCheckpointError")
+
+
+class UnsafeCacheError(WeightsError):
+    """A cache folder or file another user could have written (owner, mode, a link): refused."""
+
+    def __init__(self, message: str, path: Union[None, str, Path] = None):
+        super().__init__(message)
+        self.path = Path(path) if path is not None else None  #: the folder or file refused
+
+
+__all__.append("UnsafeCacheError")
