@@ -18,7 +18,7 @@ from .cache import evict
 from .catalog import WEIGHTS, Preprocess, Weights, default_weights, find_weights, weights_for
 from .convert import ArchitectureMismatchError, InvalidWeightsError, LoadReport, detect_layout, load_into, \
     to_megzoo_layout
-from .download import fetch
+from .download import check_url_scheme, fetch
 from .errors import CorruptCheckpointError, UnsafeCheckpointError, WeightsError
 from .serialization import extract_state_dict, is_torch_zip, load_checkpoint
 
@@ -63,6 +63,7 @@ def resolve_weights(arch: str, pretrained) -> Union[Weights, str, Path]:
         return weights
     if _is_url(pretrained):
         return pretrained
+    check_url_scheme(pretrained)  # ftp://... : "unsupported URL scheme", not "file not found"
     looks_like_path = os.sep in pretrained or pretrained.endswith((".pkl", ".pth", ".pt", ".mge")) or os.path.exists(pretrained)
     if looks_like_path:
         return _existing_path(Path(pretrained).expanduser())
