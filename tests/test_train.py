@@ -336,7 +336,7 @@ def test_drop_path_and_the_evaluation_crop_reach_the_model_and_best_json(shapes,
     meta = json.loads((tmp_path / "best.json").read_text())
     assert (meta["preprocess"]["input_size"], meta["preprocess"]["resize_size"]) == (20, 24)
     with pytest.raises(ValueError, match="drop_path .stochastic depth. needs a model with residual blocks"):
-        Trainer(_config(shapes, tmp_path / "vgg", model="vgg11", drop_path=0.1))
+        Trainer(_config(shapes, tmp_path / "vgg", model="vgg11", drop_path=0.1, input_size=32, resize_size=32))
     with pytest.raises(ValueError, match="drop_path does not combine with qat"):
         Trainer(_config(shapes, tmp_path / "qat", model="resnet18", drop_path=0.1, qat=True))
 

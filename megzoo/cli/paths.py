@@ -10,7 +10,6 @@ the output's path.
 import contextlib
 import errno
 import os
-import re
 from pathlib import Path
 from typing import Iterator, Union
 
@@ -62,6 +61,8 @@ def naming_output(path: PathLike) -> Iterator[None]:
 
 def _target_of(filename) -> str:
     """The file a temporary ``DIR/.NAME.<id>.tmp`` stands for (``DIR/NAME``); else ``filename``."""
+    from ..host import temporary_target  # .NAME.PID.RANDOM.tmp (atomic_write), .NAME.PID.tmp
+
     text = os.fsdecode(filename)
-    match = re.fullmatch(r"\.(.+)\.[^./]+\.tmp", os.path.basename(text))
-    return os.path.join(os.path.dirname(text), match.group(1)) if match else text
+    target = temporary_target(os.path.basename(text))
+    return os.path.join(os.path.dirname(text), target) if target else text

@@ -128,15 +128,21 @@ def config_from_args(args):
 
 
 def cmd_train(args) -> int:
+    from ..host import FolderInUseError
     from ..registry import get_model_entry
     from ..train import train
+    from ..train.guards import DivergedError
+    from . import CLIError
     from .paths import check_output, naming_output
 
     get_model_entry(args.model)  # unknown model: the usual error first
     config = config_from_args(args)
     check_output(config.output, folder=True)  # before the data is read (docs/cli.md#output-paths)
-    with naming_output(config.output):
-        result = train(config)
+    try:
+        with naming_output(config.output):
+            result = train(config)
+    except (FolderInUseError, DivergedError) as exc:  # another run on --output; a diverged run (last.pkl kept)
+        raise CLIError(str(exc)) from None
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
     elif result.best_path:

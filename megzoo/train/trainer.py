@@ -24,7 +24,6 @@ an uninterrupted run with the same seed (every epoch is seeded from ``(seed, epo
 """
 import contextlib
 import json
-import math
 import os
 import sys
 import time
@@ -38,7 +37,7 @@ import numpy as np
 from megengine.autodiff import GradManager
 
 from ..device import is_cpu_device, move_tensors, poller_yields, select_device
-from ..host import atomic_write_text, usable_cpus
+from ..host import atomic_write_text, lock_folder, usable_cpus
 from ..metrics import log_softmax, topk_correct
 from ..registry import get_model
 from ..transforms import eval_transform, resolve_preprocess, train_transform
@@ -47,6 +46,7 @@ from .data import FolderData, build_folder_data, eval_loader, seed_epoch, train_
 from .distributed import all_reduce_sum, allreduce_callback, broadcast_module, launch, rank, world_size
 from .fast_conv import enable as enable_fast_conv
 from .fused_blocks import enable as enable_fused_blocks, host_evaluation
+from .guards import check_loss, check_weights, open_output
 from .ema import WeightEma
 from .mixing import BatchMixer, soft_cross_entropy
 from .optim import inplace_update, param_groups
@@ -132,9 +132,8 @@ class Trainer:
         self.rank, self.world = rank(), world_size()
         self.main = self.rank == 0
         self.output = os.path.abspath(config.output)
-        if self.main:
-            os.makedirs(self.output, exist_ok=True)
         self._log_file = os.path.join(self.output, LOG)
+        self._lock = open_output(self, module, (ckpt.LAST, ckpt.BEST, ckpt.BEST_META, HISTORY, CONFIG, CURVES))
         self._setup_device_and_seeds()
         self._setup_data(data)
         last = os.path.join(self.output, ckpt.LAST)
@@ -407,9 +406,7 @@ class Trainer:
                     break
                 lr = self.set_lr(self.step)
                 loss, logits = self.train_step(image, label)
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"the loss became {loss} at step {self.step} (epoch {self.epoch + 1}); "
-                                             "lower the learning rate")
+                check_loss(self, loss)  # stops at a non-finite loss, naming the step and the fix
                 n = len(label)
                 loss_sum += loss * n
                 correct += float((logits.argmax(axis=1) == np.asarray(label)).sum())
@@ -477,6 +474,7 @@ class Trainer:
                 epoch_start = time.perf_counter()
                 record: Dict[str, Any] = {"epoch": self.epoch + 1}
                 record.update(self.train_epoch())
+                check_weights(self)  # nothing non-finite is evaluated or saved
                 evaluate = (self.epoch + 1) % config.eval_every == 0 or self.epoch + 1 == config.epochs
                 if evaluate:
                     record.update(self.evaluate())
@@ -592,7 +590,8 @@ def train(config: Optional[TrainConfig] = None, *, module=None, data: Optional[F
         if module is not None or data is not None:
             raise ValueError("with gpus > 1 every process builds its own model and data: pass them through the config")
         start = time.perf_counter()
-        results = launch(_worker, config.gpus, config.as_dict())
+        with lock_folder(config.output):  # the processes' rank 0 writes there; a second run is refused
+            results = launch(_worker, config.gpus, config.as_dict())
         result = TrainResult(**results[0])
         result.seconds = time.perf_counter() - start
         return result

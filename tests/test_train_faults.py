@@ -1,0 +1,232 @@
+"""`megzoo train` under faults: Ctrl-C with DataLoader workers, a SIGKILL (the plasma store it
+leaves is stopped at the next start), the stores and sockets of a normal run, temporaries of a
+killed writer, a second run on one output folder, a diverging run, a too-small input for VGG."""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from megzoo.cli import main
+from test_train import shapes  # noqa: F401  (the fixture: train/ and val/ folders of 16x16 shapes)
+
+TRAIN = ["train", "--model", "resnet18", "--input-size", "16", "--resize-size", "16", "--batch-size", "4",
+         "--hflip", "0", "--no-progress", "--no-plot", "--device", "cpu", "--cpu-threads", "1", "--fast-conv", "off",
+         "--no-fused-blocks"]
+
+
+def _start(shapes, out, *extra):
+    """A long `megzoo train` (50 epochs) in its own session, as from a terminal; returns once it
+    has logged step 1 (its DataLoader workers and plasma store are running)."""
+    cmd = [sys.executable, "-m", "megzoo", *TRAIN, "--train-dir", f"{shapes}/train", "--output", str(out), "--epochs", "50",
+           "--log-every", "1", "--workers", "2", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    for line in proc.stdout:
+        if "step 1:" in line:
+            return proc
+    proc.wait()
+    raise AssertionError(f"the run ended before step 1: {proc.stderr.read()[-3000:]}")
+
+
+def _stat(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2:].split()
+
+
+def _running(pid) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def _store_of(pid):
+    """(PID, socket) of the plasma-store-server that process ``pid`` started."""
+    for name in os.listdir("/proc"):
+        fields = _stat(name) if name.isdigit() else None
+        if fields and int(fields[1]) == pid:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            if argv[0].endswith(b"plasma-store-server"):
+                return int(name), os.fsdecode(argv[argv.index(b"-s") + 1])
+    raise AssertionError(f"process {pid} runs no plasma-store-server")
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_ctrl_c_with_workers_is_a_clean_interrupt(shapes, tmp_path):
+    """Ctrl-C reaches the whole process group: only the main process stops (rc 130, one line),
+    and the workers' plasma store ends with it, socket removed."""
+    proc = _start(shapes, tmp_path / "run")
+    store, socket = _store_of(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert err.splitlines()[-1] == "interrupted"
+    assert "Traceback" not in err and "exited unexpectedly" not in err, err[-3000:]
+    assert not _running(store) and not os.path.exists(socket)
+
+
+def test_the_store_a_killed_run_leaves_is_stopped_at_the_next_start(shapes, tmp_path, capsys):
+    proc = _start(shapes, tmp_path / "killed")
+    store, socket = _store_of(proc.pid)
+    try:
+        proc.kill()  # SIGKILL of the main process only, as the OOM killer does
+        proc.communicate(timeout=60)
+        time.sleep(0.2)
+        assert _running(store), "MegEngine's store outlives its owner"
+        assert main([*TRAIN, "--train-dir", f"{shapes}/train", "--output", str(tmp_path / "next"), "--epochs", "1",
+                     "--steps-per-epoch", "1", "--workers", "0"]) == 0
+        assert not _running(store) and not os.path.exists(socket)
+        assert (f"stopped a DataLoader plasma-store-server (PID {store}) that megzoo process {proc.pid} left running "
+                f"when it was killed; removed its socket {socket}") in capsys.readouterr().out
+    finally:
+        if _running(store):
+            os.kill(store, signal.SIGKILL)
+
+
+def test_a_run_with_workers_ends_its_stores_and_removes_their_sockets(shapes, tmp_path, monkeypatch):
+    """Two stores (training, validation), each ended and its socket removed."""
+    started = []
+
+    class Recording(subprocess.Popen):
+        def __init__(self, args, *rest, **kwargs):
+            super().__init__(args, *rest, **kwargs)
+            if str(args[0]).endswith("plasma-store-server"):
+                started.append((self, args[args.index("-s") + 1]))
+
+    monkeypatch.setattr(subprocess, "Popen", Recording)
+    assert main([*TRAIN, "--data", shapes, "--output", str(tmp_path / "run"), "--epochs", "1", "--steps-per-epoch",
+                 "1", "--workers", "2"]) == 0
+    assert len(started) == 2
+    for popen, socket in started:
+        assert popen.poll() is not None and not os.path.exists(socket), socket
+
+
+def test_a_killed_writers_temporaries_are_removed_at_the_next_run(shapes, tmp_path, capsys):
+    """Of the temporary names megzoo writes (``.NAME.PID.RANDOM.tmp``), only those of a writer
+    that is gone, of a file the run writes, owned by this user, are removed."""
+    out = tmp_path / "run"
+    out.mkdir()
+    dead = _dead_pid()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    names = {"stale": f".last.pkl.{dead}.k2j4x9q1.tmp", "live": f".last.pkl.{sleeper.pid}.k2j4x9q1.tmp",
+             "others": f".best.pkl.{dead}.abcdefgh.tmp", "user": f".notes.txt.{dead}.abcdefgh.tmp"}
+    try:
+        for name in names.values():
+            (out / name).write_bytes(b"x" * 1000)
+        os.chown(out / names["others"], 65534, 65534)
+        assert main([*TRAIN, "--train-dir", f"{shapes}/train", "--output", str(out), "--epochs", "1",
+                     "--steps-per-epoch", "1", "--workers", "0"]) == 0
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not (out / names["stale"]).exists()
+    assert all((out / names[k]).exists() for k in ("live", "others", "user"))
+    assert f"removed 1 temporary file(s) that a killed run left: {names['stale']}" in capsys.readouterr().out
+
+
+def test_a_killed_exports_staged_file_is_removed_by_the_next_export(tmp_path):
+    from megzoo.inference import export
+    from test_train import _tiny
+
+    target = tmp_path / "target.mge"
+    dead = _dead_pid()
+    stale, live = tmp_path / f".target.mge.{dead}.tmp", tmp_path / f".target.mge.{os.getpid()}.tmp"
+    stale.write_bytes(b"x" * 1000)
+    live.write_bytes(b"y")
+    export(_tiny(), target, (1, 3, 16, 16), layout="nchw", check=False)
+    assert target.is_file() and not stale.exists() and live.exists()
+
+
+def test_a_second_run_on_one_output_is_refused_naming_the_first(shapes, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(  # a run holding the folder, as `megzoo train` does
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         "fd = os.open(os.path.join(sys.argv[1], '.megzoo.lock'), os.O_RDWR | os.O_CREAT)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'%d\\n' % os.getpid()); print('held', flush=True)\n"
+         "time.sleep(60)", str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        code = main([*TRAIN, "--data", shapes, "--output", str(out), "--epochs", "1", "--steps-per-epoch", "1",
+                     "--workers", "0"])
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"megzoo train: error: {out} is in use by another megzoo process, PID {holder.pid} "), err
+    assert len(err.splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == [".megzoo.lock"]  # nothing written
+
+
+def _break(monkeypatch, what):
+    """From now on, every training loss is NaN (``"loss"``), or the last step of every epoch
+    leaves a NaN in the classifier's bias with a finite loss (``"weights"``)."""
+    import megengine
+    import megengine.functional as F
+    import numpy as np
+
+    from megzoo.train import Trainer
+
+    if what == "loss":
+        real = F.nn.cross_entropy
+        monkeypatch.setattr(F.nn, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
+        return
+    real_step = Trainer.train_step
+
+    def step(self, image, label):
+        result = real_step(self, image, label)
+        if (self.step + 1) % self.steps_per_epoch == 0:
+            bias = self.model.fc.bias
+            bias._reset(megengine.tensor(np.full(bias.shape, np.nan, np.float32), device=bias.device))
+        return result
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+
+
+@pytest.fixture(scope="module")
+def one_epoch(shapes, tmp_path_factory):
+    """``megzoo train`` arguments, and a run folder after their first epoch (of 2 steps)."""
+    out = tmp_path_factory.mktemp("one_epoch") / "run"
+    args = [*TRAIN, "--data", shapes, "--steps-per-epoch", "2", "--workers", "0"]
+    assert main([*args, "--output", str(out), "--epochs", "1"]) == 0
+    return args, out
+
+
+@pytest.mark.parametrize("what, message", [("loss", r"the loss became nan at step 3 \(epoch 2\)"),
+                                           ("weights", r"the weights became non-finite \(fc.bias\) by step 4 "
+                                                       r"\(epoch 2\)")])
+def test_a_diverging_run_stops_at_the_first_non_finite_step_keeping_the_last_checkpoint(one_epoch, tmp_path, capsys,
+                                                                                       monkeypatch, what, message):
+    args, first = one_epoch
+    out = shutil.copytree(first, tmp_path / "run")
+    saved = {name: (out / name).read_bytes() for name in ("last.pkl", "best.pkl", "history.json")}
+    capsys.readouterr()
+    _break(monkeypatch, what)
+    assert main([*args, "--output", str(out), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"megzoo train: error: training stopped: {message}; lower --lr \(now 0.025\) and resume; "
+                        r"nothing of this epoch was saved, last.pkl keeps epoch 1\n", err), err
+    assert {name: (out / name).read_bytes() for name in saved} == saved
+
+
+def test_a_too_small_input_for_vgg_is_refused_before_anything_is_written(shapes, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "vgg11", "--data", shapes, "--input-size", "16", "--epochs", "1",
+                 "--workers", "0", "--no-progress", "--output", str(out)]) == 2
+    assert capsys.readouterr().err == ("megzoo train: error: vgg11 needs inputs of at least 32x32 pixels, got "
+                                       "input_size=16: give --input-size 32 or more\n")
+    assert not out.exists()
