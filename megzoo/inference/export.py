@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .._version import __version__
-from ..host import atomic_write_bytes, atomic_write_text
+from ..host import atomic_write_bytes, atomic_write_text, remove_stale_temporaries, temporary_path
 from ..weights.catalog import MEAN_BGR, STD_BGR
 from .compiled import CompiledModel, as_float32_batch, is_int8, metadata_path
 from .graph import DEFAULT_TOLERANCE, INPUT_NAME, trace_and_dump
@@ -245,7 +245,8 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
     seconds: Dict[str, float] = {}
     # written beside the target and renamed into place once checked: never a half-written or
     # unchecked file at ``path``
-    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    remove_stale_temporaries(path.parent, (path.name, metadata_path(path).name))  # a killed export's (dead PID)
+    staged = temporary_path(path)  # .NAME.PID.RANDOM.tmp
     report = ExportReport(path, metadata_path(path), meta, None, seconds)
     try:
         t0 = time.perf_counter()

@@ -24,6 +24,7 @@ from megengine.data import DataLoader, RandomSampler, SequentialSampler
 from megengine.data.dataset import Dataset
 
 from ..images import is_image_file
+from .workers import WorkerDataLoader  # workers that ignore Ctrl-C; the plasma store cleaned up
 
 __all__ = ["FolderData", "ImageSamples", "list_image_folder", "read_exclude_list", "find_folders", "build_folder_data", "train_loader", "eval_loader", "seed_epoch",
            "epoch_seed"]
@@ -218,7 +219,7 @@ def train_loader(dataset: Dataset, transform, batch_size: int, workers: int, wor
         raise ValueError(f"the training set has {len(dataset)} images ({per_rank} per process), fewer than "
                          f"batch_size={batch_size}; lower the batch size")
     sampler = RandomSampler(dataset, batch_size=batch_size, drop_last=True, world_size=world_size, rank=rank, seed=0)
-    return DataLoader(dataset, sampler=sampler, transform=transform, num_workers=workers)
+    return WorkerDataLoader(dataset, sampler=sampler, transform=transform, num_workers=workers)
 
 
 def eval_loader(dataset: Dataset, transform, batch_size: int, workers: int, world_size: int = 1,
@@ -228,7 +229,7 @@ def eval_loader(dataset: Dataset, transform, batch_size: int, workers: int, worl
     indices = list(range(rank, len(dataset), world_size))
     sampler = SequentialSampler(dataset, batch_size=min(batch_size, max(1, len(indices))), drop_last=False,
                                 indices=indices, world_size=1, rank=0)
-    return DataLoader(dataset, sampler=sampler, transform=transform, num_workers=workers)
+    return WorkerDataLoader(dataset, sampler=sampler, transform=transform, num_workers=workers)
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
