@@ -1,7 +1,9 @@
 """Image-folder data for training through ``megengine.data``.
 
-``DIR/CLASS/**/IMAGE`` folders are listed by :func:`list_image_folder` (the one lister: ``megzoo
-clean`` uses it too, so both see the same classes and files) and read with OpenCV (BGR uint8);
+``DIR/CLASS/**/IMAGE`` folders are listed by :func:`list_image_folder` (the one lister,
+:mod:`megzoo.data.folders`: ``megzoo eval`` and ``megzoo clean`` use it too, so all see the same
+classes and files) and read by :func:`megzoo.images.read_image` (BGR uint8; a truncated or too
+large file is refused by name, as in predict, eval and clean);
 classes are the sorted sub-folder names of the training folder, and the validation folder's
 classes are mapped to them by name. Training batches come from a ``RandomSampler``
 (``drop_last``, split over the distributed ranks), evaluation batches from a
@@ -13,6 +15,7 @@ seeds (NumPy's global generator, and the seeds MegEngine gives to DataLoader wor
 MegEngine's own generator (dropout) from ``(seed, epoch, rank)`` alone, so a run resumed at an
 epoch boundary sees exactly the batches the uninterrupted run saw.
 """
+import json
 import os
 import random
 import sys
@@ -23,7 +26,8 @@ import numpy as np
 from megengine.data import DataLoader, RandomSampler, SequentialSampler
 from megengine.data.dataset import Dataset
 
-from ..images import is_image_file
+from ..data.folders import list_image_folder
+from ..images import ImageError, read_image
 from .workers import WorkerDataLoader  # workers that ignore Ctrl-C; the plasma store cleaned up
 
 __all__ = ["FolderData", "ImageSamples", "list_image_folder", "read_exclude_list", "find_folders", "build_folder_data", "train_loader", "eval_loader", "seed_epoch",
@@ -31,10 +35,11 @@ __all__ = ["FolderData", "ImageSamples", "list_image_folder", "read_exclude_list
 
 
 class ImageSamples(Dataset):
-    """``(image, label)`` pairs of a list of ``(path, label)``, read with OpenCV as BGR uint8.
+    """``(image, label)`` pairs of a list of ``(path, label)``, read as BGR uint8 by
+    :func:`megzoo.images.read_image` (the checks of every reader: complete, not too large).
 
-    An image that cannot be read (corrupt, truncated, not an image) is reported by name on
-    stderr, once per process; with ``replace_unreadable`` (training data) the next readable
+    An image that cannot be read (corrupt, truncated, too large, not an image) is reported by
+    name and reason on stderr, once per process; with ``replace_unreadable`` (training data) the next readable
     image of the list takes its place so the run goes on, otherwise (evaluation data, where a
     substitute would change the figures) a ``ValueError`` names the file and the fix."""
 
@@ -45,26 +50,28 @@ class ImageSamples(Dataset):
         self._reported: set = set()
 
     def _read(self, index: int):
-        import cv2
-
+        """(image or None, label, why it cannot be read)."""
         path, label = self.samples[index]
-        return cv2.imread(path, cv2.IMREAD_COLOR), np.int32(label)
+        try:
+            return read_image(path), np.int32(label), ""
+        except ImageError as exc:
+            return None, np.int32(label), exc.reason
 
     def __getitem__(self, index: int):
-        image, label = self._read(index)
+        image, label, why = self._read(index)
         if image is not None:
             return image, label
         path = self.samples[index][0]
         if not self.replace_unreadable:
-            raise ValueError(f"cannot read image {path} (corrupt, truncated or not an image): `megzoo clean DATA` "
-                             "lists every such file; leave them out with --exclude exclude.txt")
+            raise ValueError(f"cannot read image {path} ({why}): `megzoo clean DATA` lists every such file; leave "
+                             "them out with --exclude exclude.txt")
         if path not in self._reported:
             self._reported.add(path)
-            print(f"megzoo: cannot read image {path} (corrupt, truncated or not an image): replaced by the next "
-                  "readable image of the training set; `megzoo clean DATA` lists every such file, and "
-                  "--exclude exclude.txt leaves them out", file=sys.stderr, flush=True)
+            print(f"megzoo: cannot read image {path} ({why}): replaced by the next readable image of the training "
+                  "set; `megzoo clean DATA` lists every such file, and --exclude exclude.txt leaves them out",
+                  file=sys.stderr, flush=True)
         for step in range(1, len(self.samples)):
-            image, label = self._read((index + step) % len(self.samples))
+            image, label, _ = self._read((index + step) % len(self.samples))
             if image is not None:
                 return image, label
         raise ValueError(f"no image of the training set can be read (the first: {path})")
@@ -73,17 +80,31 @@ class ImageSamples(Dataset):
         return len(self.samples)
 
 
+def _listed_name(line: str) -> str:
+    """The path a line of an exclude list names: a JSON string (``"a\\nb.jpg"``, as ``megzoo
+    clean`` writes them, so any file name fits on one line), or the line itself (older lists)."""
+    if len(line) >= 2 and line[0] == line[-1] == '"':
+        try:
+            name = json.loads(line)
+        except ValueError:
+            return line
+        if isinstance(name, str):
+            return name
+    return line
+
+
 def read_exclude_list(path: str, data_root: str) -> List[str]:
-    """The image paths listed in ``path`` (one per line; ``#`` comments and blank lines skipped;
-    absolute, or relative to ``data_root``), as real absolute paths."""
+    """The image paths listed in ``path`` (one per line, as a JSON string or plain; ``#`` comments
+    and blank lines skipped; absolute, or relative to ``data_root``), as real absolute paths."""
     if not os.path.isfile(path):
         raise ValueError(f"exclude list {path} does not exist (megzoo clean writes exclude.txt in its --out folder)")
     found = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
             line = line.strip()
             if line and not line.startswith("#"):
-                full = line if os.path.isabs(line) else os.path.join(data_root, line)
+                name = _listed_name(line)
+                full = name if os.path.isabs(name) else os.path.join(data_root, name)
                 found.append(os.path.realpath(full))
     return found
 
@@ -107,32 +128,6 @@ class FolderData:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
-
-
-def _visible(name: str) -> bool:
-    return not name.startswith(".")  # .ipynb_checkpoints, macOS ._x.jpg resource forks, .DS_Store
-
-
-def list_image_folder(folder: str) -> Tuple[List[str], List[Tuple[str, int]]]:
-    """``(classes, samples)`` of ``folder/CLASS/**/IMAGE``: classes are the sorted names of its
-    sub-folders (hidden ones, starting with ".", left out), samples ``(path, class index)`` of
-    every file with an image extension (:data:`megzoo.images.IMAGE_EXTENSIONS`; hidden files
-    left out) in class order, then folder by folder with names sorted. Symbolic links to folders
-    are followed (each real folder once)."""
-    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and _visible(e.name))
-    samples: List[Tuple[str, int]] = []
-    for label, name in enumerate(classes):
-        seen = set()
-        for dirpath, dirnames, filenames in os.walk(os.path.join(folder, name), followlinks=True):
-            real = os.path.realpath(dirpath)
-            if real in seen:  # a link back up the tree
-                dirnames[:] = []
-                continue
-            seen.add(real)
-            dirnames[:] = sorted(d for d in dirnames if _visible(d))
-            samples += [(os.path.join(dirpath, f), label) for f in sorted(filenames)
-                        if _visible(f) and is_image_file(f)]
-    return classes, samples
 
 
 def find_folders(data: Optional[str] = None, train_dir: Optional[str] = None,
