@@ -158,8 +158,10 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> Path:
             mode = _new_file_mode()
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:
+            exc.filename = str(path)  # a failed write() or fsync() names no file: name the one written
         raise
     _fsync_dir(path.parent)
     return path
