@@ -29,6 +29,7 @@ from .data import imagenet1k_categories, imagenet1k_wnids
 from .device import is_cpu_device, quiet_device, using_device
 from .images import describe_source
 from .inference import compile as compile_model
+from .inference.threads import MegEngineThreadError, on_megengine_thread, thread_message
 from .metrics import softmax
 from .registry import get_model
 from .weights.sidecar import read_weights_metadata as checkpoint_metadata
@@ -129,6 +130,10 @@ class Classifier:
         runner: the function computing logits (see the module docstring); replaces ``backend``.
         backend: ``"auto"`` (default), ``"compiled"``, ``"onnxruntime"``, ``"lite"`` or ``"eager"``:
             how the model is run (module docstring). ``threads``: threads of the compiled path (default: all usable CPUs).
+            A named compiled runtime is set up when the Classifier is made (each input size compiles at
+            its first batch). Threads: MegEngine runs in the main thread only, so in another thread
+            predict needs a compiled model made in the main thread; ``"onnxruntime"`` builds every
+            input size in any thread, ``"lite"`` only in the main thread (docs/performance.md).
         categories: class names, index -> name (default: ImageNet-1k's for 1000 classes).
         workers: decode threads (0: none; None: one per core, up to 8).
         batch_size: images per runner call.
@@ -187,7 +192,9 @@ class Classifier:
             raise ValueError("calibration images are for int8=True (--int8)")
         self.preprocessor = EvalPreprocessor(self.preprocess, workers=workers)
         self._custom_runner = runner
-        self._runners = {}  # "eager" / "compiled", made when first used
+        self._runners = {}  # "eager" / "compiled", made when first used; a named runtime now, in this thread
+        if runner is None and backend in COMPILED_BACKENDS:  # so predict may run in other threads (docs/performance.md)
+            self._runners[backend] = compiled_runner(self.model, threads, "auto" if backend == "compiled" else backend)
         names, wnids = class_names(self.num_classes)
         if categories is not None:
             names, wnids = list(categories), None
@@ -208,7 +215,8 @@ class Classifier:
             return "custom"
         if self.backend != "auto":
             return self.backend
-        if "compiled" in self._runners or (images >= AUTO_COMPILE_MIN_IMAGES and _on_cpu(self.model)):
+        if "compiled" in self._runners or (images >= AUTO_COMPILE_MIN_IMAGES and on_megengine_thread()
+                                           and _on_cpu(self.model)):
             return "compiled"
         return "eager"
 
@@ -217,6 +225,11 @@ class Classifier:
         kind = self.backend_for(images)
         if kind == "custom":
             return self._custom_runner
+        if (kind == "eager" or kind not in self._runners) and not on_megengine_thread():
+            raise MegEngineThreadError(thread_message(
+                f"Classifier.predict {'running the model eagerly' if kind == 'eager' else 'compiling the model'}",
+                "make the Classifier in the main thread with backend='onnxruntime' (ONNX Runtime builds each input "
+                "size in any thread), then predict from any thread"))
         if kind not in self._runners:
             if kind in COMPILED_BACKENDS:
                 runtime = "auto" if kind == "compiled" else kind

@@ -174,7 +174,7 @@ def _default_image() -> Optional[Path]:
 
 
 def cmd_export(args) -> int:
-    from ..inference import ParityError, export, metadata_path, resolve_layout
+    from ..inference import ParityError, check_input_shape, export, metadata_path, resolve_layout
     from ..inference.export import INT8_TOLERANCE_STEPS, export_format
     from ..model_source import model_from_source
     from .paths import check_output, naming_output
@@ -202,6 +202,7 @@ def cmd_export(args) -> int:
                                         num_classes=args.num_classes, trust_pickle=args.trust_pickle)
     if shape[1] != getattr(model, "in_channels", shape[1]):
         raise ValueError(f"--input-shape has {shape[1]} channels but the model takes {model.in_channels}")
+    check_input_shape(model, shape)  # the model's minimum size, before calibrating (export checks it too)
     image = Path(args.image) if args.image else _default_image()
     t0 = time.perf_counter()
     float_model, parity_inputs = model, None

@@ -32,7 +32,12 @@ The modules, one job each:
 * :mod:`~megzoo.inference.ort`: the ONNX Runtime runtime (loadable alone, imports no other megzoo module);
 * :mod:`~megzoo.inference.ort_compiled`: :class:`OrtCompiledModel`, the ONNX Runtime backend;
 * :mod:`~megzoo.inference.backends`: :func:`compile`, :func:`load`, what ``backend="auto"`` means here;
-* :mod:`~megzoo.inference.export`: ``.mge`` and ``.onnx`` export with metadata and the parity check.
+* :mod:`~megzoo.inference.export`: ``.mge`` and ``.onnx`` export with metadata and the parity check;
+* :mod:`~megzoo.inference.model_files`: what a file given to :func:`load` is, by its first bytes;
+* :mod:`~megzoo.inference.threads`: the thread MegEngine runs in, a clear error in the others;
+* :mod:`~megzoo.inference.snapshot`: weights read once, so ONNX graphs are built in any thread.
+
+Threads: compile (and export) in the main thread; a compiled model may be called from any thread.
 
 ``onnx`` and ``onnxruntime`` are imported only when an ONNX path runs.
 """
@@ -42,12 +47,13 @@ from .compiled import (CompiledModel, CompileInfo, algo_cache_dir, algo_cache_fi
 from .onnx_graph import UnsupportedModuleError
 from .ort_compiled import OrtCompiledModel
 from .export import ExportReport, ParityError, check_parity, export, make_test_image
-from .graph import DEFAULT_TOLERANCE, INPUT_NAME, LAYOUTS
+from .graph import DEFAULT_TOLERANCE, INPUT_NAME, LAYOUTS, check_input_shape
 from .layouts import (LayoutUnavailableError, best_layout, layout_verdict, probe_record_path, require_layout,
                       resolve_layout)
+from .threads import MegEngineThreadError
 
 __all__ = ["compile", "CompiledModel", "OrtCompiledModel", "BACKENDS", "best_backend", "resolve_backend",
            "backend_record_path", "BackendUnavailableError", "UnsupportedModuleError", "CompileInfo", "load", "export", "check_parity", "ParityError", "ExportReport",
            "default_threads", "algo_cache_dir", "algo_cache_file", "dump_graph", "best_layout", "layout_verdict",
            "require_layout", "resolve_layout", "probe_record_path", "LayoutUnavailableError", "metadata_path", "read_metadata",
-           "make_test_image", "INPUT_NAME", "LAYOUTS", "DEFAULT_TOLERANCE"]
+           "make_test_image", "INPUT_NAME", "LAYOUTS", "DEFAULT_TOLERANCE", "MegEngineThreadError", "check_input_shape"]

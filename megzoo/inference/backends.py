@@ -28,9 +28,11 @@ from typing import Any, Dict, Optional, Sequence, Union
 from ..host import atomic_write_text, machine_record, machine_tag
 from .compiled import CompiledModel, is_int8, read_metadata
 from .layouts import megengine_version, probe_record_path
+from .model_files import model_file_kind
 from .onnx_graph import DEFAULT_OPSET, unsupported_modules
 from .ort import onnxruntime_version
 from .ort_compiled import OrtCompiledModel
+from .threads import require_megengine_thread
 
 __all__ = ["BACKENDS", "compile", "load", "best_backend", "resolve_backend", "backend_record_path", "measure_backends",
            "BackendUnavailableError"]
@@ -245,7 +247,13 @@ def compile(model, input_shape: Optional[Sequence[int]] = None, threads: Optiona
         opset: the ONNX opset (onnxruntime backend).
         layout, algo, profile_batch, cache_dir, split_batch, micro_batch: Lite only, see
             :class:`~megzoo.inference.CompiledModel` and docs/performance.md.
+
+    Threads: compile in the main thread (MegEngine runs nowhere else; elsewhere this raises
+    :class:`~megzoo.inference.threads.MegEngineThreadError` before any work); the compiled
+    model may then be called from any thread. A new input size is built in any thread by the
+    onnxruntime backend, in the main thread only by lite (it traces the model).
     """
+    require_megengine_thread("megzoo.compile")
     lite = {"layout": layout, "algo": algo, "profile_batch": profile_batch, "cache_dir": cache_dir,
             "split_batch": split_batch, "micro_batch": micro_batch}
     if backend == "auto" and unsupported_modules(model):
@@ -269,7 +277,9 @@ def load(path: PathLike, threads: Optional[int] = None, *, algo: str = "profile"
          profile_batch: Optional[int] = None, cache_dir: Optional[PathLike] = None,
          split_batch: bool = True, micro_batch: Union[str, int, None] = "auto"):
     """Load an exported model (see :func:`megzoo.inference.export`) to run without megzoo's model
-    code: a ``.onnx`` with ONNX Runtime, a ``.mge`` with MegEngine Lite. The batch size may
+    code: an ONNX model with ONNX Runtime, a ``.mge`` with MegEngine Lite, told apart by their
+    first bytes (any other file, e.g. a pickled checkpoint, is refused with ``ValueError`` naming
+    what it is, before a runtime sees it). The batch size may
     change where the file allows it; the spatial size is the exported one. ``model.metadata``
     holds the metadata JSON beside the file when present. For a ``.mge``, a file whose layout
     failed its probe here is refused (:class:`~megzoo.inference.LayoutUnavailableError`); the
@@ -277,8 +287,9 @@ def load(path: PathLike, threads: Optional[int] = None, *, algo: str = "profile"
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such model file: {path}")
+    kind = model_file_kind(path)  # ValueError for anything else
     meta = read_metadata(path)
-    if _is_onnx(path):
+    if kind == "onnx":
         given = {"algo": algo, "profile_batch": profile_batch, "cache_dir": cache_dir, "split_batch": split_batch,
                  "micro_batch": micro_batch}
         resolve_backend("onnxruntime", given, what="they are for .mge files")
@@ -294,11 +305,3 @@ def load(path: PathLike, threads: Optional[int] = None, *, algo: str = "profile"
     if shape:
         compiled._runner_for(tuple(shape))
     return compiled
-
-
-def _is_onnx(path: Path) -> bool:
-    """An ONNX file by its first bytes (a protobuf starting with ``ir_version``: field 1, varint,
-    0x08, then a small version), whatever its name; a ``.mge`` starts with MegEngine's own magic."""
-    with open(path, "rb") as f:
-        head = f.read(2)
-    return len(head) == 2 and head[0] == 0x08 and head[1] < 0x80

@@ -22,6 +22,7 @@ from ..host import machine_tag, megzoo_home, usable_cpus
 from .graph import LAYOUTS, read_layout, trace_and_dump
 from .layouts import megengine_version, require_layout, resolve_layout
 from .lite import ALGO_POLICIES, LiteRunner, lite_lock
+from .threads import megengine_thread_errors, require_megengine_thread
 
 __all__ = ["CompiledModel", "CompileInfo", "dump_graph", "default_threads", "algo_cache_dir",
            "algo_cache_file", "metadata_path", "read_metadata"]
@@ -254,7 +255,11 @@ class CompiledModel(ShapeCachedModel):
             layout = "nchw"
         if mge_file is not None:
             # a file: the layout it was dumped with (metadata, else the graph itself) must have passed here
-            layout = require_layout(file_layout(mge_file) if layout == "auto" else layout)
+            name = Path(mge_file).name
+            with megengine_thread_errors(f"loading {name} (its layout is read and checked with MegEngine)",
+                                         f"load it in the main thread, then call it from any thread (with "
+                                         f"{name}.json beside it, naming a layout probed here, it loads in any thread)"):
+                layout = require_layout(file_layout(mge_file) if layout == "auto" else layout)
         elif layout not in ("auto", "nchw"):
             layout = resolve_layout(layout, fuse)  # refused here, before anything runs, if it failed its probe
         if micro_batch != "auto" and micro_batch is not None and (
@@ -334,6 +339,11 @@ class CompiledModel(ShapeCachedModel):
             if self.mge_file is not None:
                 path = self.mge_file
             else:
+                require_megengine_thread(
+                    f"compiling input size {shape[1:]} for the lite backend (tracing the model)",
+                    "call the compiled model once with this input size in the main thread (or compile with "
+                    "input_shape=...), then from any thread; or compile with backend='onnxruntime', which "
+                    "builds new input sizes in any thread")
                 # the graph file stays while its runner is kept: networks are loaded when first needed
                 if self._graph_dir is None:
                     self._graph_dir = tempfile.TemporaryDirectory(prefix="megzoo-compile-")

@@ -19,9 +19,10 @@ from .._version import __version__
 from ..host import atomic_write_bytes, atomic_write_text, remove_stale_temporaries, temporary_path
 from ..weights.catalog import MEAN_BGR, STD_BGR
 from .compiled import CompiledModel, as_float32_batch, is_int8, metadata_path
-from .graph import DEFAULT_TOLERANCE, INPUT_NAME, trace_and_dump
+from .graph import DEFAULT_TOLERANCE, INPUT_NAME, check_input_shape, trace_and_dump
 from .layouts import megengine_version, resolve_layout
 from .ort_compiled import OrtCompiledModel
+from .threads import require_megengine_thread
 
 __all__ = ["export", "export_format", "FORMATS", "check_parity", "ParityError", "ExportReport", "make_test_image",
            "DEFAULT_TOLERANCE", "INT8_TOLERANCE_STEPS"]
@@ -187,14 +188,13 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
     :data:`INT8_TOLERANCE_STEPS`; see :func:`check_parity`). ``parity_inputs`` (name ->
     preprocessed batch, e.g. calibration images) replace the generated check inputs; the real
     image is still added."""
+    require_megengine_thread("megzoo.inference.export", "export in the main thread")
     int8 = is_int8(model)
     if tolerance is None:
         tolerance = INT8_TOLERANCE_STEPS if int8 else DEFAULT_TOLERANCE
     path = Path(path)
     fmt = export_format(path, format)
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) != 4 or min(shape) < 1:
-        raise ValueError(f"input_shape must be (N, C, H, W) of positive sizes, got {input_shape!r}")
+    shape = check_input_shape(model, input_shape)  # one check for .mge and .onnx, before any work
     if fmt == "onnx":
         from .onnx_graph import DEFAULT_OPSET, check_opset
         from .ort import onnxruntime_version

@@ -6,13 +6,15 @@ here is taken as it is; choosing one for this machine is :mod:`megzoo.inference.
 """
 import contextlib
 import os
-from typing import List, Sequence, Union
+from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..device import move_tensors, quiet_stderr, using_device
+from .threads import require_megengine_thread
 
-__all__ = ["INPUT_NAME", "LAYOUTS", "TRACE_DEVICE", "DEFAULT_TOLERANCE", "trace_and_dump", "output_names", "read_layout"]
+__all__ = ["INPUT_NAME", "LAYOUTS", "TRACE_DEVICE", "DEFAULT_TOLERANCE", "trace_and_dump", "output_names", "read_layout",
+           "check_input_shape"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -32,6 +34,32 @@ def output_names(outputs) -> List[str]:
     if isinstance(outputs, (list, tuple)):
         return [f"output{i}" for i in range(len(outputs))]
     return ["output"]
+
+
+def check_input_shape(model, input_shape: Sequence[int]) -> Tuple[int, ...]:
+    """``input_shape`` as ints when it is (N, C, H, W) of positive sizes that ``model`` takes:
+    its ``in_channels`` and ``min_input_size`` where it has them (megzoo models do), checked as
+    the model's own forward checks an input, so a traced graph (where that check cannot see the
+    sizes) and an ONNX export refuse the same shapes with the same words; else ValueError."""
+    from ..layers import check_input
+
+    try:
+        shape = tuple(int(s) for s in input_shape)
+    except (TypeError, ValueError):
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        raise ValueError(f"input_shape must be (N, C, H, W) of positive sizes, got {input_shape!r}")
+
+    class _Shape:  # what check_input reads of an input
+        pass
+
+    probe = _Shape()
+    probe.shape = shape
+    channels = getattr(model, "in_channels", None)
+    min_size = getattr(model, "min_input_size", 1)
+    check_input(probe, channels if isinstance(channels, int) else shape[1],
+                getattr(model, "model_name", type(model).__name__), min_size if isinstance(min_size, int) else 1)
+    return shape
 
 
 @contextlib.contextmanager
@@ -70,6 +98,9 @@ def trace_and_dump(model, input_shape: Sequence[int], file: PathLike, *, fuse: b
     if layout != "nchw" and not fuse:
         raise ValueError(f"layout {layout!r} needs the graph optimisations (fuse=True)")
     input_shape = tuple(int(s) for s in input_shape)
+    if hasattr(model, "min_input_size") or hasattr(model, "in_channels"):  # a model that says what it takes
+        check_input_shape(model, input_shape)
+    require_megengine_thread("tracing a model (megzoo.compile with backend='lite', a .mge export)")
     was_training = model.training
     model.eval()
     try:

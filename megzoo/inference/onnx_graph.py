@@ -20,6 +20,7 @@ import numpy as np
 
 from ..layers import pair
 from .graph import INPUT_NAME
+from .snapshot import tensor_value
 
 __all__ = ["OnnxGraph", "UnsupportedModuleError", "build_onnx", "check_opset", "unsupported_modules", "DEFAULT_OPSET", "MIN_OPSET", "MAX_OPSET", "BATCH_AXIS"]
 
@@ -77,7 +78,7 @@ def unsupported_modules(model) -> List[str]:
 
 
 def _array(tensor, dtype=np.float32) -> np.ndarray:
-    return np.asarray(tensor.numpy(), dtype=dtype)
+    return np.asarray(tensor_value(tensor), dtype=dtype)
 
 
 class OnnxGraph:

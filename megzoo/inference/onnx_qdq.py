@@ -23,6 +23,8 @@ kinds :func:`quantized_kinds` lists.
 """
 import numpy as np
 
+from .snapshot import tensor_value
+
 __all__ = ["quantized_kinds", "emit_quantized", "requantize_like", "int8_scale"]
 
 _UINT8, _INT8, _INT32 = 2, 3, 6  # onnx.TensorProto element types (kept numeric: onnx imports lazily)
@@ -83,12 +85,13 @@ def _conv(graph, conv, x: str) -> str:
     relu = type(conv).__name__ in ("ConvRelu2d", "ConvBnRelu2d")
     c, h, w = graph.shape_of(x)
     in_scale = _input_scale(graph, conv, x)
-    w_scale = int8_scale(conv.weight.dtype)
-    weight = np.asarray(conv.weight.numpy()).astype(np.int8)
+    value = tensor_value(conv.weight)  # a numpy qint8 dtype carries MegEngine's scale
+    w_scale = int8_scale(value.dtype)
+    weight = np.asarray(value).astype(np.int8)
     if weight.ndim == 5:  # MegEngine's grouped layout (G, O/G, I/G, kh, kw)
         weight = weight.reshape((-1,) + weight.shape[2:])
     out_channels = weight.shape[0]
-    bias = np.asarray(conv.bias.numpy(), dtype=np.float64).reshape(-1) if conv.bias is not None else np.zeros(out_channels)
+    bias = np.asarray(tensor_value(conv.bias), dtype=np.float64).reshape(-1) if conv.bias is not None else np.zeros(out_channels)
     bias_scale = np.float32(in_scale) * np.float32(w_scale)  # float32, as MegEngine multiplies them
     bias_q = np.round(bias / np.float64(bias_scale)).astype(np.int32)
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (pair(conv.kernel_size), pair(conv.stride), pair(conv.padding),

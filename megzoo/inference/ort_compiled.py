@@ -18,10 +18,16 @@ from ..device import poller_yields
 from .compiled import CompileInfo, ShapeCachedModel, is_int8
 from .onnx_graph import DEFAULT_OPSET, UnsupportedModuleError, build_onnx, check_opset, unsupported_modules
 from .ort import OrtRunner
+from .snapshot import reading_values, tensor_values
+from .threads import megengine_thread_errors, require_megengine_thread
 
 __all__ = ["OrtCompiledModel"]
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+#: a graph build that still needed MegEngine: a part of the model reads a tensor not among its weights
+_PART_HINT = ("a part of this model reads MegEngine tensors that are not among its parameters and buffers; "
+              "call the model once with this input size in the main thread, then from any thread")
 
 
 class OrtCompiledModel(ShapeCachedModel):
@@ -35,7 +41,11 @@ class OrtCompiledModel(ShapeCachedModel):
     ``max_shapes``: sessions kept (least recently used dropped); ``opset``: ONNX opset;
     ``split_batch``: run batches of ``2 * threads`` images or more as ``threads`` single-thread
     parts side by side (default: for int8 models, where it was measured faster; see
-    :class:`~megzoo.inference.ort.OrtRunner`)."""
+    :class:`~megzoo.inference.ort.OrtRunner`).
+
+    Threads: a ``model`` is compiled in the main thread (MegEngine runs there only), where its
+    weights are read once (:mod:`~megzoo.inference.snapshot`); from then on calls and new input
+    sizes (each a new ONNX graph and session) work from any thread."""
 
     backend = "onnxruntime"
     file_kind = "onnx"
@@ -48,12 +58,15 @@ class OrtCompiledModel(ShapeCachedModel):
             raise ValueError("give a model to export or an onnx_file to run, not both or neither")
         check_opset(opset)
         if model is not None:
+            require_megengine_thread("compiling a model for ONNX Runtime (megzoo.compile)")
             missing = unsupported_modules(model)
             if missing:
                 raise UnsupportedModuleError(f"cannot export {', '.join(missing[:3])} to ONNX (no mapping for that "
                                              "layer kind); megzoo.compile(..., backend='lite') runs any module")
         self._init_cache(threads, max_shapes, dynamic_batch, onnx_file, input_shape)
         self.model = model
+        #: the model's weights as read now: every graph is built from them, in any thread
+        self._values = tensor_values(model) if model is not None else None
         self.onnx_file = self._source_file
         self.fuse = fuse
         self.opset = opset
@@ -74,7 +87,9 @@ class OrtCompiledModel(ShapeCachedModel):
             raise ValueError("export needs an input_shape (none was given to compile)")
         if self.model is None:
             raise ValueError("this model was loaded from an .onnx file; copy that file instead")
-        proto = build_onnx(self.model, shape, opset=self.opset, dynamic_batch=self.dynamic_batch, fold_bn=self.fuse)
+        with reading_values(self._values), megengine_thread_errors("exporting this model", _PART_HINT):
+            proto = build_onnx(self.model, shape, opset=self.opset, dynamic_batch=self.dynamic_batch,
+                               fold_bn=self.fuse)
         atomic_write_bytes(path, proto.SerializeToString())
         return Path(path)
 
@@ -102,8 +117,10 @@ class OrtCompiledModel(ShapeCachedModel):
         if self.onnx_file is not None:
             source: Union[bytes, Path] = self.onnx_file
         else:
-            proto = build_onnx(self.model, (1,) + shape[1:] if self.dynamic_batch else shape, opset=self.opset,
-                               dynamic_batch=self.dynamic_batch, fold_bn=self.fuse, check=False)
+            with reading_values(self._values), megengine_thread_errors(
+                    f"building input size {shape[1:]} of this model", _PART_HINT):
+                proto = build_onnx(self.model, (1,) + shape[1:] if self.dynamic_batch else shape, opset=self.opset,
+                                   dynamic_batch=self.dynamic_batch, fold_bn=self.fuse, check=False)
             source = proto.SerializeToString()
         built = time.perf_counter()
         runner = OrtRunner(source, self.threads, split_batch=self.split_batch)
