@@ -289,3 +289,18 @@ def test_a_full_disk_during_download_is_one_error_line(tmp_path, capsys, monkeyp
         assert line.startswith("megzoo download: error: ") and "No space left on device" in line
         assert str(disk) in line
         assert not [name for name in _files(disk) if name.endswith((".part", ".tmp", ".pkl"))]
+
+
+def test_a_closed_pipe_stops_the_command_quietly():
+    """``megzoo list | head``: the reader is gone before the listing is written; the command stops
+    with 141 and says nothing (it used to print a Broken pipe error, or a traceback)."""
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to the pipe fails with EPIPE
+    try:
+        proc = subprocess.run([sys.executable, "-m", "megzoo.cli", "list"], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (141, "")

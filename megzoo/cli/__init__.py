@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run one command; the exit status (docs/cli.md#exit-codes): the command's own (0 ok; 1 a
-    failed check: export parity, verify, benchmark), 2 a one-line error, 130 interrupted."""
+    failed check: export parity, verify, benchmark), 2 a one-line error, 130 interrupted, 141 the
+    reader of the output went away (a closed pipe)."""
     from ..inference.layouts import LayoutUnavailableError
     from ..weights.errors import WeightsError
     from .text import printable
@@ -48,6 +49,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(args.handler(args) or 0)
     except (CLIError, ValueError, WeightsError, LayoutUnavailableError) as exc:
         message = str(exc)
+    except BrokenPipeError:  # the reader went away (``megzoo list | head``): stop quietly, as cat does
+        _silence_stdout()
+        return 141
     except OSError as exc:  # a bad path, a read-only or full disk, ... (megzoo's own FileNotFoundErrors too)
         message = describe_os_error(exc)
     except KeyboardInterrupt:
@@ -55,6 +59,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
     print(f"megzoo {args.command}: error: {printable(message, keep=chr(10))}", file=sys.stderr)
     return 2
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of a closed pipe says nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (captured, or closed)
+        pass
 
 
 #: the fix printed after an OSError of each errno
