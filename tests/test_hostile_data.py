@@ -120,6 +120,9 @@ def test_an_image_over_the_pixel_bound_is_refused_by_every_reader(tmp_path, monk
     with pytest.raises(ValueError, match=rf"^cannot read image {huge} \(too large: 20000x20000 pixels"):
         ImageSamples([(str(huge), 0)])[0]  # validation
     assert check_images([str(huge)], progress=False).problem == ["too large to check" + why[len("too large"):]]
+    from megzoo.inference.export import _real_input  # export's parity image (--image)
+    with pytest.raises(ImageError, match=rf"^{huge} is too large: 20000x20000 pixels"):
+        _real_input((1, 3, 8, 8), huge, (0, 0, 0), (1, 1, 1), "BGR")
     # a JPEG's size comes from its frame header; the bound can be set (here lowered) per process
     jpeg = bytearray(cv2.imencode(".jpg", np.full((8, 8, 3), 90, np.uint8))[1].tobytes())
     frame = jpeg.find(b"\xff\xc0")
@@ -221,3 +224,14 @@ def test_exclude_list_keeps_a_file_name_with_a_newline_on_one_line(tmp_path):
     plain = tmp_path / "plain.txt"  # lists written before: one plain path a line, still read
     plain.write_text("# old\nblue/x y.png\n" + str(data / "red" / "ok.png") + "\n", encoding="utf-8")
     assert build_folder_data(str(data), exclude=str(plain)).excluded["train"] == 2
+
+
+def test_issues_csv_names_a_file_whose_name_is_not_utf8(tmp_path):
+    """A name's bytes that are not UTF-8 (``os.fsdecode`` gives ``\\udcxx``) are written back as they
+    are: the report names the very file instead of ``clean`` failing with UnicodeEncodeError."""
+    from megzoo.cleaning.report import write_issues_csv
+
+    name = os.fsdecode(b"red/caf\xe9.png")  # Latin-1 bytes in a UTF-8 file system
+    out = tmp_path / "issues.csv"
+    write_issues_csv(str(out), [{"path": name, "flags": "grayscale"}])
+    assert out.read_bytes().splitlines()[1].startswith(b"red/caf\xe9.png,")

@@ -36,7 +36,9 @@ def write_issues_csv(path: str, rows: Sequence[Dict]) -> str:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: row.get(k, "") for k in CSV_COLUMNS})
-    atomic_write_text(path, buffer.getvalue())
+    # a file name's bytes that are not UTF-8 are written back as they are (surrogateescape), so the
+    # row names the very file instead of the write failing
+    atomic_write_bytes(path, buffer.getvalue().encode("utf-8", errors="surrogateescape"))
     return path
 
 

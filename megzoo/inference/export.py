@@ -114,10 +114,9 @@ def _real_input(shape: Sequence[int], image: Optional[PathLike], mean, std, colo
     if image is not None:
         import cv2
 
-        img = cv2.imread(os.fspath(image), cv2.IMREAD_COLOR)
-        if img is None:
-            raise FileNotFoundError(f"cannot read image {image}")
-        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+        from ..images import read_image  # the readers' checks: complete, bounded pixels, named errors
+
+        img = cv2.resize(read_image(image), (w, h), interpolation=cv2.INTER_LINEAR)
         label = f"image {Path(image).name}"
     if img is None:
         img = make_test_image(h, w)
