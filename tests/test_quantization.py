@@ -379,6 +379,15 @@ def test_qat_checkpoint_reloads_as_the_int8_model(tmp_path, capsys):
     assert meta["dynamic_batch"] is False and "calibration images" in meta["parity"]["inputs"]
     assert meta["class_names"] == ["dark", "light", "mid"] and meta["quantization"]["method"] == "qat"
 
+    # a QAT checkpoint with a non-finite weight is refused by name, as float weights are
+    from megzoo.weights import WeightsError
+
+    state = megengine.load(str(best))
+    state["head.fc.weight"] = np.full(state["head.fc.weight"].shape, np.nan, np.float32)
+    megengine.save(state, str(best))
+    with pytest.raises(WeightsError, match=rf"^weights from {best}: tensor 'head.fc.weight' has 1536 non-finite values "):
+        load_qat_checkpoint(best)
+
 
 def test_prepare_qat_is_a_fake_quantized_copy(r18):
     qat = prepare_qat(r18)

@@ -63,6 +63,7 @@ def load_qat_checkpoint(path, model: Optional[str] = None, num_classes: Optional
     """The int8 model of a QAT checkpoint: the architecture (``model``, default the sidecar's)
     built without weights, made fake-quantized, the checkpoint loaded (strictly), converted."""
     from ..registry import get_model
+    from ..weights.convert import checked_values
     from ..weights.sidecar import read_weights_metadata
     from ..weights.serialization import load_megengine_pickle
 
@@ -74,7 +75,7 @@ def load_qat_checkpoint(path, model: Optional[str] = None, num_classes: Optional
     classes = num_classes or meta.get("num_classes")
     kwargs = dict(meta.get("model_kwargs") or {})  # as trained: width, norm layer, dropout ...
     qmodel = prepare_qat(get_model(arch, pretrained=False, num_classes=int(classes), **kwargs))
-    state = load_megengine_pickle(os.fspath(path))
+    state = checked_values(qmodel, load_megengine_pickle(os.fspath(path)), os.fspath(path))
     qmodel.load_state_dict(state, strict=True)
     qmodel = convert_qat(qmodel)
     qmodel.quantization = {"method": "qat", "observer": QAT_OBSERVER, "checkpoint": os.fspath(path)}

@@ -157,6 +157,16 @@ def _check_values(to_load: Dict[str, np.ndarray], current, report: LoadReport, m
                                   "training run? use an earlier checkpoint)")
 
 
+def checked_values(model, state_dict: Dict[str, np.ndarray], source: str) -> Dict[str, np.ndarray]:
+    """``state_dict``'s entries that ``model`` has, converted to its dtypes, for a strict load that
+    does not go through :func:`load_into` (a QAT checkpoint): the same refusals (integers where
+    floats belong, NaN/Inf values), naming the key."""
+    current = model.state_dict()
+    values = {k: np.asarray(v) for k, v in state_dict.items() if k in current}
+    _check_values(values, current, LoadReport(source=source), getattr(model, "model_name", type(model).__name__))
+    return {**state_dict, **values}
+
+
 def load_into(model, state_dict: Dict[str, np.ndarray], source: str) -> LoadReport:
     """Load a megzoo-layout ``state_dict`` into ``model`` strictly, except for the documented
     adaptations (classifier of another size, first conv of other input channels).
