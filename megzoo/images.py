@@ -24,7 +24,7 @@ Whatever the source, :func:`read_image` returns a C-contiguous (H, W, 3) ``uint8
 Before a file is decoded, its bytes are checked (:func:`file_problem`): a JPEG with no end-of-image
 marker after its first scan or a PNG without ``IEND`` is truncated (OpenCV would decode it with
 a grey tail) and refused; an image whose header declares more than :func:`max_image_pixels`
-pixels (default 100 megapixels, ``MEGZOO_MAX_IMAGE_PIXELS`` changes it) is refused before any
+pixels (default 256 megapixels, ``MEGZOO_MAX_IMAGE_PIXELS`` changes it) is refused before any
 pixel is decoded (JPEG, PNG, BMP, GIF, WebP, TIFF, PPM/PGM headers are read; other formats are
 checked once decoded). Every reader of images (predict, eval, train, clean, calibration) goes
 through :func:`decode_image`, so all apply the same checks.
@@ -54,8 +54,9 @@ _EOI = re.compile(b"\xff\xd9")  # a JPEG's end-of-image marker (searched in plac
 _ANY_COLOR = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH
 
 #: decoded pixels (width x height) an image may have unless ``MEGZOO_MAX_IMAGE_PIXELS`` says otherwise
-#: (100 megapixels: 300 MB decoded; a 20000x20000 image would take 1.2 GB and more in every step after)
-DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+#: (256 megapixels: above the largest phone cameras' 200; 768 MB decoded as BGR, while a 20000x20000
+#: image would take 1.2 GB and more in every step after)
+DEFAULT_MAX_IMAGE_PIXELS = 256_000_000
 #: how :func:`file_problem`'s answer for an image over the pixel bound starts
 TOO_LARGE = "too large"
 

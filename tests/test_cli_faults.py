@@ -304,3 +304,23 @@ def test_a_closed_pipe_stops_the_command_quietly():
     finally:
         os.close(write_end)
     assert (proc.returncode, proc.stderr) == (141, "")
+
+
+def test_only_a_write_error_without_a_name_is_given_the_outputs_path(tmp_path):
+    """A full disk during training names the output folder; an error of another kind without a file
+    name (a data read, a worker's shared memory) is not blamed on it."""
+    import errno
+
+    from megzoo.cli.paths import naming_output
+
+    out = tmp_path / "run"
+    with pytest.raises(OSError) as full:
+        with naming_output(out):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with pytest.raises(OSError) as other:
+        with naming_output(out):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+    with pytest.raises(OSError) as staged:
+        with naming_output(out):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / ".last.pkl.123.abcd_x12.tmp"))
+    assert (full.value.filename, other.value.filename, staged.value.filename) == (str(out), None, str(out / "last.pkl"))

@@ -17,6 +17,7 @@ from megzoo.cli import main
 from megzoo.weights.convert import load_into, to_megzoo_layout
 from megzoo.weights.errors import CorruptCheckpointError, UnsupportedCheckpointError, WeightsError
 from megzoo.weights.serialization import load_checkpoint
+from torch_pickle import integer, text, tuple_of
 
 MiB = 1 << 20
 
@@ -24,26 +25,13 @@ MiB = 1 << 20
 # --------------------------------------------------------------------------- hand-made torch archives
 # Protocol 2 opcodes: the records torch.save writes, for one storage "0" of float32 elements.
 
-def _text(value: str) -> bytes:
-    raw = value.encode()
-    return b"X" + struct.pack("<I", len(raw)) + raw
-
-
-def _int(value: int) -> bytes:
-    return b"J" + struct.pack("<i", value)
-
-
-def _tuple(items) -> bytes:
-    return b"(" + b"".join(items) + b"t"
-
-
 def _records(count: int, numel: int) -> bytes:
     """data.pkl of ``{"t0": ..., "t<count-1>": ...}``, each the whole float32 storage "0" of ``numel``."""
-    storage = _tuple([_text("storage"), b"ctorch\nFloatStorage\n", _text("0"), _text("cpu"), _int(numel)]) + b"Q"
+    storage = tuple_of([text("storage"), b"ctorch\nFloatStorage\n", text("0"), text("cpu"), integer(numel)]) + b"Q"
     tensor = (b"ctorch._utils\n_rebuild_tensor_v2\n"
-              + _tuple([storage, _int(0), _tuple([_int(numel)]), _tuple([_int(1)]), b"\x89",
+              + tuple_of([storage, integer(0), tuple_of([integer(numel)]), tuple_of([integer(1)]), b"\x89",
                         b"ccollections\nOrderedDict\n)R"]) + b"R")
-    return b"\x80\x02}(" + b"".join(_text(f"t{i}") + tensor for i in range(count)) + b"u."
+    return b"\x80\x02}(" + b"".join(text(f"t{i}") + tensor for i in range(count)) + b"u."
 
 
 def _archive(path: Path, data_pkl: bytes, storage: bytes = b"", zeros: int = 0, method=zipfile.ZIP_STORED) -> Path:

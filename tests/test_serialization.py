@@ -19,6 +19,7 @@ from megzoo.weights import serialization as S
 from megzoo.weights.errors import CorruptCheckpointError, UnsafeCheckpointError, UnsupportedCheckpointError, \
     WeightsError
 from megzoo.weights.serialization import extract_state_dict, load_checkpoint, load_megengine_pickle, load_torch_zip
+from torch_pickle import integer, text, tuple_of
 
 TORCH_FIXTURES = Path(__file__).parent / "fixtures" / "torch"
 EXPECTED = sorted(p.stem for p in TORCH_FIXTURES.glob("*.npz") if p.with_suffix(".pth").exists())
@@ -358,25 +359,12 @@ def test_damaged_storage_bytes_are_corrupt(tmp_path):
 
 # Hand-assembled torch archives (protocol 2 opcodes), for records torch itself never writes.
 
-def _text(value: str) -> bytes:
-    raw = value.encode()
-    return b"X" + struct.pack("<I", len(raw)) + raw
-
-
-def _int(value: int) -> bytes:
-    return b"J" + struct.pack("<i", value)
-
-
-def _tuple(items) -> bytes:
-    return b"(" + b"".join(items) + b"t"
-
-
 def _tensor_pickle(storage_type="torch\nFloatStorage", numel=4, offset=0, size=(2, 2), stride=(2, 1), key="0",
                    rebuild="torch._utils\n_rebuild_tensor_v2") -> bytes:
-    storage = _tuple([_text("storage"), f"c{storage_type}\n".encode(), _text(key), _text("cpu"), _int(numel)]) + b"Q"
-    args = _tuple([storage, _int(offset), _tuple(map(_int, size)), _tuple(map(_int, stride)), b"\x89",
+    storage = tuple_of([text("storage"), f"c{storage_type}\n".encode(), text(key), text("cpu"), integer(numel)]) + b"Q"
+    args = tuple_of([storage, integer(offset), tuple_of(map(integer, size)), tuple_of(map(integer, stride)), b"\x89",
                    b"ccollections\nOrderedDict\n)R"])
-    return b"\x80\x02}(" + _text("w") + f"c{rebuild}\n".encode() + args + b"Ru."
+    return b"\x80\x02}(" + text("w") + f"c{rebuild}\n".encode() + args + b"Ru."
 
 
 def _write_archive(path: Path, data_pkl: bytes, storages=None, extra=None) -> Path:

@@ -2,7 +2,7 @@
 import json
 import sys
 
-from .predict import _input_size
+from . import options
 
 
 def register(subparsers) -> None:
@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--weights", default=None, metavar="TAG|FILE",
                    help="kfold: weights to start each fold from (default: from scratch); probe: the backbone's "
                         "weights (default: the model's default pretrained ones)")
-    p.add_argument("--input-size", type=_input_size, default=None, metavar="PX",
+    p.add_argument("--input-size", type=options.input_size, default=None, metavar="PX",
                    help="px the images are seen at, 1 to 1024 (default: kfold their median short side, 32 to 224; "
                         "probe the backbone weights' own)")
     p.add_argument("--epochs", type=int, default=10, metavar="N", help="kfold: training epochs per fold (default 10)")

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from .predict import _input_size, _num_classes, _positive
+from . import options
 
 
 def register(subparsers) -> None:
@@ -40,7 +40,7 @@ def register(subparsers) -> None:
                    help="CHECKPOINT is a pickled whole module (megengine.save(model)) you trust: unpickle it with "
                         "megengine.load, which runs any code the file carries. Without it only state dicts are read, "
                         "by an allow-list reader that runs nothing")
-    p.add_argument("--num-classes", type=_num_classes, default=None, help="classifier outputs (default: the model's)")
+    p.add_argument("--num-classes", type=options.num_classes, default=None, help="classifier outputs (default: the model's)")
     p.add_argument("--input-shape", default="1,3,224,224", metavar="N,C,H,W",
                    help="input shape the graph is made for (default 1,3,224,224); the batch stays dynamic "
                         "unless --static-batch")
@@ -57,7 +57,7 @@ def register(subparsers) -> None:
                         "int8 model, with its top-1 agreement with the fp32 model printed (docs/quantization.md)")
     p.add_argument("--calibration", metavar="DIR", default=None,
                    help="--int8: calibration images (e.g. the training folder), read with the model's preprocessing")
-    p.add_argument("--calibration-images", type=_positive, default=512, metavar="N",
+    p.add_argument("--calibration-images", type=options.positive, default=512, metavar="N",
                    help="--int8: calibration images used at most, spread over the folder (default 512)")
     p.add_argument("--observer", choices=tuple(OBSERVERS), default=None,
                    help="--int8: how activation ranges are set (default minmax, measured: docs/quantization.md)")
@@ -80,7 +80,7 @@ def register(subparsers) -> None:
     p.add_argument("--models", default="resnet18,resnet50,vgg16", help="comma-separated model names")
     p.add_argument("--batch", default="1,16", help="comma-separated batch sizes (default 1,16)")
     p.add_argument("--threads", type=int, default=None, help="threads of the optimised path (default: all usable CPUs)")
-    p.add_argument("--input-size", type=_input_size, default=224, metavar="PX",
+    p.add_argument("--input-size", type=options.input_size, default=224, metavar="PX",
                    help="input side in pixels (default 224; at most 1024)")
     p.add_argument("--modes", default="eager,optimised,onnxruntime",
                    help="which paths to run, of eager, optimised (Lite), onnxruntime, ort_alone (the exported .onnx "

@@ -1,7 +1,7 @@
 """``megzoo list`` and ``megzoo summary``."""
 import json
 
-from .predict import _input_size, _num_classes
+from . import options
 
 
 def register(subparsers) -> None:
@@ -13,9 +13,9 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("summary", help="build a model and print its parameters, GMACs and feature shapes")
     p.add_argument("model", help="model name, e.g. resnet50")
-    p.add_argument("--input-size", type=_input_size, default=224, metavar="PX",
+    p.add_argument("--input-size", type=options.input_size, default=224, metavar="PX",
                    help="input side in pixels (default 224; at most 1024)")
-    p.add_argument("--num-classes", type=_num_classes, default=1000)
+    p.add_argument("--num-classes", type=options.num_classes, default=1000)
     p.set_defaults(handler=cmd_summary)
 
 

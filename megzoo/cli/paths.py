@@ -48,15 +48,24 @@ def check_output(path: PathLike, *, folder: bool = False) -> Path:
 
 @contextlib.contextmanager
 def naming_output(path: PathLike) -> Iterator[None]:
-    """Meanwhile, an ``OSError`` without a file name (a failed ``write()`` or ``fsync()``) gets
-    ``path``; one naming a temporary file (``.NAME.<id>.tmp``, as megzoo writes beside a file
-    before renaming it into place) names the file it stood for (``NAME``) instead."""
+    """Meanwhile, a write error without a file name (``ENOSPC``, ``EDQUOT``, ``EFBIG``, ``EROFS``
+    from ``write()`` or ``fsync()``) gets ``path``; one naming a temporary file (``.NAME.<id>.tmp``,
+    as megzoo writes beside a file before renaming it into place) names the file it stood for
+    (``NAME``) instead; any other error is left as it is."""
     try:
         yield
     except OSError as exc:
-        if exc.errno is not None:  # not one of megzoo's own messages (FileNotFoundError("weight file ..."))
-            exc.filename = str(Path(path).expanduser()) if exc.filename is None else _target_of(exc.filename)
+        if exc.errno is None:  # one of megzoo's own messages (FileNotFoundError("weight file ..."))
+            raise
+        if exc.filename is not None:
+            exc.filename = _target_of(exc.filename)
+        elif exc.errno in _WRITE_ERRORS:  # only a failed write is the output's (not a data read, not /dev/shm)
+            exc.filename = str(Path(path).expanduser())
         raise
+
+
+#: errors of a ``write()``/``fsync()`` that come without a file name
+_WRITE_ERRORS = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS))
 
 
 def _target_of(filename) -> str:

@@ -2,6 +2,8 @@
 import json
 import sys
 
+from . import options
+
 _WEIGHTS_HELP = ("weights: a tag (megengine, tv_in1k, tv2_in1k, ...; `megzoo info MODEL` lists them), "
                  "ARCH.TAG, or a checkpoint path/URL (default: the model's default weights)")
 
@@ -12,8 +14,8 @@ def register(subparsers) -> None:
         description="Print the top-k classes and probabilities of each IMAGE (JPEG, PNG, BMP, WebP, TIFF...).")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     _model_options(p)
-    p.add_argument("--topk", type=_positive, default=5, metavar="K", help="classes per image (default 5)")
-    p.add_argument("--batch-size", type=_positive, default=16, metavar="N", help="images per model call (default 16)")
+    p.add_argument("--topk", type=options.positive, default=5, metavar="K", help="classes per image (default 5)")
+    p.add_argument("--batch-size", type=options.positive, default=16, metavar="N", help="images per model call (default 16)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_predict)
 
@@ -23,10 +25,10 @@ def register(subparsers) -> None:
                     "(n01440764 ...), class indices (0 ... 999), or any names taken in sorted order.")
     p.add_argument("--data", required=True, metavar="DIR", help="folder with one sub-folder per class")
     _model_options(p)
-    p.add_argument("--batch-size", type=_positive, default=32, metavar="N", help="images per model call (default 32)")
-    p.add_argument("--workers", type=_non_negative, default=None, metavar="N",
+    p.add_argument("--batch-size", type=options.positive, default=32, metavar="N", help="images per model call (default 32)")
+    p.add_argument("--workers", type=options.non_negative, default=None, metavar="N",
                    help="decode threads (default: one per core, up to 8; 0: decode in the main thread)")
-    p.add_argument("--limit", type=_positive, default=None, metavar="N",
+    p.add_argument("--limit", type=options.positive, default=None, metavar="N",
                    help="evaluate N images spread evenly over the folder (default: all)")
     p.add_argument("--labels", choices=("auto", "wnid", "index", "sorted"), default="auto",
                    help="how class folders map to classes (default auto: wnid, else index, else sorted "
@@ -41,7 +43,7 @@ def _model_options(p) -> None:
 
     p.add_argument("--model", default="resnet50", help="model name (default resnet50; `megzoo list --pretrained`)")
     p.add_argument("--weights", metavar="TAG|FILE", default=None, help=_WEIGHTS_HELP)
-    p.add_argument("--num-classes", type=_num_classes, default=None, metavar="N",
+    p.add_argument("--num-classes", type=options.num_classes, default=None, metavar="N",
                    help="classes of a checkpoint of your own (default 1000)")
     p.add_argument("--device", default=None,
                    help="cpu, gpu, or a MegEngine device name (default: $MEGZOO_DEVICE, else the GPU if usable, "
@@ -50,7 +52,7 @@ def _model_options(p) -> None:
                    help="compiled: the faster of ONNX Runtime and MegEngine Lite on this machine (measured once; "
                         "4-40x eager after a compile of a second or a few); onnxruntime / lite: that runtime; eager: "
                         "the model as it is; auto (default): compiled on the CPU for 12 images or more")
-    p.add_argument("--threads", type=_positive, default=None, metavar="N",
+    p.add_argument("--threads", type=options.positive, default=None, metavar="N",
                    help="threads of the compiled backend (default: the CPUs this process may use)")
     p.add_argument("--int8", action="store_true",
                    help="run the model quantized to int8: calibrated on --calibration DIR, or as fine-tuned by "
@@ -59,52 +61,6 @@ def _model_options(p) -> None:
                    help="calibration images for --int8 (e.g. the training folder), read with the model's preprocessing")
     p.add_argument("--observer", choices=tuple(OBSERVERS), default=None,
                    help="how --int8 calibration sets activation ranges (default minmax, measured)")
-
-
-def _positive(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _bounded(name: str, text: str) -> int:
-    """A positive int within megzoo.weights.limits' bound of ``name`` (docs/cli.md#size-limits)."""
-    import argparse
-
-    from ..weights.limits import check_size
-
-    try:
-        return check_size(name, _positive(text))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _num_classes(text: str) -> int:
-    """``--num-classes``: 1 ... megzoo.weights.limits.MAX_NUM_CLASSES."""
-    return _bounded("num_classes", text)
-
-
-def _input_size(text: str) -> int:
-    """``--input-size``: pixels, 1 ... megzoo.weights.limits.MAX_INPUT_SIZE."""
-    return _bounded("input_size", text)
-
-
-def _non_negative(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
 
 
 def _weights_name(model: str, weights):
