@@ -17,7 +17,7 @@ package (e.g. ``.model_info("resnet50")``).
 """
 
 # Modules MegEngine's hub checks with importlib before calling an entry (importable names).
-dependencies = ["megengine", "numpy", "cv2", "requests", "urllib3", "tqdm", "filelock"]
+dependencies = ["megengine", "numpy", "cv2", "requests", "urllib3", "tqdm"]
 
 
 def __import_bundled_megzoo():

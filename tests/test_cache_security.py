@@ -1,5 +1,7 @@
 """The weight cache against another user (issue 30, items 1 and 2): planted links and files, folder
-ownership and modes, and what ``megzoo verify`` checks against.
+ownership and modes, and what ``megzoo verify`` checks against; the same rule for the algorithm cache
+(kernel choices, layout and backend records), the folders above a cache, lock files, and a bad file
+that cannot be removed.
 
 "Another user" is uid 65534 (nobody): the tests, run as root, chown what the attacker plants to it,
 and run a victim step as nobody in a forked child where one is needed (the interpreter under /root
@@ -10,6 +12,7 @@ import json
 import os
 import random
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -352,3 +355,157 @@ def test_unsupported_url_schemes_say_so():
     with pytest.raises(WeightsError) as info:
         fetch(["ftp://example.org/w.pkl"], "w.pkl", **FAST)
     assert str(info.value) == expected
+
+
+# -- the per-machine records and kernel caches in $MEGZOO_HOME/algo_cache ----------------------------------
+
+ALGO_REFUSAL = ("unsafe algorithm cache: {} is owned by uid 65534 (nobody), not by you (uid 0) or root, so another "
+                f"user could change what megzoo loads; remove it if you may, {PRIVATE_FIX}")
+
+
+def plant_record(path: Path, data: dict) -> Path:
+    path.write_text(json.dumps(data))
+    os.chown(path, NOBODY, NOBODY)
+    return path
+
+
+@needs_root
+@pytest.mark.parametrize("what", ["backend choice", "layout probe", "kernel cache"])
+def test_an_algo_cache_folder_planted_in_a_shared_home_is_refused(tmp_path, monkeypatch, what):
+    from megzoo.inference import backends, layouts
+
+    home = sticky_folder(tmp_path / "shared")
+    monkeypatch.setenv("MEGZOO_HOME", str(home))
+    for name in ("MEGZOO_PROBE_DIR", "MEGZOO_BACKEND", "MEGZOO_LAYOUT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(backends, "_chosen", {})
+    algo = planted_folder(home / "algo_cache", 0o777)
+    if what == "backend choice":  # the planted choice would be used without measuring
+        plant_record(backends.backend_record_path(), {"backend": "lite"})
+        call = backends.best_backend
+    elif what == "layout probe":  # a planted verdict would run kernels that crash this machine
+        plant_record(layouts.probe_record_path(), {"verdicts": {"nchw88": {"ok": True, "reason": "planted"}}})
+        call = lambda: layouts.layout_verdict("nchw88")  # noqa: E731
+    else:  # MegEngine would read (and write) its kernel choices in the planted folder
+        import megengine.module as M
+
+        from megzoo.inference import CompiledModel
+
+        call = lambda: CompiledModel(M.Conv2d(3, 4, 3), input_shape=(1, 3, 8, 8), layout="nchw")  # noqa: E731
+    error = attempt(call)
+    assert type(error).__name__ == "UnsafeCacheError"
+    assert str(error) == ALGO_REFUSAL.format(algo)
+    assert not list(algo.glob("*.cache")) and not list(algo.glob("*.lock"))
+
+
+@needs_root
+def test_the_backend_choice_lock_is_never_written_through_a_link(tmp_path, monkeypatch, victim):
+    from megzoo.inference import backends
+
+    monkeypatch.delenv("MEGZOO_BACKEND", raising=False)
+    monkeypatch.setenv("MEGZOO_PROBE_DIR", str(tmp_path / "probe"))
+    monkeypatch.setattr(backends, "_chosen", {})
+    monkeypatch.setattr(backends, "measure_backends", lambda: {"backend": "lite", "errors": {}})
+    record = backends.backend_record_path()
+    record.parent.mkdir()
+    lock = planted_link(Path(f"{record}.lock"), victim, owner=0)
+    error = attempt(backends.best_backend)
+    assert victim.read_bytes() == b"precious notes\n"
+    assert str(error) == (f"unsafe algorithm cache: {lock} is a symbolic link (to {victim}); megzoo writes a temporary "
+                          f"file only into a new file of its own, never through a link or into another user's file: "
+                          f"remove it, {PRIVATE_FIX}")
+    assert not record.exists()
+
+
+# -- the folders above the cache -------------------------------------------------------------------------
+
+@needs_root
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o1777])
+def test_a_folder_above_megzoo_home_that_others_can_write_is_refused_unless_sticky(server, tmp_path, monkeypatch,
+                                                                                 mode, capsys):
+    from megzoo.cli import main
+
+    above = tmp_path / "above"
+    above.mkdir()
+    os.chown(above, 0, NOBODY)  # group nobody: not root's own group
+    os.chmod(above, mode)
+    home = above / "deeper" / "home"
+    monkeypatch.setenv("MEGZOO_HOME", str(home))
+    error = attempt(lambda: fetch([server.url(PATH)], "a.bin", **FAST))
+    if mode & stat.S_ISVTX:  # like /tmp: others cannot rename what is ours in it
+        assert error is None and (home / "weights" / "a.bin").read_bytes() == DATA
+        assert oct(stat.S_IMODE((above / "deeper").stat().st_mode)) == "0o755"  # made by megzoo, not 777
+        return
+    who = "others" if mode & 0o002 else "group 65534"
+    expected = (f"unsafe weight cache: {above} is writable by {who} (mode {mode:o}), so another user could change "
+                f"what megzoo loads; run `chmod go-w` on it, {PRIVATE_FIX}")
+    assert str(error) == expected
+    assert not (above / "deeper").exists() and server.requests == []
+    (above / "deeper" / "home" / "weights").mkdir(parents=True)
+    assert main(["verify"]) == 2
+    assert capsys.readouterr().err == f"megzoo verify: error: {expected}\n"
+
+
+@needs_root
+def test_an_ordinary_home_of_the_user_passes(monkeypatch):
+    base = Path(tempfile.mkdtemp(prefix="megzoo-home-", dir="/tmp"))  # nobody can reach it (not under /root)
+    try:
+        os.chmod(base, 0o755)
+        user_home = base / "home" / "nobody"
+        user_home.mkdir(parents=True)
+        os.chown(user_home, NOBODY, NOBODY)
+        os.chmod(user_home, 0o750)
+        source = base / "a.bin"
+        source.write_bytes(DATA)
+        monkeypatch.setenv("HOME", str(user_home))
+        monkeypatch.delenv("MEGZOO_HOME")
+        served = run_as_nobody(lambda: str(fetch([source.as_uri()], "a.bin", progress=False)))
+        assert served == {"result": str(user_home / ".cache" / "megzoo" / "weights" / "a.bin")}
+    finally:
+        shutil.rmtree(base)
+
+
+# -- lock files --------------------------------------------------------------------------------------------
+
+@needs_root
+def test_another_users_lock_file_is_refused_not_waited_on(server, tmp_path):
+    folder = sticky_folder(tmp_path / "tmp")
+    lock = folder / "a.bin.lock"
+    lock.write_bytes(b"")
+    os.chown(lock, NOBODY, NOBODY)
+    os.chmod(lock, 0o666)  # anyone could open it, and its owner could hold it forever
+    error = attempt(lambda: download_file(server.url(PATH), folder / "a.bin", **FAST))
+    assert str(error) == f"unsafe weight cache: {lock} is owned by uid 65534 (nobody), not by you (uid 0){TEMPORARY}"
+    assert not (folder / "a.bin").exists() and lock.stat().st_uid == NOBODY and server.requests == []
+
+
+# -- a bad file that cannot be removed ---------------------------------------------------------------------
+
+@needs_root
+def test_a_bad_file_in_a_read_only_cache_is_kept_and_said_so(monkeypatch):
+    home = Path(tempfile.mkdtemp(prefix="megzoo-ro-", dir="/tmp"))  # under /tmp: nobody can reach it
+    try:
+        os.chmod(home, 0o755)
+        monkeypatch.setenv("MEGZOO_HOME", str(home))
+        monkeypatch.setenv("MEGZOO_OFFLINE", "1")
+        source = home / "source.bin"
+        source.write_bytes(DATA)
+        bad = fetch([source.as_uri()], "a-bad.bin", progress=False)
+        good = fetch([source.as_uri()], "b-good.bin", progress=False)
+        bad.write_bytes(b"bit rot")  # by root: nobody may not remove it
+        digest = hashlib.sha256(b"bit rot").hexdigest()
+        why = f"its sha256 is {digest}, but a-bad.bin.sha256 recorded {SHA} on download"
+        kept = ("the file was kept, as it cannot be removed here (Permission denied): remove it with the rights of "
+                "the cache's owner, or set MEGZOO_HOME to a cache of your own")
+        seen = run_as_nobody(lambda: [
+            str(attempt(lambda: fetch([source.as_uri()], bad.name, progress=False))),
+            [(r.path.name, r.status, r.reason) for r in verify_cache()],
+        ])
+        assert seen == {"result": [
+            f"{bad} failed its check ({why}); {kept}",
+            [["a-bad.bin", "problem", f"{bad} failed its check ({why}); {kept}"],
+             ["b-good.bin", "ok", f"sha256 {SHA[:16]}... matches b-good.bin.sha256"]],
+        ]}
+        assert bad.read_bytes() == b"bit rot" and good.read_bytes() == DATA
+    finally:
+        shutil.rmtree(home)

@@ -10,7 +10,8 @@
 runtime timed for about a second in a fresh subprocess, so neither a crash of a MegEngine kernel
 nor MegEngine's poller thread can touch the caller; Lite with its heuristic kernel choice, as
 profiling alone would take 15-30 s, for about 10% more speed at this size), kept in a record beside the layout probe's
-(:func:`backend_record_path`). ``$MEGZOO_BACKEND`` (``lite`` or ``onnxruntime``) overrides it. A
+(:func:`backend_record_path`; one another user could have written is refused, never read:
+:mod:`~megzoo.inference.cache_files`). ``$MEGZOO_BACKEND`` (``lite`` or ``onnxruntime``) overrides it. A
 call that sets one of the Lite-only options (``layout``, ``algo``, ``profile_batch``,
 ``cache_dir``, ``split_batch``, ``micro_batch``), or runs with ``$MEGZOO_LAYOUT`` set, means Lite.
 An int8 model (:func:`megzoo.quantize`) runs on ONNX Runtime under ``auto`` without measuring:
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
 from ..host import atomic_write_text, machine_record, machine_tag
+from .cache_files import read_json, record_lock
 from .compiled import CompiledModel, is_int8, read_metadata
 from .layouts import megengine_version, probe_record_path
 from .model_files import model_file_kind
@@ -147,10 +149,7 @@ _chosen: Dict[str, str] = {}  # record path -> the choice (once per process)
 
 def _read_choice(record: Path) -> Optional[Dict[str, Any]]:
     """The record's contents when it holds a choice, else None (missing, unreadable, or not one)."""
-    try:
-        data = json.loads(record.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    data = read_json(record)
     return data if isinstance(data, dict) and data.get("backend") in ("lite", "onnxruntime") else None
 
 
@@ -171,10 +170,7 @@ def best_backend() -> str:
         return _chosen[key]
     data = _read_choice(record)
     if data is None:
-        from filelock import FileLock
-
-        record.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(record) + ".lock"):  # one measurement per machine, even from parallel processes
+        with record_lock(record):  # one measurement per machine, even from parallel processes
             data = _read_choice(record)  # another process may have measured meanwhile
             if data is None:
                 data = measure_backends()

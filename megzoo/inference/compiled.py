@@ -19,6 +19,7 @@ import numpy as np
 
 from ..device import poller_yields
 from ..host import machine_tag, megzoo_home, usable_cpus
+from .cache_files import check_files
 from .graph import LAYOUTS, read_layout, trace_and_dump
 from .layouts import megengine_version, require_layout, resolve_layout
 from .lite import ALGO_POLICIES, LiteRunner, lite_lock
@@ -353,6 +354,7 @@ class CompiledModel(ShapeCachedModel):
                 self.output_names = trace_and_dump(self.model, trace_shape, path, fuse=self.fuse,
                                                    layout=self._resolved_layout())
             dumped = time.perf_counter()
+            check_files(self.algo_cache_file, self.split_algo_cache_file)  # no other user's kernel choices
             runner = LiteRunner(path, self.threads, self.algo, self.algo_cache_file, self.profile_batch,
                                 self.split_batch, self._resolved_micro_batch(), self.split_algo_cache_file)
             runner.networks_for(shape[0])

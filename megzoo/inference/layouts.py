@@ -14,7 +14,8 @@ before any of megzoo's public calls runs such a layout here it is *probed*:
 * :func:`layout_verdict` keeps each verdict in a record per machine (CPU model,
   family/model/stepping, ISA flags: :func:`megzoo.host.machine_tag`) and MegEngine version, in
   ``$MEGZOO_PROBE_DIR`` (default ``$MEGZOO_HOME/algo_cache``), so a machine probes each layout
-  once. Delete the record to probe again.
+  once. Delete the record to probe again. A record (or folder) another user could have written
+  is refused (:mod:`~megzoo.inference.cache_files`), never read.
 * :func:`require_layout` turns a failed verdict into :class:`LayoutUnavailableError` (the layout,
   the probe's reason, the record and the fix) instead of running the kernels.
 * :func:`best_layout` is what ``layout="auto"`` means here: ``nchw88`` on x86 with AVX2 + FMA if
@@ -37,6 +38,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from ..host import atomic_write_text, cpu_info, machine_record, machine_tag, megzoo_home
+from .cache_files import prepare_folder, read_json
 from .graph import DEFAULT_TOLERANCE, LAYOUTS, trace_and_dump
 
 __all__ = ["LayoutUnavailableError", "PROBE_TIMEOUT_S", "probe_record_path", "run_probe", "layout_verdict",
@@ -181,10 +183,7 @@ def run_probe(layout: str, timeout: Optional[float] = None) -> Dict[str, object]
 
 
 def _read_record(path: Path) -> Dict[str, dict]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    data = read_json(path)
     verdicts = data.get("verdicts") if isinstance(data, dict) else None
     return verdicts if isinstance(verdicts, dict) else {}
 
@@ -208,6 +207,7 @@ def layout_verdict(layout: str) -> Dict[str, object]:
     verdicts[layout] = verdict
     machine = machine_record()
     try:
+        prepare_folder(record.parent)
         atomic_write_text(record, json.dumps({"megengine": megengine_version(), "machine": machine,
                                               "verdicts": verdicts}, indent=2) + "\n")
     except OSError as exc:  # a read-only cache: the verdict still holds for this process

@@ -124,7 +124,11 @@ def load_pretrained(model, arch: str, pretrained, progress: bool = True) -> Load
             raise
         except (CorruptCheckpointError, ArchitectureMismatchError) as exc:
 
-            evict(path, str(exc))
+            kept = evict(path, str(exc))
+            if kept:
+                raise WeightsError(f"{label}: the cached file {path} is unusable ({exc}); it was kept, as it cannot "
+                                   f"be removed here ({kept}): remove it with the rights of the cache's owner, or "
+                                   "set MEGZOO_HOME to a cache of your own") from exc
             if attempt == 2:
                 raise WeightsError(f"{label}: the downloaded file is still unusable after a fresh download "
                                    f"({exc}); it was removed from the cache") from exc

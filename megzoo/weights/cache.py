@@ -12,8 +12,9 @@ The cache root is ``$MEGZOO_HOME`` (default ``~/.cache/megzoo``); weight files l
 Who may write the cache is checked first (:mod:`.cache_safety`): a folder or file another user
 could have written is refused, never read. A file is then checked against the publisher's hash
 when the catalogue knows one, else against its sidecar. A file that fails its check is removed
-together with its sidecar, and the error or warning says which file it was and why; a file
-whose sidecar is unreadable is kept (the error says how to repair it).
+together with its sidecar, and the error or warning says which file it was and why; one that
+cannot be removed (a read-only cache of another user's, e.g. root's) is kept and the error says
+so and why. A file whose sidecar is unreadable is kept (the error says how to repair it).
 """
 import hashlib
 import logging
@@ -138,20 +139,31 @@ def write_sidecar(path: PathLike, sha256: str) -> Path:
     return sidecar
 
 
-def _unlink(path: Path) -> bool:
+def _unlink(path: Path) -> Optional[str]:
+    """Remove ``path`` (gone already is fine); None, or why it cannot be removed (e.g. "Permission denied")."""
     try:
         path.unlink()
-        return True
     except FileNotFoundError:
-        return False
+        pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
-def evict(path: PathLike, reason: str) -> None:
-    """Remove the cached file ``path`` and its sidecar, logging a warning that says which file and why."""
+def evict(path: PathLike, reason: str) -> Optional[str]:
+    """Remove the cached file ``path`` and its sidecar, logging a warning that says which file and why.
+
+    Returns None when removed; when the file cannot be removed (a read-only cache of another
+    user's) it is kept, the warning says so, and the return value says why (e.g. "Permission denied").
+    """
     path = Path(path)
-    _unlink(path)
+    kept = _unlink(path)
+    if kept is not None:
+        logger.warning("kept %s in the cache, as it cannot be removed here (%s): %s", path, kept, reason)
+        return kept
     _unlink(sidecar_path(path))
     logger.warning("removed %s from the cache: %s", path, reason)
+    return None
 
 
 def verify_file(path: PathLike, sha256: Optional[str] = None, *, size: Optional[int] = None,
@@ -162,7 +174,7 @@ def verify_file(path: PathLike, sha256: Optional[str] = None, *, size: Optional[
     With neither a hash nor a sidecar the file cannot be checked: its sha256 is recorded in the
     sidecar (when ``record``) so that later uses are checked against it. ``size`` (bytes), when
     given, is checked too. A file that fails is removed with its sidecar and ChecksumError says
-    so. An unreadable sidecar (without ``sha256``) raises ChecksumError too but removes nothing.
+    so (or that it was kept, and why, when it cannot be removed: ``ChecksumError.kept``). An unreadable sidecar (without ``sha256``) raises ChecksumError too but removes nothing.
     A file or sidecar another user could have written raises UnsafeCacheError.
     """
     path = Path(path)
@@ -208,7 +220,11 @@ def _record(path: Path, sha256: str, announce: bool) -> None:
 
 
 def _fail(path: Path, why: str, expected: Optional[str], actual: Optional[str]):
-    evict(path, f"failed its check: {why}")
+    kept = evict(path, f"failed its check: {why}")
+    if kept is not None:
+        raise ChecksumError(f"{path} failed its check ({why}); the file was kept, as it cannot be removed here "
+                            f"({kept}): remove it with the rights of the cache's owner, or set MEGZOO_HOME to a "
+                            "cache of your own", path, expected, actual, reason=why, kept=kept)
     raise ChecksumError(f"{path} failed its check ({why}); the file was removed, fetch it again "
                         "(megzoo downloads it anew on next use)", path, expected, actual, reason=why)
 
@@ -222,7 +238,8 @@ class VerifyResult:
     """Outcome of re-checking one cached file."""
 
     path: Path
-    status: str  #: "ok", "unchecked" (nothing to check it against), "bad" (failed: removed), "problem" (kept)
+    status: str  #: "ok", "unchecked" (nothing to check it against), "bad" (failed: removed), "problem" (kept:
+    #: an unreadable record, a file another user could have written, or a bad file that cannot be removed here)
     reason: str  #: what it matched, why it failed, why it could not be checked, or the problem and its fix
 
     @property
@@ -270,8 +287,8 @@ def verify_cache(cache_dir: Optional[PathLike] = None) -> List[VerifyResult]:
 
     Each file is checked against the hash the catalogue publishes for its name, else against its
     sidecar. Files that fail are removed (with their sidecar) and reported ``bad``; files with
-    neither hash are ``unchecked``; files with an unreadable sidecar, or that another user could
-    have written, are kept and reported ``problem``. Raises UnsafeCacheError when ``cache_dir``
+    neither hash are ``unchecked``; files with an unreadable sidecar, that another user could
+    have written, or that fail but cannot be removed here are kept and reported ``problem``. Raises UnsafeCacheError when ``cache_dir``
     itself (or the cache root above the default one) could have been written by another user.
     """
     directory = Path(cache_dir) if cache_dir is not None else weights_dir()

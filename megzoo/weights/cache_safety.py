@@ -2,20 +2,24 @@
 
 The rule (as ssh applies to ``~/.ssh``): a cache folder or a file read from it must belong to
 the current user or to root and must not be writable by its group or by others, because whoever
-can write there decides what megzoo loads. Two allowances keep common set-ups working:
+can write there decides what megzoo loads. So must every folder above a cache folder (as
+OpenSSH's ``safe_path`` checks them), since whoever can write one can rename the cache away and
+put another in its place. Two allowances keep common set-ups working:
 
-* the cache root (``$MEGZOO_HOME``) or the folder a :func:`download_file` target is in may be
-  writable by everybody when its sticky bit is set (like ``/tmp``): others may then add names
-  beside ours but cannot rename or replace ours;
+* the folders above a cache folder, the cache root (``$MEGZOO_HOME``) among them, and the folder a
+  :func:`download_file` target is in may be writable by everybody when their sticky bit is set
+  (like ``/tmp``): others may then add names beside ours but cannot rename or replace ours;
 * group write is tolerated when the group is the user's own private group (named like the
   user, no other members), as Debian's OpenSSH does, so a umask of 002 is no problem.
 
 A symbolic link in the cache is followed only when the link belongs to the user (or root) and
 what it points to passes the same rule. Temporary paths (``F.part``, ``F.lock``) are never
-followed: they are opened with ``O_NOFOLLOW`` and created with ``O_EXCL``.
+followed: they are opened with ``O_NOFOLLOW`` and created with ``O_EXCL`` (``F.part``) or
+mode 0o600 (``F.lock``); one that exists must be a regular file of the effective user's.
 
 Anything else raises :class:`UnsafeCacheError` with one line: which path, why (owner uid or
-mode) and how to fix it.
+mode) and how to fix it. The line starts ``unsafe weight cache:``; the functions' ``what``
+names another cache (``"algorithm cache"``: :mod:`megzoo.inference.cache_files`).
 """
 import errno
 import fcntl
@@ -39,6 +43,8 @@ PathLike = Union[str, os.PathLike]
 
 FOLDER_MODE = 0o755  #: mode of the folders megzoo creates (less the umask)
 FILE_MODE = 0o644  #: mode of the files megzoo creates (less the umask)
+LOCK_MODE = 0o600  #: mode of a lock file: nobody else may open it (and hold the lock)
+WEIGHTS = "weight cache"  #: the default ``what`` of the messages
 _PRIVATE_FIX = "or set MEGZOO_HOME to a folder of your own (e.g. ~/.cache/megzoo)"
 
 
@@ -73,16 +79,17 @@ def _problem(st: os.stat_result, shared: bool) -> Optional[Tuple[str, str]]:
     return None
 
 
-def _refuse(path: PathLike, why: str, fix: str) -> UnsafeCacheError:
-    return UnsafeCacheError(f"unsafe weight cache: {path} {why}, so another user could change what megzoo "
+def _refuse(path: PathLike, why: str, fix: str, what: str = WEIGHTS) -> UnsafeCacheError:
+    return UnsafeCacheError(f"unsafe {what}: {path} {why}, so another user could change what megzoo "
                             f"loads; {fix}", path)
 
 
-def check_trusted(path: PathLike, *, shared: bool = False) -> bool:
+def check_trusted(path: PathLike, *, shared: bool = False, what: str = WEIGHTS) -> bool:
     """Check ``path`` (a cache folder or file) against the module's rule; raise UnsafeCacheError if it fails.
 
     ``shared``: a world-writable folder with the sticky bit passes. Returns False when ``path``
     does not exist (or is a link, of the user's, to nothing), True when it exists and passes.
+    ``what``: the cache the message names.
     """
     try:
         st = os.lstat(path)
@@ -90,7 +97,7 @@ def check_trusted(path: PathLike, *, shared: bool = False) -> bool:
         return False
     if stat.S_ISLNK(st.st_mode):
         if st.st_uid not in (os.geteuid(), 0):
-            raise _refuse(path, f"is a symbolic link owned by {_who(st.st_uid)}", f"remove it, {_PRIVATE_FIX}")
+            raise _refuse(path, f"is a symbolic link owned by {_who(st.st_uid)}", f"remove it, {_PRIVATE_FIX}", what)
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -98,54 +105,90 @@ def check_trusted(path: PathLike, *, shared: bool = False) -> bool:
         target = os.path.realpath(path)
         problem = _problem(st, shared)
         if problem:
-            raise _refuse(path, f"links to {target}, which {problem[0]}", problem[1])
+            raise _refuse(path, f"links to {target}, which {problem[0]}", problem[1], what)
         return True
     problem = _problem(st, shared)
     if problem:
-        raise _refuse(path, *problem)
+        raise _refuse(path, *problem, what)
     return True
 
 
-def prepare_folders(chain: Sequence[Tuple[PathLike, bool]], create: bool = True) -> bool:
+def _above(folder: Path, create: bool, what: str) -> bool:
+    """Check the folders above ``folder`` top-down as :func:`check_trusted` (``shared``), creating
+    the missing ones (mode :data:`FOLDER_MODE`) when ``create``; then, when a link was among them,
+    the folders of the path it resolves to. False when one is missing (or could not be made)."""
+    for parent in reversed(folder.parents):
+        if create and not os.path.lexists(parent):
+            try:
+                os.mkdir(parent, FOLDER_MODE)
+            except FileExistsError:
+                pass  # made by someone else meanwhile: checked below
+            except OSError as exc:
+                logger.debug("cannot create %s (%s)", parent, exc)
+                return False
+        if not check_trusted(parent, shared=True, what=what):
+            return False
+    real = Path(os.path.realpath(folder.parent))
+    if real != folder.parent:
+        for parent in (*reversed(real.parents), real):
+            check_trusted(parent, shared=True, what=what)
+    return True
+
+
+def prepare_folders(chain: Sequence[Tuple[PathLike, bool]], create: bool = True, what: str = WEIGHTS) -> bool:
     """Create (mode 0o755) and check the folders ``chain`` lists top-down as ``(folder, shared)``.
 
-    The folders above the first one are created if need be but not checked. Returns True when
-    the last folder exists; False when a folder could not be created (a read-only cache: what is
-    there can still be read; ``create=False`` only checks).
+    The folders above the first one are created as needed and checked too, each as ``shared``
+    (a world-writable one must have the sticky bit). Returns True when the last folder exists;
+    False when a folder is missing and could not be created (a read-only cache: what is there
+    can still be read; ``create=False`` only checks).
     """
     for i, (folder, shared) in enumerate(chain):
-        folder = Path(folder)
+        folder = Path(os.path.abspath(folder))
+        if i == 0 and not _above(folder, create, what):
+            return False
         if create and not os.path.lexists(folder):
             try:
-                if i == 0:
-                    folder.parent.mkdir(parents=True, exist_ok=True)
                 os.mkdir(folder, FOLDER_MODE)
             except FileExistsError:
                 pass  # made by someone else meanwhile: checked below
             except OSError as exc:
                 logger.debug("cannot create %s (%s)", folder, exc)
                 return False
-        if not check_trusted(folder, shared=shared):
+        if not check_trusted(folder, shared=shared, what=what):
             return False
         if not folder.is_dir():
             raise UnsafeCacheError(f"{folder} is not a folder; remove it, {_PRIVATE_FIX}", folder)
     return True
 
 
-def open_trusted(path: PathLike):
+def open_trusted(path: PathLike, what: str = WEIGHTS):
     """``path`` opened for reading (binary) after :func:`check_trusted`; what was opened is checked too."""
-    check_trusted(path)
+    check_trusted(path, what=what)
     f = open(path, "rb")
     try:
         st = os.fstat(f.fileno())
         problem = None if stat.S_ISREG(st.st_mode) else ("is not a regular file", "remove it")
         problem = problem or _problem(st, shared=False)
         if problem:
-            raise _refuse(path, *problem)
+            raise _refuse(path, *problem, what)
     except BaseException:
         f.close()
         raise
     return f
+
+
+def _not_ours(st: os.stat_result, links: bool = True) -> Optional[str]:
+    """Why a temporary file (``F.part``, ``F.lock``) with status ``st`` is not one megzoo made, or
+    None: it must be a regular file of the effective user's, writable by nobody else, and (with
+    ``links``) have one link (a lock file may just have been removed by its holder)."""
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if st.st_uid != os.geteuid():
+        return f"is owned by {_who(st.st_uid)}, not by you (uid {os.geteuid()})"
+    if (links and st.st_nlink != 1) or st.st_mode & 0o022:
+        return f"has {st.st_nlink} links and mode {stat.S_IMODE(st.st_mode):o}"
+    return None
 
 
 def _temporary_problem(path: Path) -> Optional[str]:
@@ -153,17 +196,11 @@ def _temporary_problem(path: Path) -> Optional[str]:
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode):
         return f"is a symbolic link (to {os.readlink(path)})"
-    if not stat.S_ISREG(st.st_mode):
-        return "is not a regular file"
-    if st.st_uid != os.geteuid():
-        return f"is owned by {_who(st.st_uid)}, not by you (uid {os.geteuid()})"
-    if st.st_nlink != 1 or st.st_mode & 0o022:
-        return f"has {st.st_nlink} links and mode {stat.S_IMODE(st.st_mode):o}"
-    return None
+    return _not_ours(st)
 
 
-def _refuse_temporary(path: PathLike, why: str) -> UnsafeCacheError:
-    return UnsafeCacheError(f"unsafe weight cache: {path} {why}; megzoo writes a temporary file only into a new "
+def _refuse_temporary(path: PathLike, why: str, what: str = WEIGHTS) -> UnsafeCacheError:
+    return UnsafeCacheError(f"unsafe {what}: {path} {why}; megzoo writes a temporary file only into a new "
                             f"file of its own, never through a link or into another user's file: remove it, "
                             f"{_PRIVATE_FIX}", path)
 
@@ -194,8 +231,7 @@ def open_temporary(path: PathLike, append: bool) -> int:
             if exc.errno != errno.ELOOP:
                 raise
         else:
-            st = os.fstat(fd)
-            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_nlink == 1 and not st.st_mode & 0o022:
+            if _not_ours(os.fstat(fd)) is None:
                 return fd
             os.close(fd)
     if os.path.lexists(path):
@@ -216,26 +252,44 @@ def discard_temporary(path: PathLike) -> None:
         pass
 
 
+def _foreign_lock(lock_path: str, what: str) -> None:
+    """Raise UnsafeCacheError when ``lock_path`` is there but belongs to another user than root
+    (planted: a read-only cache of root's is used without a lock instead)."""
+    try:
+        st = os.lstat(lock_path)
+    except OSError:
+        return
+    if st.st_uid not in (os.geteuid(), 0):
+        raise _refuse_temporary(lock_path, _not_ours(st, links=False) or "is not yours", what)
+
+
 @contextmanager
-def cache_lock(path: PathLike) -> Iterator[bool]:
-    """Hold the inter-process lock of ``path`` (lock file ``<path>.lock``); yields True when held.
+def cache_lock(path: PathLike, what: str = WEIGHTS) -> Iterator[bool]:
+    """Hold the inter-process lock of ``path`` (lock file ``<path>.lock``, mode 0o600); yields True when held.
 
     Yields False (no lock) when the lock file cannot be created: a read-only cache nobody writes
-    to. The lock file is removed on release, while still held; a waiter that then finds its lock
-    file gone starts over on the new one, so two processes never both hold it.
+    to. An existing lock file must be a regular file of the effective user's (not a link: it is
+    opened with ``O_NOFOLLOW``), else UnsafeCacheError. The lock file is removed on release, while
+    still held; a waiter that then finds its lock file gone starts over on the new one, so two
+    processes never both hold it.
     """
     lock_path = f"{os.fspath(path)}.lock"
     while True:
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, LOCK_MODE)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise _refuse_temporary(lock_path, f"is a symbolic link (to {os.readlink(lock_path)})") from None
+                raise _refuse_temporary(lock_path, f"is a symbolic link (to {os.readlink(lock_path)})", what) from None
             if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT):
+                _foreign_lock(lock_path, what)
                 logger.debug("no lock for %s (%s); going on without it", path, exc)
                 yield False
                 return
             raise
+        problem = _not_ours(os.fstat(fd), links=False)
+        if problem:
+            os.close(fd)
+            raise _refuse_temporary(lock_path, problem, what)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

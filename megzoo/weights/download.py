@@ -185,8 +185,10 @@ def download_file(url: str, dest: PathLike, *, sha256: Optional[str] = None, siz
                 verify_file(dest, sha256, size=size)
                 logger.info("%s is already there and verified", dest)
                 return dest
-            except ChecksumError:
-                pass  # removed (or its sidecar is unreadable); fetch it again
+            except ChecksumError as exc:
+                if exc.kept:
+                    raise  # failed but cannot be removed: nor could a new file replace it
+                # removed (or its sidecar is unreadable); fetch it again
         _download(url, dest, sha256, size, progress, timeout, retries, backoff)
     return dest
 
@@ -221,6 +223,8 @@ def fetch(urls: Union[str, Sequence[str]], filename: str, *, sha256: Optional[st
                 verify_file(dest, sha256, size=size)
                 return dest
             except ChecksumError as exc:
+                if exc.kept:
+                    raise  # failed but cannot be removed: nor could a new file replace it
                 failed_check = exc
         if is_offline():
             sources = [s for s in sources if not _is_remote(s)]

@@ -23,15 +23,16 @@ class DownloadError(WeightsError):
 
 
 class ChecksumError(WeightsError):
-    """A file's sha256 or length differs from the expected one; the file has been removed."""
+    """A file's sha256 or length differs from the expected one; the file has been removed (unless ``kept``)."""
 
     def __init__(self, message: str, path: Union[None, str, Path] = None, expected: Optional[str] = None,
-                 actual: Optional[str] = None, reason: Optional[str] = None):
+                 actual: Optional[str] = None, reason: Optional[str] = None, kept: Optional[str] = None):
         super().__init__(message)
         self.path = Path(path) if path is not None else None  #: the file that failed
         self.expected = expected  #: expected sha256 (hex) or size, as text
         self.actual = actual  #: what the file had
         self.reason = reason  #: the failure alone, without the file name or the fix
+        self.kept = kept  #: why the failed file is still there (it cannot be removed here), or None
 
 
 class OfflineError(WeightsError):
