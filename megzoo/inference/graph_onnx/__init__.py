@@ -1,0 +1,29 @@
+"""MegEngine graphs to ONNX, operator by operator: any module megzoo traces, any ``.mge`` file.
+
+:func:`module_to_onnx` traces a module (:mod:`.reader`) and converts its graph
+(:mod:`.convert`, with one mapping per MegEngine operator in :mod:`.ops`); :func:`mge_to_onnx`
+converts a graph file MegEngine dumped.
+"""
+from typing import Dict, Optional, Sequence
+
+from .convert import BATCH_AXIS, UnsupportedOperatorError, network_to_onnx
+from .reader import read_mge, trace_module
+
+__all__ = ["module_to_onnx", "mge_to_onnx", "UnsupportedOperatorError", "BATCH_AXIS"]
+
+
+def module_to_onnx(model, input_shape: Sequence[int], *, opset: int = 17, dynamic_batch: bool = True,
+                   fold_bn: bool = True, output_names: Optional[Sequence[str]] = None,
+                   metadata: Optional[Dict[str, str]] = None, check: bool = True):
+    """``model`` (any MegEngine module) traced on (N, C, H, W) ``input_shape`` inputs and
+    converted: an ``onnx.ModelProto`` whose input is ``data`` and whose batch axis is dynamic
+    unless ``dynamic_batch=False``."""
+    network, names = trace_module(model, input_shape)
+    return network_to_onnx(network, opset=opset, dynamic_batch=dynamic_batch, fold_bn=fold_bn,
+                           output_names=output_names or names, doc=getattr(model, "model_name", type(model).__name__),
+                           metadata=metadata, check=check)
+
+
+def mge_to_onnx(path, *, opset: int = 17, dynamic_batch: bool = True, check: bool = True):
+    """A ``.mge`` graph file (one float32 input) converted to an ``onnx.ModelProto``."""
+    return network_to_onnx(read_mge(path), opset=opset, dynamic_batch=dynamic_batch, check=check)
