@@ -43,6 +43,8 @@ class Converter:
         self.outputs = {id(v) for v in network.output_vars}
         self.fused: Dict[int, tuple] = {}  # id(first op) -> the ops written as one node
         self.skipped: set = set()  # ids of ops a fusion already wrote
+        #: ONNX value -> (scale, zero point, ONNX element type) of the int8 values (:mod:`.qdq`)
+        self.qparams: Dict[str, tuple] = {}
 
     # --- values ------------------------------------------------------------------------------
     @staticmethod
@@ -132,6 +134,7 @@ def network_to_onnx(network, *, opset: int, dynamic_batch: bool = True, fold_bn:
     a mapping."""
     from onnx import TensorProto, helper
 
+    from . import qdq  # the int8 mappings, routed by the operators' dtypes
     from .ops import MAPPINGS, check_supported
 
     builder = OnnxBuilder(opset)
@@ -145,6 +148,7 @@ def network_to_onnx(network, *, opset: int, dynamic_batch: bool = True, fold_bn:
     conv = Converter(network, builder, dynamic_batch=dynamic_batch, fold_bn=fold_bn)
     ops = [op for op in network.all_oprs if _kind(op) not in CONSTANT_KINDS and _kind(op) != "Host2DeviceCopy"]
     check_supported(conv, ops)
+    qdq.check_quantized(conv, ops)
     inputs = network.input_vars
     if len(inputs) != 1:
         raise UnsupportedOperatorError(f"the graph has {len(inputs)} inputs; megzoo converts graphs of one input")
