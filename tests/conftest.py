@@ -4,6 +4,7 @@
 * ``anchor_layout(name)``: a reference checkpoint layout, ``{"num_params": int,
   "state_dict": {key: (shape tuple, dtype name)}}``.
 * an autouse fixture restores MegEngine's default device after every test.
+* ``dead_pid``: the PID of a process that has ended (and been reaped).
 * ``zoo_model(name)``: a registry model built with its defaults once per session, in eval mode.
   Building the large models dominates the suite's run time, so tests share these instances. Their
   weights are unspecified: a test may load other finite, well-scaled weights into one, so it must
@@ -47,6 +48,16 @@ def anchor_layout(shared_dir):
         return cache[name]
 
     return load
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    """The PID of a process that ran and has been reaped (no process has it, until reused)."""
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 class _ModelCache:

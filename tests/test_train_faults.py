@@ -1,7 +1,7 @@
 """`megzoo train` under faults: Ctrl-C with DataLoader workers, a SIGKILL (the plasma store it
-leaves is stopped at the next start), the stores and sockets of a normal run, temporaries of a
-killed writer, a second run on one output folder, a diverging run, a too-small input for VGG."""
-import json
+leaves is stopped at the next start, and only such stores), the stores and sockets of a normal run,
+temporaries of a killed writer, a second run on one output folder, a diverging run, a too-small
+input for VGG."""
 import os
 import re
 import shutil
@@ -13,6 +13,7 @@ import time
 import pytest
 
 from megzoo.cli import main
+from megzoo.host import pid_alive
 from test_train import shapes  # noqa: F401  (the fixture: train/ and val/ folders of 16x16 shapes)
 
 TRAIN = ["train", "--model", "resnet18", "--input-size", "16", "--resize-size", "16", "--batch-size", "4",
@@ -21,10 +22,10 @@ TRAIN = ["train", "--model", "resnet18", "--input-size", "16", "--resize-size", 
 
 
 def _start(shapes, out, *extra):
-    """A long `megzoo train` (50 epochs) in its own session, as from a terminal; returns once it
-    has logged step 1 (its DataLoader workers and plasma store are running)."""
+    """A long `megzoo train` (50 epochs of 15 steps) in its own session, as from a terminal;
+    returns once it has logged step 1 (its DataLoader workers and plasma store are running)."""
     cmd = [sys.executable, "-m", "megzoo", *TRAIN, "--train-dir", f"{shapes}/train", "--output", str(out), "--epochs", "50",
-           "--log-every", "1", "--workers", "2", *extra]
+           "--batch-size", "2", "--log-every", "1", "--workers", "2", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     for line in proc.stdout:
         if "step 1:" in line:
@@ -33,36 +34,26 @@ def _start(shapes, out, *extra):
     raise AssertionError(f"the run ended before step 1: {proc.stderr.read()[-3000:]}")
 
 
-def _stat(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            text = f.read()
-    except OSError:
-        return None
-    return text[text.rfind(")") + 2:].split()
-
-
-def _running(pid) -> bool:
-    fields = _stat(pid)
-    return fields is not None and fields[0] != "Z"
-
-
-def _store_of(pid):
-    """(PID, socket) of the plasma-store-server that process ``pid`` started."""
-    for name in os.listdir("/proc"):
-        fields = _stat(name) if name.isdigit() else None
-        if fields and int(fields[1]) == pid:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            if argv[0].endswith(b"plasma-store-server"):
+def _store_of(pid, wait=10.0):
+    """(PID, socket) of the plasma-store-server that process ``pid`` runs (waiting up to ``wait``
+    seconds for one: between two passes over the data there is none)."""
+    deadline = time.monotonic() + wait
+    while True:
+        for name in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+                if parent != pid:
+                    continue
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except (OSError, ValueError, IndexError):  # not a process, or one that just ended
+                continue
+            if argv[0].endswith(b"plasma-store-server") and pid_alive(int(name)):
                 return int(name), os.fsdecode(argv[argv.index(b"-s") + 1])
-    raise AssertionError(f"process {pid} runs no plasma-store-server")
-
-
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} runs no plasma-store-server")
+        time.sleep(0.02)
 
 
 def test_ctrl_c_with_workers_is_a_clean_interrupt(shapes, tmp_path):
@@ -75,7 +66,7 @@ def test_ctrl_c_with_workers_is_a_clean_interrupt(shapes, tmp_path):
     assert proc.returncode == 130, err[-3000:]
     assert err.splitlines()[-1] == "interrupted"
     assert "Traceback" not in err and "exited unexpectedly" not in err, err[-3000:]
-    assert not _running(store) and not os.path.exists(socket)
+    assert not pid_alive(store) and not os.path.exists(socket)
 
 
 def test_the_store_a_killed_run_leaves_is_stopped_at_the_next_start(shapes, tmp_path, capsys):
@@ -86,14 +77,14 @@ def test_the_store_a_killed_run_leaves_is_stopped_at_the_next_start(shapes, tmp_
         proc.wait(timeout=60)  # (its orphaned workers, which end by themselves, keep the pipes open)
         proc.stdout.close(), proc.stderr.close()
         time.sleep(0.2)
-        assert _running(store), "MegEngine's store outlives its owner"
+        assert pid_alive(store), "MegEngine's store outlives its owner"
         assert main([*TRAIN, "--train-dir", f"{shapes}/train", "--output", str(tmp_path / "next"), "--epochs", "1",
                      "--steps-per-epoch", "1", "--workers", "0"]) == 0
-        assert not _running(store) and not os.path.exists(socket)
+        assert not pid_alive(store) and not os.path.exists(socket)
         assert (f"stopped a DataLoader plasma-store-server (PID {store}) that megzoo process {proc.pid} left running "
                 f"when it was killed; removed its socket {socket}") in capsys.readouterr().out
     finally:
-        if _running(store):
+        if pid_alive(store):
             os.kill(store, signal.SIGKILL)
 
 
@@ -115,15 +106,68 @@ def test_a_run_with_workers_ends_its_stores_and_removes_their_sockets(shapes, tm
         assert popen.poll() is not None and not os.path.exists(socket), socket
 
 
-def test_a_killed_writers_temporaries_are_removed_at_the_next_run(shapes, tmp_path, capsys):
-    """Of the temporary names megzoo writes (``.NAME.PID.RANDOM.tmp``), only those of a writer
-    that is gone, of a file the run writes, owned by this user, are removed."""
+def _fake_store(owner):
+    """A plasma-store-server started as MegEngine starts one, ``MEGZOO_PLASMA_OWNER=owner`` in its
+    environment (None: not set, another program's store); (process, socket) once it listens."""
+    import pyarrow
+
+    from megzoo.train.workers import OWNER_VARIABLE
+
+    socket = f"/tmp/mge_plasma_{os.urandom(8).hex()}"
+    env = {k: v for k, v in os.environ.items() if k != OWNER_VARIABLE}
+    if owner is not None:
+        env[OWNER_VARIABLE] = owner
+    proc = subprocess.Popen([os.path.join(pyarrow.__path__[0], "plasma-store-server"), "-s", socket, "-m", "1000000"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not os.path.exists(socket) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return proc, socket
+
+
+def test_only_stores_a_gone_megzoo_process_of_this_pid_namespace_left_are_stopped(dead_pid):
+    """A store is stopped when its owner named in its environment (PID, start time, PID
+    namespace) has ended here; not when the owner runs, is of another PID namespace (root on a
+    host sees its containers' stores: their PIDs mean nothing here), is not named with its
+    namespace (who it is cannot be told), or not named at all (another program's store)."""
+    from megzoo.host import process_start_time
+    from megzoo.train.workers import reap_leaked_stores
+
+    here = os.readlink("/proc/self/ns/pid")
+    owners = {"gone": f"{dead_pid}::{here}", "reused": f"{os.getpid()}:1:{here}",  # stopped
+              "running": f"{os.getpid()}:{process_start_time(os.getpid())}:{here}",
+              "another namespace": f"{dead_pid}:123:pid:[4026530000]", "no namespace": f"{dead_pid}:123",
+              "another program": None}
+    stores = {}
+    try:
+        for key, owner in owners.items():
+            stores[key] = _fake_store(owner)
+        notes = [n for n in reap_leaked_stores() if any(f"(PID {p.pid})" in n for p, _ in stores.values())]
+        expected = {key: (f"stopped a DataLoader plasma-store-server (PID {stores[key][0].pid}) that megzoo process "
+                          f"{pid} left running when it was killed; removed its socket {stores[key][1]}")
+                    for key, pid in (("gone", dead_pid), ("reused", os.getpid()))}
+        assert sorted(notes) == sorted(expected.values())
+        for key, (proc, socket) in stores.items():
+            stopped = key in expected
+            assert (proc.poll() is not None, os.path.exists(socket)) == (stopped, not stopped), key
+    finally:
+        for proc, socket in stores.values():
+            proc.kill()
+            proc.wait()
+            if os.path.exists(socket):
+                os.unlink(socket)
+
+
+def test_a_killed_writers_temporaries_are_removed_at_the_next_run(shapes, tmp_path, capsys, dead_pid):
+    """The run holds its folder, so every temporary of a file the run writes, owned by this user,
+    is a killed writer's, whatever PID it names (a running one: reused, or PID 1 of every
+    container) or none (2baa4b2's); another user's, or one of another name, is kept."""
     out = tmp_path / "run"
     out.mkdir()
-    dead = _dead_pid()
     sleeper = subprocess.Popen(["sleep", "60"])
-    names = {"stale": f".last.pkl.{dead}.k2j4x9q1.tmp", "live": f".last.pkl.{sleeper.pid}.k2j4x9q1.tmp",
-             "others": f".best.pkl.{dead}.abcdefgh.tmp", "user": f".notes.txt.{dead}.abcdefgh.tmp"}
+    names = {"stale": f".last.pkl.{dead_pid}.k2j4x9q1.tmp", "live_pid": f".last.pkl.{sleeper.pid}.k2j4x9q1.tmp",
+             "no_pid": ".history.json.k2j4x9q1.tmp", "others": f".best.pkl.{dead_pid}.abcdefgh.tmp",
+             "user": f".notes.txt.{dead_pid}.abcdefgh.tmp"}
     try:
         for name in names.values():
             (out / name).write_bytes(b"x" * 1000)
@@ -133,22 +177,37 @@ def test_a_killed_writers_temporaries_are_removed_at_the_next_run(shapes, tmp_pa
     finally:
         sleeper.kill()
         sleeper.wait()
-    assert not (out / names["stale"]).exists()
-    assert all((out / names[k]).exists() for k in ("live", "others", "user"))
-    assert f"removed 1 temporary file(s) that a killed run left: {names['stale']}" in capsys.readouterr().out
+    removed = ("stale", "live_pid", "no_pid")
+    assert not any((out / names[k]).exists() for k in removed)
+    assert all((out / names[k]).exists() for k in ("others", "user"))
+    log = capsys.readouterr().out
+    listed = re.search(r"removed 3 temporary file\(s\) that a killed run left: (.*)\n", log)
+    assert listed and sorted(listed[1].split(", ")) == sorted(names[k] for k in removed), log
 
 
-def test_a_killed_exports_staged_file_is_removed_by_the_next_export(tmp_path):
+def test_a_killed_exports_staged_file_is_removed_by_the_next_export(tmp_path, dead_pid):
+    """An export removes the staged files no export is writing (not locked), whatever PID their
+    name holds, and keeps one being written (locked) whatever its PID."""
     from megzoo.inference import export
     from test_train import _tiny
 
     target = tmp_path / "target.mge"
-    dead = _dead_pid()
-    stale, live = tmp_path / f".target.mge.{dead}.tmp", tmp_path / f".target.mge.{os.getpid()}.tmp"
-    stale.write_bytes(b"x" * 1000)
-    live.write_bytes(b"y")
-    export(_tiny(), target, (1, 3, 16, 16), layout="nchw", check=False)
-    assert target.is_file() and not stale.exists() and live.exists()
+    stale = [tmp_path / f".target.mge.{os.getpid()}.tmp", tmp_path / f".target.mge.{dead_pid}.a1b2c3d4.tmp",
+             tmp_path / f".target.mge.json.{dead_pid}.a1b2c3d4.tmp"]  # 2baa4b2's name, and this one's, a metadata's
+    writing = tmp_path / f".target.mge.{dead_pid}.tmp"  # an export in another PID namespace, or on another host
+    for path in [*stale, writing]:
+        path.write_bytes(b"x" * 1000)
+    writer = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time\n"
+                               "f = open(sys.argv[1], 'rb'); fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True)\n"
+                               "time.sleep(60)", str(writing)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "held\n"
+        export(_tiny(), target, (1, 3, 16, 16), layout="nchw", check=False)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert target.is_file() and not any(p.exists() for p in stale) and writing.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, "target.mge.json", writing.name])
 
 
 def test_a_second_run_on_one_output_is_refused_naming_the_first(shapes, tmp_path, capsys):

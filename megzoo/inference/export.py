@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .._version import __version__
-from ..host import atomic_write_bytes, atomic_write_text, remove_stale_temporaries, temporary_path
+from ..host import atomic_write_text, fsync_path, remove_stale_temporaries, staging_file
 from ..weights.catalog import MEAN_BGR, STD_BGR
 from .compiled import CompiledModel, as_float32_batch, is_int8, metadata_path
 from .graph import DEFAULT_TOLERANCE, INPUT_NAME, check_input_shape, trace_and_dump
@@ -243,11 +243,10 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
     meta.update(metadata or {})
     seconds: Dict[str, float] = {}
     # written beside the target and renamed into place once checked: never a half-written or
-    # unchecked file at ``path``
-    remove_stale_temporaries(path.parent, (path.name, metadata_path(path).name))  # a killed export's (dead PID)
-    staged = temporary_path(path)  # .NAME.PID.RANDOM.tmp
+    # unchecked file at ``path``; a killed export's staged files (not locked any more) are removed
+    remove_stale_temporaries(path.parent, (path.name, metadata_path(path).name))
     report = ExportReport(path, metadata_path(path), meta, None, seconds)
-    try:
+    with staging_file(path) as staged:  # .NAME.PID.RANDOM.tmp, locked while the export runs
         t0 = time.perf_counter()
         proto = None
         if fmt == "onnx":
@@ -275,13 +274,12 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
                               "inputs": report.parity["inputs"]}
             if proto is not None:  # the checked figure goes into the file's own metadata too
                 _set_props(proto, meta, parity=report.parity["max_rel"])
-                atomic_write_bytes(staged, proto.SerializeToString())
+                staged.write_bytes(proto.SerializeToString())
         # the metadata first: a graph at ``path`` never sits beside another graph's metadata
         report.metadata_path.unlink(missing_ok=True)
+        fsync_path(staged)  # durable before it takes the name
         os.replace(staged, path)
         atomic_write_text(report.metadata_path, json.dumps(meta, indent=2) + "\n")
-    finally:
-        staged.unlink(missing_ok=True)
     return report
 
 
@@ -330,5 +328,5 @@ def _write_onnx(model, shape, staged: Path, meta: Dict[str, Any], opset: int, dy
     proto = build_onnx(model, shape, opset=opset, dynamic_batch=dynamic_batch, fold_bn=fuse)
     meta["output_names"] = [o.name for o in proto.graph.output]
     _set_props(proto, meta)
-    atomic_write_bytes(staged, proto.SerializeToString())
+    staged.write_bytes(proto.SerializeToString())
     return proto

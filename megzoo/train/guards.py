@@ -3,8 +3,9 @@
 * :func:`open_output`: the input sizes against the model's minimum (before the output folder is
   touched), then the output folder created and locked (:func:`megzoo.host.lock_folder`: a second
   run on it stops with :class:`~megzoo.host.FolderInUseError` naming the first one's PID), the
-  temporary files a killed run left there removed, and the DataLoader stores a killed run left
-  running stopped (:func:`megzoo.train.workers.reap_leaked_stores`); both logged.
+  temporary files of the run's names a killed run left there removed (all of them: the lock is
+  held), and the DataLoader stores a killed run left running stopped
+  (:func:`megzoo.train.workers.reap_leaked_stores`); both logged.
 * :func:`check_loss` / :func:`check_weights`: :class:`DivergedError` at the first loss, or the
   first epoch's weights, that is not finite, naming the step and the fix (a lower ``--lr``).
   Nothing of that epoch is saved: ``last.pkl`` stays the last good epoch.
@@ -60,7 +61,9 @@ def open_output(trainer, module, names: Iterable[str]) -> Optional[FolderLock]:
         return None
     lock = lock_folder(trainer.output) if trainer.world == 1 else None
     os.makedirs(trainer.output, exist_ok=True)
-    removed = remove_stale_temporaries(trainer.output, names)
+    # held (by this process, or by the launcher of a multi-GPU run): no writer of these names is
+    # left but a killed one, so every temporary of them goes, whatever PID it names
+    removed = remove_stale_temporaries(trainer.output, names, folder_held=True)
     if removed:
         trainer.log(f"removed {len(removed)} temporary file(s) that a killed run left: "
                     f"{', '.join(p.name for p in removed)}")

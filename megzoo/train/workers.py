@@ -12,12 +12,13 @@ starts a ``plasma-store-server`` (pyarrow's shared-memory store; its socket is
   shared-memory segment).
 
 :class:`WorkerDataLoader` is MegEngine's DataLoader with SIGINT blocked while the workers and the
-store start (they inherit the blocked signal: only the main process sees Ctrl-C), the owner's PID
-and start time in the store's environment (``MEGZOO_PLASMA_OWNER``), and, when the iteration ends
-however it ends (exhausted, left early, an exception such as ``KeyboardInterrupt``), the workers
-shut down, the store killed and its socket removed. :func:`reap_leaked_stores` (at the start of a
-training run) stops the stores whose owning megzoo process is gone, and removes their sockets:
-this user's processes only.
+store start (they inherit the blocked signal: only the main process sees Ctrl-C), the owner's PID,
+start time and PID namespace in the store's environment (``MEGZOO_PLASMA_OWNER``), and, when the
+iteration ends however it ends (exhausted, left early, an exception such as ``KeyboardInterrupt``),
+the workers shut down, the store killed and its socket removed. :func:`reap_leaked_stores` (at the
+start of a training run) stops the stores whose owning megzoo process is gone, and removes their
+sockets: this user's processes, started by megzoo in this PID namespace, only (root on a host sees
+the stores of its containers, whose owners' PIDs mean nothing here).
 """
 import atexit
 import contextlib
@@ -31,10 +32,14 @@ from typing import Iterator, List, Optional, Tuple
 
 from megengine.data import DataLoader
 
+from ..host import pid_alive, process_start_time
+
 __all__ = ["WorkerDataLoader", "reap_leaked_stores", "OWNER_VARIABLE"]
 
-#: the environment variable naming a store's owner, ``PID:START`` (START: /proc/PID/stat's start time)
+#: the environment variable naming a store's owner, ``PID:START:NAMESPACE`` (START: /proc/PID/stat's
+#: start time; NAMESPACE: /proc/self/ns/pid's link, ``pid:[4026531836]``, in which PID is the owner's)
 OWNER_VARIABLE = "MEGZOO_PLASMA_OWNER"
+_OWNER = re.compile(r"(?P<pid>[0-9]+):(?P<start>[0-9]*):(?P<namespace>pid:\[[0-9]+\])")
 _SERVER = "plasma-store-server"
 _SOCKET = re.compile(r"mge_plasma_[0-9a-f]+")
 
@@ -55,14 +60,16 @@ class WorkerDataLoader(DataLoader):
         iterator = store = None
         try:
             with _sigint_blocked(), _owner_marked():
-                iterator = DataLoader.__iter__(self)
-                store = _current_store()
+                try:
+                    iterator = DataLoader.__iter__(self)
+                finally:
+                    store = _current_store()  # (recorded for the exit hook even when the start failed)
             yield from iterator
         finally:
             if iterator is not None:
                 iterator._shutdown_workers()  # idempotent: also done when MegEngine's iterator ends
                 del iterator
-            _release(store or _current_store())
+            _release(store)
 
 
 @contextlib.contextmanager
@@ -78,9 +85,9 @@ def _sigint_blocked():
 
 @contextlib.contextmanager
 def _owner_marked():
-    """``MEGZOO_PLASMA_OWNER=PID:START`` in the environment meanwhile (the store inherits it)."""
+    """``MEGZOO_PLASMA_OWNER=PID:START:NAMESPACE`` in the environment meanwhile (the store inherits it)."""
     old = os.environ.get(OWNER_VARIABLE)
-    os.environ[OWNER_VARIABLE] = f"{os.getpid()}:{_start_time(os.getpid())}"
+    os.environ[OWNER_VARIABLE] = f"{os.getpid()}:{process_start_time(os.getpid())}:{_pid_namespace()}"
     try:
         yield
     finally:
@@ -145,26 +152,12 @@ def _remove_socket(path: str) -> bool:
     return False
 
 
-def _stat_fields(pid: int) -> Optional[List[str]]:
-    """``/proc/PID/stat`` from field 3 (state) on; None for no such process."""
+def _pid_namespace() -> str:
+    """This process's PID namespace, ``pid:[4026531836]`` ('' where there is no /proc)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            text = f.read().decode("ascii", "replace")
+        return os.readlink("/proc/self/ns/pid")
     except OSError:
-        return None
-    return text[text.rfind(")") + 2:].split()
-
-
-def _start_time(pid: int) -> str:
-    """Process ``pid``'s start time (clock ticks after boot; tells a reused PID apart), or ''."""
-    fields = _stat_fields(pid)
-    return fields[19] if fields and len(fields) > 19 else ""
-
-
-def _running(pid: int, start: str) -> bool:
-    """Whether process ``pid`` started at ``start`` still runs (a zombie has ended)."""
-    fields = _stat_fields(pid)
-    return bool(fields) and fields[0] != "Z" and (not start or _start_time(pid) == start)
+        return ""
 
 
 def _read(path: str) -> bytes:
@@ -173,7 +166,13 @@ def _read(path: str) -> bytes:
 
 
 def _leaked_stores() -> Iterator[Tuple[int, str, int]]:
-    """(store PID, socket, owner PID) of this user's stores whose megzoo owner has ended."""
+    """(store PID, socket, owner PID) of this user's stores whose megzoo owner, of this PID
+    namespace, has ended. A store without the owner variable (another program's), with an owner
+    of another PID namespace (a container's, seen from its host), or without the namespace (an
+    older megzoo's: whose it is cannot be told) is left alone."""
+    namespace = _pid_namespace()
+    if not namespace:  # no /proc: nothing to find
+        return
     try:
         entries = [e for e in os.scandir("/proc") if e.name.isdigit()]
     except OSError:  # no /proc: nothing to find
@@ -190,11 +189,11 @@ def _leaked_stores() -> Iterator[Tuple[int, str, int]]:
             continue
         owner = [v.split(b"=", 1)[1].decode(errors="replace") for v in environ
                  if v.startswith(OWNER_VARIABLE.encode() + b"=")]
-        match = re.fullmatch(r"([0-9]+):([0-9]*)", owner[0]) if owner else None
-        if match is None or _running(int(match[1]), match[2]):
-            continue  # not megzoo's, or its owner still runs
+        match = _OWNER.fullmatch(owner[0]) if owner else None
+        if match is None or match["namespace"] != namespace or pid_alive(int(match["pid"]), match["start"]):
+            continue  # not megzoo's (or not known to be), of another PID namespace, or its owner still runs
         socket = os.fsdecode(argv[argv.index(b"-s") + 1])
-        yield int(entry.name), socket, int(match[1])
+        yield int(entry.name), socket, int(match["pid"])
 
 
 def reap_leaked_stores(wait: float = 2.0) -> List[str]:
@@ -206,7 +205,7 @@ def reap_leaked_stores(wait: float = 2.0) -> List[str]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + wait
-        while _running(pid, "") and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.01)
         removed = _remove_socket(socket)
         notes.append(f"stopped a DataLoader plasma-store-server (PID {pid}) that megzoo process {owner} left "
