@@ -61,7 +61,7 @@ def register(subparsers) -> None:
                    help="--int8: calibration images used at most, spread over the folder (default 512)")
     p.add_argument("--observer", choices=tuple(OBSERVERS), default=None,
                    help="--int8: how activation ranges are set (default minmax, measured: docs/quantization.md)")
-    p.add_argument("--tolerance", type=_tolerance, default=None,
+    p.add_argument("--tolerance", type=options.tolerance, default=None,
                    help="parity tolerance: max |exported - eager| / max |eager| (default 1e-4); with --int8, max "
                         "|exported - eager int8| in int8 output steps (default 2)")
     p.add_argument("--image", metavar="FILE", default=None,
@@ -129,20 +129,6 @@ def _parse_shape(text: str) -> tuple:
         raise ValueError(f"--input-shape {text}: H and W must be at most {MAX_INPUT_SIZE} px "
                          "(docs/cli.md#size-limits)")
     return shape
-
-
-def _tolerance(text: str) -> float:
-    """``--tolerance``: a finite number >= 0."""
-    import argparse
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r} (--no-check skips the check)")
-    return value
 
 
 def _int_list(text: str, what: str) -> List[int]:

@@ -2,7 +2,7 @@
 argparse's usage line and one message (sizes within megzoo.weights.limits' bounds)."""
 import argparse
 
-__all__ = ["positive", "non_negative", "num_classes", "input_size"]
+__all__ = ["positive", "non_negative", "num_classes", "input_size", "tolerance"]
 
 
 def positive(text: str) -> int:
@@ -42,4 +42,17 @@ def non_negative(text: str) -> int:
         value = -1
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def tolerance(text: str) -> float:
+    """``--tolerance`` of a parity check (export, convert): a finite number >= 0."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r} (--no-check skips the check)")
     return value

@@ -52,23 +52,26 @@ def eager_outputs(model, x: np.ndarray) -> List[np.ndarray]:
     return [o.numpy() for o in outs]
 
 
-def check_parity(model, compiled, inputs: Dict[str, np.ndarray], tolerance: float = DEFAULT_TOLERANCE) -> Dict[str, Any]:
-    """Compare ``compiled(x)`` with eager ``model(x)`` for each named input. The error of one
+def check_parity(model, compiled, inputs: Dict[str, np.ndarray], tolerance: float = DEFAULT_TOLERANCE, *,
+                 reference=None, against: str = "eager") -> Dict[str, Any]:
+    """Compare ``compiled(x)`` with eager ``model(x)`` for each named input (or with
+    ``reference(x)``, a list of arrays, when given: ``model`` is then None and ``against`` names
+    the reference in the messages, e.g. ``"Lite"``). The error of one
     input is ``max |compiled - eager| / max |eager|`` (relative to the logit scale); for an int8
     model it is ``max |compiled - eager|`` in output steps (``model.output_step(x)``: one
     quantization step of the last int8 tensor, as the logits see it) and ``tolerance`` counts
     steps. Returns ``{"tolerance", "unit", "inputs": {name: {"max_abs", "scale", "rel"[, "step"]}},
     "max_rel"}``; raises :class:`ParityError` listing every input when one is above ``tolerance``."""
-    int8 = is_int8(model)
+    int8 = model is not None and is_int8(model)
     results = {}
     for name, x in inputs.items():
         x = as_float32_batch(x)
-        ref = eager_outputs(model, x)
+        ref = eager_outputs(model, x) if reference is None else [np.asarray(r) for r in reference(x)]
         got = compiled(x)
         got = got if isinstance(got, list) else [got]
         if len(got) != len(ref) or any(g.shape != r.shape for g, r in zip(got, ref)):
             raise ParityError(f"parity check failed on {name}: output shapes {[g.shape for g in got]} "
-                              f"!= eager {[r.shape for r in ref]}")
+                              f"!= {against} {[r.shape for r in ref]}")
         max_abs = max(float(np.max(np.abs(g - r))) if r.size else 0.0 for g, r in zip(got, ref))
         scale = max(float(np.max(np.abs(r))) if r.size else 0.0 for r in ref)
         if int8:
@@ -83,10 +86,10 @@ def check_parity(model, compiled, inputs: Dict[str, np.ndarray], tolerance: floa
     unit = "int8 output steps" if int8 else "relative to the logit scale"
     report = {"tolerance": tolerance, "unit": unit, "inputs": results, "max_rel": max_rel}
     if max_rel > tolerance:
-        lines = [f"  {n}: max |exported - eager| = {r['max_abs']:.3g}, logit scale {r['scale']:.3g}, "
+        lines = [f"  {n}: max |exported - {against}| = {r['max_abs']:.3g}, logit scale {r['scale']:.3g}, "
                  + (f"{r['rel']:.3g} steps of {r['step']:.3g}" if int8 else f"relative {r['rel']:.3g}")
                  for n, r in results.items()]
-        raise ParityError(f"parity check failed: exported model differs from eager by {max_rel:.3g} {unit}, "
+        raise ParityError(f"parity check failed: exported model differs from {against} by {max_rel:.3g} {unit}, "
                           f"above the tolerance {tolerance:g}\n" + "\n".join(lines))
     return report
 

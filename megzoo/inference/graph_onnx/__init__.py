@@ -7,7 +7,7 @@ converts a graph file MegEngine dumped.
 from typing import Dict, Optional, Sequence
 
 from .convert import BATCH_AXIS, UnsupportedOperatorError, network_to_onnx
-from .reader import read_mge, trace_module
+from .reader import trace_module
 
 __all__ = ["module_to_onnx", "mge_to_onnx", "UnsupportedOperatorError", "BATCH_AXIS"]
 
@@ -25,5 +25,9 @@ def module_to_onnx(model, input_shape: Sequence[int], *, opset: int = 17, dynami
 
 
 def mge_to_onnx(path, *, opset: int = 17, dynamic_batch: bool = True, check: bool = True):
-    """A ``.mge`` graph file (one float32 input) converted to an ``onnx.ModelProto``."""
-    return network_to_onnx(read_mge(path), opset=opset, dynamic_batch=dynamic_batch, check=check)
+    """A ``.mge`` graph file (one float32 NCHW input; dumped with or without
+    ``optimize_for_inference``) converted to an ``onnx.ModelProto``; a blocked layout (NCHW88,
+    NCHW44) or another input is refused (:mod:`.mge_file`)."""
+    from .mge_file import graph_file_to_onnx
+
+    return graph_file_to_onnx(path, opset=opset, dynamic_batch=dynamic_batch, check=check)

@@ -21,6 +21,8 @@ BATCH_AXIS = "N"
 #: operators that make a constant the converter reads as a numpy array
 CONSTANT_KINDS = ("ImmutableTensor", "SharedDeviceTensor", "VolatileSharedDeviceTensor",
                   "MultipleDeviceTensorHolder", "MultipleDeviceTensorWithFormatHolder")
+#: the way out an operator refusal ends with (a .mge file's conversion says its own, mge_file.LITE_RUNS_IT)
+LITE_HINT = "megzoo.compile(..., backend='lite') and the .mge export run any MegEngine graph"
 
 
 class UnsupportedOperatorError(TypeError):
@@ -74,8 +76,7 @@ class Converter:
     def unsupported(self, op, why: str) -> UnsupportedOperatorError:
         where = op.outputs[0].name if op.outputs else op.name
         return UnsupportedOperatorError(
-            f"cannot convert MegEngine operator {_kind(op)} (making {where}) to ONNX: {why}; "
-            "megzoo.compile(..., backend='lite') and the .mge export run any MegEngine graph")
+            f"cannot convert MegEngine operator {_kind(op)} (making {where}) to ONNX: {why}; {LITE_HINT}")
 
 
 def _kind(op) -> str:

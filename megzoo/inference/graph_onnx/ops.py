@@ -66,12 +66,17 @@ def convolution(conv, op):
             shape = conv.b.constant(np.asarray((-1,) + tuple(op.inputs[1].shape[2:]), np.int64), "shape")
             w = conv.b.node("Reshape", [w, shape], f"{op.outputs[0].name}/weight")
         y = conv.b.node("Conv", [x, w], op.outputs[-1].name, **attrs)
-        conv.set(op.outputs[-1], y)
+        conv.set(op.outputs[-1], _bias_and_nonlinearity(conv, op, y, op.inputs[2:], op.outputs[-1].name))
         return
     weight = _dense_weight(op, weight_value).astype(np.float64)
     bias = np.zeros(weight.shape[0])
-    if kind == "ConvBiasForward" and len(op.inputs) >= 3:
-        bias = conv.constant_value(op.inputs[2]).astype(np.float64).reshape(-1)
+    added = []  # a ConvBias's bias or z that is not a per-channel constant (optimize_for_inference's residual)
+    for extra in op.inputs[2:]:
+        value = conv.constant_value(extra)
+        if value is not None and value.size == bias.size and (value.ndim == 1 or value.shape[1] == bias.size):
+            bias = bias + value.astype(np.float64).reshape(-1)
+        else:
+            added.append(extra)
     for follower in chain[1:]:
         if _kind_of(follower) == "Elemwise":  # the bias added after the convolution
             other = follower.inputs[1] if follower.inputs[0] is op.outputs[0] else follower.inputs[0]
@@ -83,12 +88,16 @@ def convolution(conv, op):
     last = chain[-1].outputs[-1]
     name = last.name
     inputs = [x, conv.b.constant(weight, f"{op.outputs[0].name}.weight"), conv.b.constant(bias, f"{op.outputs[0].name}.bias")]
-    if kind == "ConvBiasForward" and len(op.inputs) == 4:
-        raise conv.unsupported(op, "a ConvBias with a fourth (z) input")
     y = conv.b.node("Conv", inputs, name, **attrs)
-    if kind == "ConvBiasForward":
-        y = _nonlinearity(conv, op, y, op.params.get("nonlineMode", "IDENTITY"), name)
-    conv.set(last, y)
+    conv.set(last, _bias_and_nonlinearity(conv, op, y, added, name))
+
+
+def _bias_and_nonlinearity(conv, op, y: str, added: Sequence, name: str) -> str:
+    """``y`` plus the tensors ``added`` (a ConvBias's computed bias and z: ``conv(x) + b + z``),
+    then a ConvBias's nonlinearity."""
+    for i, var in enumerate(added):
+        y = conv.b.node("Add", [y, conv.value(var)], f"{name}/add{i}")
+    return _nonlinearity(conv, op, y, op.params.get("nonlineMode", "IDENTITY"), name)
 
 
 def _kind_of(op) -> str:
@@ -488,12 +497,49 @@ def padding(conv, op):
     conv.set(op.outputs[0], conv.b.node("Pad", inputs, op.outputs[0].name, mode=mode))
 
 
+# --- softmax, layer norm: parameters MegEngine 1.13's reader drops, read from the .mge (mge_file) --
+@maps("SoftmaxForward")
+def softmax(conv, op):
+    x = conv.value(op.inputs[0])
+    conv.set(op.outputs[0], conv.b.node("Softmax", [x], op.outputs[0].name, axis=int(op.params["axis"])))
+
+
+@maps("LayerNormForward")
+def layer_norm(conv, op):
+    """``F.nn.layer_norm`` over the last ``normalized_dim`` axes: ``LayerNormalization`` (opset
+    17), its primitive form before. Its other outputs (mean, 1/std) are for training."""
+    p = op.params
+    if any(conv.users.get(id(v)) or id(v) in conv.outputs for v in op.outputs[1:]):
+        raise conv.unsupported(op, "a use of LayerNorm's mean or 1/std output")
+    x_var, name = op.inputs[0], op.outputs[0].name
+    dims, eps = int(p["normalized_dim"]), float(p["eps"])
+    affine = bool(p["affine"]) and len(op.inputs) >= 3
+    x = conv.value(x_var)
+    if conv.b.opset >= 17:
+        scale = conv.value(op.inputs[1]) if affine else conv.b.constant(np.ones(x_var.shape[-dims:]), f"{name}.scale")
+        inputs = [x, scale] + ([conv.value(op.inputs[2])] if affine else [])
+        conv.set(op.outputs[0], conv.b.node("LayerNormalization", inputs, name, axis=-dims, epsilon=eps))
+        return
+    axes = list(range(len(x_var.shape) - dims, len(x_var.shape)))
+    mean = conv.b.axes_input_or_attr("ReduceMean", [x], axes, 18, f"{name}/mean", keepdims=1)
+    centred = conv.b.node("Sub", [x, mean], f"{name}/centred")
+    var = conv.b.axes_input_or_attr("ReduceMean", [conv.b.node("Mul", [centred, centred], f"{name}/square")], axes, 18,
+                                    f"{name}/var", keepdims=1)
+    std = conv.b.node("Sqrt", [conv.b.node("Add", [var, conv.b.constant(np.float32(eps), "eps")], f"{name}/var_eps")],
+                      f"{name}/std")
+    y = conv.b.node("Div", [centred, std], f"{name}/normed" if affine else name)
+    if affine:
+        y = conv.b.node("Add", [conv.b.node("Mul", [y, conv.value(op.inputs[1])], f"{name}/scaled"),
+                                conv.value(op.inputs[2])], name)
+    conv.set(op.outputs[0], y)
+
+
 # --- refusals -------------------------------------------------------------------------------------
 _WHY = {
-    "SoftmaxForward": "its axis is not readable from a graph file with MegEngine 1.13 (megzoo traces F.softmax "
-                      "in primitive form; a .mge holding SoftmaxForward cannot be converted)",
-    "LayerNormForward": "its epsilon is not readable from a graph file with MegEngine 1.13 (megzoo traces "
-                        "F.nn.layer_norm in primitive form)",
+    "SoftmaxForward": "its axis is not in the graph MegEngine 1.13's reader gives (megzoo reads it from a .mge "
+                      "file in MegEngine's v2 format, and traces F.softmax in primitive form)",
+    "LayerNormForward": "its epsilon is not in the graph MegEngine 1.13's reader gives (megzoo reads it from a .mge "
+                        "file in MegEngine's v2 format, and traces F.nn.layer_norm in primitive form)",
     "RelayoutFormat": "a relayout to a blocked layout (NCHW88/NCHW44) that ONNX cannot express; export with layout 'nchw'",
 }
 
@@ -503,7 +549,7 @@ def check_supported(conv, ops: Sequence) -> None:
     with a blocked layout, before anything is written."""
     for op in ops:
         kind = _kind_of(op)
-        if kind not in MAPPINGS:
+        if kind not in MAPPINGS or (kind in _WHY and not op.params):
             raise conv.unsupported(op, _WHY.get(kind, "no mapping for this operator"))
         fmt = getattr(op, "params", {}).get("format") if isinstance(getattr(op, "params", None), dict) else None
         if fmt and fmt not in ("NCHW", "DEFAULT"):
