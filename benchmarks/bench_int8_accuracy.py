@@ -55,8 +55,8 @@ def ort_static(float_model, shape, calibration, preprocess, images: int):
 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from megzoo.inference.onnx_graph import build_onnx
     from megzoo.inference.ort import OrtRunner
+    from megzoo.inference.ort_compiled import onnx_model
     from megzoo.quantization import calibration_batches
 
     class Reader(CalibrationDataReader):
@@ -70,7 +70,7 @@ def ort_static(float_model, shape, calibration, preprocess, images: int):
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
         with open(src, "wb") as f:
-            f.write(build_onnx(float_model, (1,) + tuple(shape[1:])).SerializeToString())
+            f.write(onnx_model(float_model, (1,) + tuple(shape[1:])).SerializeToString())
         quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         runner = OrtRunner(dst, 2)

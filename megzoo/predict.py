@@ -66,12 +66,13 @@ def eager_runner(model) -> Runner:
     return run
 
 
-def compiled_runner(model, threads: Optional[int] = None, runtime: str = "auto") -> Runner:
-    """A runner on :func:`megzoo.compile` of ``model`` (compiled at its first batch; later batch
-    sizes reuse the graph). ``threads``: default the CPUs this process may use; ``runtime``:
-    ``compile``'s ``backend`` (``"auto"``, ``"onnxruntime"``, ``"lite"``)."""
+def compiled_runner(model, threads: Optional[int] = None, runtime: str = "auto",
+                    input_shape: Optional[Sequence[int]] = None) -> Runner:
+    """A runner on :func:`megzoo.compile` of ``model`` (compiled for ``input_shape`` now, else at
+    its first batch; later batch sizes reuse the graph). ``threads``: default the CPUs this
+    process may use; ``runtime``: ``compile``'s ``backend`` (``"auto"``, ``"onnxruntime"``, ``"lite"``)."""
 
-    compiled = compile_model(model, threads=threads, backend=runtime)
+    compiled = compile_model(model, input_shape=input_shape, threads=threads, backend=runtime)
 
     def run(batch: np.ndarray) -> np.ndarray:
         return compiled(np.ascontiguousarray(batch, dtype=np.float32))
@@ -130,10 +131,9 @@ class Classifier:
         runner: the function computing logits (see the module docstring); replaces ``backend``.
         backend: ``"auto"`` (default), ``"compiled"``, ``"onnxruntime"``, ``"lite"`` or ``"eager"``:
             how the model is run (module docstring). ``threads``: threads of the compiled path (default: all usable CPUs).
-            A named compiled runtime is set up when the Classifier is made (each input size compiles at
-            its first batch). Threads: MegEngine runs in the main thread only, so in another thread
-            predict needs a compiled model made in the main thread; ``"onnxruntime"`` builds every
-            input size in any thread, ``"lite"`` only in the main thread (docs/performance.md).
+            A named compiled runtime is compiled when the Classifier is made, for its preprocessing's
+            input size. Threads: MegEngine runs in the main thread only, so in another thread predict
+            needs such a compiled model, made in the main thread (docs/performance.md).
         categories: class names, index -> name (default: ImageNet-1k's for 1000 classes).
         workers: decode threads (0: none; None: one per core, up to 8).
         batch_size: images per runner call.
@@ -194,7 +194,9 @@ class Classifier:
         self._custom_runner = runner
         self._runners = {}  # "eager" / "compiled", made when first used; a named runtime now, in this thread
         if runner is None and backend in COMPILED_BACKENDS:  # so predict may run in other threads (docs/performance.md)
-            self._runners[backend] = compiled_runner(self.model, threads, "auto" if backend == "compiled" else backend)
+            size = int(self.preprocess.input_size)  # every image is cropped to it: one graph, compiled now
+            self._runners[backend] = compiled_runner(self.model, threads, "auto" if backend == "compiled" else backend,
+                                                     (1, int(getattr(self.model, "in_channels", 3)), size, size))
         names, wnids = class_names(self.num_classes)
         if categories is not None:
             names, wnids = list(categories), None
@@ -228,8 +230,8 @@ class Classifier:
         if (kind == "eager" or kind not in self._runners) and not on_megengine_thread():
             raise MegEngineThreadError(thread_message(
                 f"Classifier.predict {'running the model eagerly' if kind == 'eager' else 'compiling the model'}",
-                "make the Classifier in the main thread with backend='onnxruntime' (ONNX Runtime builds each input "
-                "size in any thread), then predict from any thread"))
+                "make the Classifier in the main thread with backend='onnxruntime' or 'lite' (compiled there for "
+                "its input size), then predict from any thread"))
         if kind not in self._runners:
             if kind in COMPILED_BACKENDS:
                 runtime = "auto" if kind == "compiled" else kind

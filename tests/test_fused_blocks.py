@@ -600,7 +600,7 @@ def test_a_plan_step_must_be_a_block_or_a_max_pool():
 
 # --------------------------------------------------------------------------- in the trainer
 
-from test_train import _config, shapes  # noqa: E402,F401  (the image-folder fixture)
+from test_train import _config  # noqa: E402  (the shapes fixture is in conftest)
 
 
 @pytest.mark.parametrize("options,expected", [

@@ -167,9 +167,9 @@ def _optimized_ops(proto, tmp_path):
 
 
 def test_qdq_graph_becomes_int8_kernels_in_onnx_runtime(r18_int8, tmp_path):
-    from megzoo.inference.onnx_graph import build_onnx
+    from megzoo.inference.ort_compiled import onnx_model
 
-    ops = _optimized_ops(build_onnx(r18_int8, (1, 3, SIZE, SIZE)), tmp_path)
+    ops = _optimized_ops(onnx_model(r18_int8, (1, 3, SIZE, SIZE)), tmp_path)
     assert ops["QLinearConv"] == 20  # every convolution of ResNet-18 (16 in blocks + stem + 3 projections)
     assert ops["QLinearAdd"] == 8  # the residual adds, their ReLU folded into the quantization
     assert ops["Conv"] == 0 and ops.get("FusedConv", 0) == 0 and ops["Relu"] == 0
@@ -266,10 +266,10 @@ def test_vgg_int8_on_both_runtimes(norm):
 
 
 def test_split_batch_gives_the_unsplit_outputs(r18_int8):
-    from megzoo.inference.onnx_graph import build_onnx
     from megzoo.inference.ort import OrtRunner
+    from megzoo.inference.ort_compiled import onnx_model
 
-    source = build_onnx(r18_int8, (1, 3, SIZE, SIZE)).SerializeToString()
+    source = onnx_model(r18_int8, (1, 3, SIZE, SIZE)).SerializeToString()
     split, whole = OrtRunner(source, 2, split_batch=True), OrtRunner(source, 2)
     x = _rng_batch(5, seed=5)
     assert split.split_batch and not whole.split_batch
@@ -278,10 +278,10 @@ def test_split_batch_gives_the_unsplit_outputs(r18_int8):
 
 
 def test_float_form_is_not_exported_as_int8(r18):
-    from megzoo.inference.onnx_graph import build_onnx
+    from megzoo.inference.ort_compiled import onnx_model
 
     with pytest.raises(QuantizationError, match="in float32 form: export the float model, or quantize it first"):
-        build_onnx(r18.to_quantizable(), (1, 3, SIZE, SIZE))
+        onnx_model(r18.to_quantizable(), (1, 3, SIZE, SIZE))
 
 
 # --- export ---------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ import json
 import os
 import re
 
-import cv2
 import numpy as np
 import pytest
 
@@ -19,7 +18,7 @@ from megzoo.train import TrainConfig, Trainer, learning_rate, param_groups, trai
 from megzoo.train import checkpoint as ckpt
 from megzoo.train.data import build_folder_data, eval_loader, train_loader
 
-CLASSES = ("circle", "hbar", "vbar")
+from conftest import SHAPE_CLASSES as CLASSES  # the shapes fixture's classes
 
 
 class TinyNet(ZooModel):
@@ -58,32 +57,6 @@ def _tiny(seed=0) -> TinyNet:
     np.random.seed(seed)
     megengine.random.seed(seed)
     return TinyNet()
-
-
-def _draw(kind: str, rng, size=16) -> np.ndarray:
-    image = np.full((size, size), 30, np.uint8)
-    c, r = size // 2 + rng.randint(-2, 3), size // 2 + rng.randint(-2, 3)
-    if kind == "circle":
-        cv2.circle(image, (c, r), size // 4, 230, 2)
-    elif kind == "hbar":
-        cv2.line(image, (2, r), (size - 3, r), 230, 2)
-    else:
-        cv2.line(image, (c, 2), (c, size - 3), 230, 2)
-    noisy = np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype(np.uint8)
-    return cv2.cvtColor(noisy, cv2.COLOR_GRAY2BGR)
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    """train/ (10 per class) and val/ (4 per class) folders of 16x16 shapes."""
-    root = tmp_path_factory.mktemp("shapes")
-    rng = np.random.RandomState(0)
-    for split, n in (("train", 10), ("val", 4)):
-        for kind in CLASSES:
-            os.makedirs(root / split / kind)
-            for i in range(n):
-                cv2.imwrite(str(root / split / kind / f"{i:02d}.png"), _draw(kind, rng))
-    return str(root)
 
 
 def _config(shapes, out, **kw) -> TrainConfig:

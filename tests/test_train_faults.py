@@ -14,7 +14,6 @@ import pytest
 
 from megzoo.cli import main
 from megzoo.host import pid_alive
-from test_train import shapes  # noqa: F401  (the fixture: train/ and val/ folders of 16x16 shapes)
 
 TRAIN = ["train", "--model", "resnet18", "--input-size", "16", "--resize-size", "16", "--batch-size", "4",
          "--hflip", "0", "--no-progress", "--no-plot", "--device", "cpu", "--cpu-threads", "1", "--fast-conv", "off",

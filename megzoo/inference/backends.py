@@ -31,7 +31,7 @@ from .cache_files import read_json, record_lock
 from .compiled import CompiledModel, is_int8, read_metadata
 from .layouts import megengine_version, probe_record_path
 from .model_files import model_file_kind
-from .onnx_graph import DEFAULT_OPSET, unsupported_modules
+from .graph_onnx import DEFAULT_OPSET, UnsupportedOperatorError
 from .ort import onnxruntime_version
 from .ort_compiled import OrtCompiledModel
 from .threads import require_megengine_thread
@@ -233,10 +233,10 @@ def compile(model, input_shape: Optional[Sequence[int]] = None, threads: Optiona
         backend: ``"onnxruntime"`` (the model exported to ONNX in memory, run by ONNX Runtime:
             :class:`~megzoo.inference.ort_compiled.OrtCompiledModel`), ``"lite"`` (traced and run
             by MegEngine Lite: :class:`~megzoo.inference.CompiledModel`) or ``"auto"`` (the faster
-            one on this machine, :func:`best_backend`; Lite when a Lite-only option is given or the
-            module has a part the ONNX exporter has no mapping for
-            (:func:`~megzoo.inference.onnx_graph.unsupported_modules`), since Lite traces any module;
-            ONNX Runtime when an ``opset`` is given).
+            one on this machine, :func:`best_backend`; Lite when a Lite-only option is given, or when
+            the ONNX converter (:mod:`~megzoo.inference.graph_onnx`) refuses the traced graph at
+            ``input_shape``, since Lite runs any MegEngine graph; ONNX Runtime when an ``opset`` is
+            given).
         fuse: fold BatchNorm into the convolutions (and, for Lite, fuse conv + bias + ReLU).
         dynamic_batch: one graph for every batch size; False compiles each full shape separately.
         max_shapes: how many compiled graphs to keep (least recently used dropped first).
@@ -246,14 +246,12 @@ def compile(model, input_shape: Optional[Sequence[int]] = None, threads: Optiona
 
     Threads: compile in the main thread (MegEngine runs nowhere else; elsewhere this raises
     :class:`~megzoo.inference.threads.MegEngineThreadError` before any work); the compiled
-    model may then be called from any thread. A new input size is built in any thread by the
-    onnxruntime backend, in the main thread only by lite (it traces the model).
+    model may then be called from any thread, any batch size included. A new (C, H, W) is traced
+    by both backends, so its first call must come from the main thread.
     """
     require_megengine_thread("megzoo.compile")
     lite = {"layout": layout, "algo": algo, "profile_batch": profile_batch, "cache_dir": cache_dir,
             "split_batch": split_batch, "micro_batch": micro_batch}
-    if backend == "auto" and unsupported_modules(model):
-        backend = "lite"  # a module the ONNX exporter does not know: Lite traces any module
     if backend == "auto" and opset != DEFAULT_OPSET and not _lite_options_given(lite):
         backend = "onnxruntime"  # an opset asked for is an ONNX request
     if backend == "auto" and is_int8(model) and not _lite_options_given(lite) and not os.environ.get(
@@ -263,8 +261,13 @@ def compile(model, input_shape: Optional[Sequence[int]] = None, threads: Optiona
     if resolved == "lite" and opset != DEFAULT_OPSET:
         raise ValueError("opset applies to the onnxruntime backend only")
     if resolved == "onnxruntime":
-        return OrtCompiledModel(model, input_shape=input_shape, threads=threads, fuse=fuse,
-                                dynamic_batch=dynamic_batch, max_shapes=max_shapes, opset=opset)
+        try:
+            return OrtCompiledModel(model, input_shape=input_shape, threads=threads, fuse=fuse,
+                                    dynamic_batch=dynamic_batch, max_shapes=max_shapes, opset=opset)
+        except UnsupportedOperatorError:
+            if backend != "auto":
+                raise
+            # a graph the converter refuses: Lite runs any MegEngine graph
     return CompiledModel(model, input_shape=input_shape, threads=threads, fuse=fuse, dynamic_batch=dynamic_batch,
                          max_shapes=max_shapes, **lite)
 

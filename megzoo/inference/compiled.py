@@ -25,6 +25,10 @@ from .layouts import megengine_version, require_layout, resolve_layout
 from .lite import ALGO_POLICIES, LiteRunner, lite_lock
 from .threads import megengine_thread_errors, require_megengine_thread
 
+#: what to do about a new input size met outside the main thread (both backends trace the model)
+NEW_SIZE_HINT = ("call the compiled model once with this input size in the main thread (or compile with "
+                 "input_shape=...), then from any thread")
+
 __all__ = ["CompiledModel", "CompileInfo", "dump_graph", "default_threads", "algo_cache_dir",
            "algo_cache_file", "metadata_path", "read_metadata"]
 
@@ -342,9 +346,7 @@ class CompiledModel(ShapeCachedModel):
             else:
                 require_megengine_thread(
                     f"compiling input size {shape[1:]} for the lite backend (tracing the model)",
-                    "call the compiled model once with this input size in the main thread (or compile with "
-                    "input_shape=...), then from any thread; or compile with backend='onnxruntime', which "
-                    "builds new input sizes in any thread")
+                    NEW_SIZE_HINT)
                 # the graph file stays while its runner is kept: networks are loaded when first needed
                 if self._graph_dir is None:
                     self._graph_dir = tempfile.TemporaryDirectory(prefix="megzoo-compile-")

@@ -174,7 +174,7 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
 
     ``.mge``: ``layout`` as for :func:`megzoo.compile` (a layout that failed its probe here is
     refused before anything is written); ``algo`` chooses Lite's kernels for the check.
-    ``.onnx``: ``opset`` (default :data:`~megzoo.inference.onnx_graph.DEFAULT_OPSET`), BatchNorm
+    ``.onnx``: ``opset`` (default :data:`~megzoo.inference.graph_onnx.DEFAULT_OPSET`), BatchNorm
     folded with ``fuse``, the batch axis symbolic (``"N"``) unless ``dynamic_batch=False``; the
     essentials of the metadata are also in the model's ``metadata_props``.
 
@@ -198,7 +198,7 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
     fmt = export_format(path, format)
     shape = check_input_shape(model, input_shape)  # one check for .mge and .onnx, before any work
     if fmt == "onnx":
-        from .onnx_graph import DEFAULT_OPSET, check_opset
+        from .graph_onnx import DEFAULT_OPSET, check_opset
         from .ort import onnxruntime_version
 
         opset = check_opset(DEFAULT_OPSET if opset is None else opset)
@@ -326,9 +326,9 @@ def _set_props(proto, meta: Dict[str, Any], parity: Optional[float] = None) -> N
 
 def _write_onnx(model, shape, staged: Path, meta: Dict[str, Any], opset: int, dynamic_batch: bool, fuse: bool):
     """Build the ONNX model (checked by ``onnx.checker``) and write it to ``staged``."""
-    from .onnx_graph import build_onnx
+    from .ort_compiled import onnx_model
 
-    proto = build_onnx(model, shape, opset=opset, dynamic_batch=dynamic_batch, fold_bn=fuse)
+    proto = onnx_model(model, shape, opset=opset, dynamic_batch=dynamic_batch, fuse=fuse)
     meta["output_names"] = [o.name for o in proto.graph.output]
     _set_props(proto, meta)
     staged.write_bytes(proto.SerializeToString())

@@ -82,14 +82,15 @@ def _on_trace_device(model):
 
 
 def trace_and_dump(model, input_shape: Sequence[int], file: PathLike, *, fuse: bool = True,
-                   layout: str = "nchw") -> List[str]:
+                   layout: str = "nchw", name_outputs: bool = True) -> List[str]:
     """Trace ``model`` (in eval mode; its train/eval state is restored) on a zero input of
     ``input_shape`` (N, C, H, W) and write the static inference graph to ``file``.
 
     ``fuse``: MegEngine's inference optimisations (BatchNorm folded into the convolutions,
     conv + bias + nonlinearity fused, constants folded). ``layout``: one of :data:`LAYOUTS`, the
     internal layout of the convolutions (needs ``fuse``). Returns the output names
-    (:func:`output_names`)."""
+    (:func:`output_names`), which the file's outputs take unless ``name_outputs=False`` (then
+    they keep the module path MegEngine gave them, for the ONNX converter's messages)."""
     import megengine
     from megengine.jit import trace
 
@@ -117,7 +118,7 @@ def trace_and_dump(model, input_shape: Sequence[int], file: PathLike, *, fuse: b
             options = {"enable_fuse_conv_bias_nonlinearity": True} if fuse else {}
             if layout != "nchw":
                 options[f"enable_{layout}"] = True
-            forward.dump(os.fspath(file), arg_names=[INPUT_NAME], output_names=names,
+            forward.dump(os.fspath(file), arg_names=[INPUT_NAME], output_names=names if name_outputs else None,
                          optimize_for_inference=fuse, **options)
         return names
     finally:

@@ -1,10 +1,10 @@
-"""The ONNX Runtime backend of ``megzoo.compile``: a module exported to ONNX in memory, run by ONNX Runtime.
+"""The ONNX Runtime backend of ``megzoo.compile``: a module converted to ONNX in memory, run by ONNX Runtime.
 
-:class:`OrtCompiledModel` builds the ONNX graph from the module tree
-(:func:`megzoo.inference.onnx_graph.build_onnx`, BatchNorm folded) for each input (C, H, W) it
-meets (the batch axis is dynamic), keeps the last ``max_shapes`` sessions, and runs every call
-with MegEngine's poller thread out of the way (:func:`megzoo.device.poller_yields`). It also
-runs an exported ``.onnx`` (:func:`megzoo.inference.load`). The call contract is
+:class:`OrtCompiledModel` traces the module and converts its graph
+(:func:`onnx_model`: :mod:`megzoo.inference.graph_onnx`, BatchNorm folded) for each input
+(C, H, W) it meets (the batch axis is dynamic), keeps the last ``max_shapes`` sessions, and runs
+every call with MegEngine's poller thread out of the way (:func:`megzoo.device.poller_yields`).
+It also runs an exported ``.onnx`` (:func:`megzoo.inference.load`). The call contract is
 :class:`~megzoo.inference.CompiledModel`'s: numpy (N, C, H, W) float32 in, numpy outputs out.
 """
 import os
@@ -15,19 +15,28 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from ..device import poller_yields
-from .compiled import CompileInfo, ShapeCachedModel, is_int8
-from .onnx_graph import DEFAULT_OPSET, UnsupportedModuleError, build_onnx, check_opset, unsupported_modules
+from .compiled import NEW_SIZE_HINT, CompileInfo, ShapeCachedModel, is_int8
+from .graph_onnx import DEFAULT_OPSET, check_opset, module_to_onnx
 from .ort import OrtRunner
-from .snapshot import reading_values, tensor_values
-from .threads import megengine_thread_errors, require_megengine_thread
+from .threads import require_megengine_thread
 
-__all__ = ["OrtCompiledModel"]
+__all__ = ["OrtCompiledModel", "onnx_model"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: a graph build that still needed MegEngine: a part of the model reads a tensor not among its weights
-_PART_HINT = ("a part of this model reads MegEngine tensors that are not among its parameters and buffers; "
-              "call the model once with this input size in the main thread, then from any thread")
+
+def onnx_model(model, input_shape: Sequence[int], *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
+               fuse: bool = True, check: bool = True):
+    """``model`` (float32 or int8) as an ``onnx.ModelProto`` for (N, C, H, W) ``input_shape``
+    inputs: traced and converted by :mod:`~megzoo.inference.graph_onnx` (an int8 model as QDQ,
+    :mod:`~megzoo.inference.graph_onnx.qdq`); ``fuse`` folds BatchNorm into the convolutions. A
+    quantizable model not yet quantized is refused (its float form is the float model's)."""
+    from ..models.quantizable import QuantizableModel, QuantizationError
+
+    if isinstance(model, QuantizableModel) and model.precision != "int8":
+        raise QuantizationError(f"{model.model_name} is in {model.precision} form: export the float model, or "
+                                "quantize it first (megzoo.quantization.quantize / convert_qat)")
+    return module_to_onnx(model, input_shape, opset=opset, dynamic_batch=dynamic_batch, fold_bn=fuse, check=check)
 
 
 class OrtCompiledModel(ShapeCachedModel):
@@ -43,9 +52,9 @@ class OrtCompiledModel(ShapeCachedModel):
     parts side by side (default: for int8 models, where it was measured faster; see
     :class:`~megzoo.inference.ort.OrtRunner`).
 
-    Threads: a ``model`` is compiled in the main thread (MegEngine runs there only), where its
-    weights are read once (:mod:`~megzoo.inference.snapshot`); from then on calls and new input
-    sizes (each a new ONNX graph and session) work from any thread."""
+    Threads: a ``model`` is compiled in the main thread (MegEngine runs there only); calls work
+    from any thread, every batch size included; a new (C, H, W) is traced, so its first call
+    must come from the main thread (as with Lite)."""
 
     backend = "onnxruntime"
     file_kind = "onnx"
@@ -59,14 +68,8 @@ class OrtCompiledModel(ShapeCachedModel):
         check_opset(opset)
         if model is not None:
             require_megengine_thread("compiling a model for ONNX Runtime (megzoo.compile)")
-            missing = unsupported_modules(model)
-            if missing:
-                raise UnsupportedModuleError(f"cannot export {', '.join(missing[:3])} to ONNX (no mapping for that "
-                                             "layer kind); megzoo.compile(..., backend='lite') runs any module")
         self._init_cache(threads, max_shapes, dynamic_batch, onnx_file, input_shape)
         self.model = model
-        #: the model's weights as read now: every graph is built from them, in any thread
-        self._values = tensor_values(model) if model is not None else None
         self.onnx_file = self._source_file
         self.fuse = fuse
         self.opset = opset
@@ -87,9 +90,8 @@ class OrtCompiledModel(ShapeCachedModel):
             raise ValueError("export needs an input_shape (none was given to compile)")
         if self.model is None:
             raise ValueError("this model was loaded from an .onnx file; copy that file instead")
-        with reading_values(self._values), megengine_thread_errors("exporting this model", _PART_HINT):
-            proto = build_onnx(self.model, shape, opset=self.opset, dynamic_batch=self.dynamic_batch,
-                               fold_bn=self.fuse)
+        require_megengine_thread("exporting this model", "export it in the main thread")
+        proto = onnx_model(self.model, shape, opset=self.opset, dynamic_batch=self.dynamic_batch, fuse=self.fuse)
         atomic_write_bytes(path, proto.SerializeToString())
         return Path(path)
 
@@ -117,10 +119,10 @@ class OrtCompiledModel(ShapeCachedModel):
         if self.onnx_file is not None:
             source: Union[bytes, Path] = self.onnx_file
         else:
-            with reading_values(self._values), megengine_thread_errors(
-                    f"building input size {shape[1:]} of this model", _PART_HINT):
-                proto = build_onnx(self.model, (1,) + shape[1:] if self.dynamic_batch else shape, opset=self.opset,
-                                   dynamic_batch=self.dynamic_batch, fold_bn=self.fuse, check=False)
+            require_megengine_thread(f"compiling input size {shape[1:]} for the onnxruntime backend (tracing the "
+                                     "model)", NEW_SIZE_HINT)
+            proto = onnx_model(self.model, (1,) + shape[1:] if self.dynamic_batch else shape, opset=self.opset,
+                               dynamic_batch=self.dynamic_batch, fuse=self.fuse, check=False)
             source = proto.SerializeToString()
         built = time.perf_counter()
         runner = OrtRunner(source, self.threads, split_batch=self.split_batch)

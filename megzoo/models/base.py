@@ -5,10 +5,9 @@ A family (``resnet.py``, ``vgg.py``) subclasses :class:`ZooModel` and describes 
 * ``feature_info``: a :class:`FeatureInfo`, one :class:`FeatureLevel` per feature map, in order
   (name, channels, stride in pixels of the input, the attribute names of the modules computing it);
 * ``_run_level(index, x)``: compute level ``index`` from the previous level's output;
-* ``forward_head(x, pre_logits=False)``, ``get_classifier()`` and ``reset_classifier(n)``;
-* ``_onnx_level(graph, index, x)`` and ``_onnx_head(graph, x)``: the same two steps emitted into an
-  ONNX graph builder (``graph``, :class:`megzoo.inference.onnx_graph.OnnxGraph`, passed in: the
-  models do not import the exporter), wired as ``_run_level``/``forward_head`` are.
+* ``forward_head(x, pre_logits=False)``, ``get_classifier()`` and ``reset_classifier(n)``.
+
+Export needs nothing more: :mod:`megzoo.inference.graph_onnx` converts the traced ``forward``.
 
 Everything else (``extract_features``, ``forward``, ``freeze``, ``as_features``) lives here once.
 """
@@ -177,29 +176,6 @@ class ZooModel(M.Module):
             return maps
         return self.forward_head(self.forward_features(x))
 
-    def to_onnx(self, graph, x: str):
-        """Emit this model's inference graph into ``graph`` (an ONNX graph builder) from the value
-        named ``x``; returns the output value name (logits or pre-logits), or the list of feature
-        maps at ``out_indices`` for a backbone, as :meth:`forward` does. The graph's input shape
-        is checked as :meth:`forward` checks an input."""
-
-        class _Shape:  # what check_input reads of an input
-            shape = tuple(graph.input_shape)
-
-        self._check(_Shape())
-        if self.features_only:
-            maps = []
-            for index in range(self.out_indices[-1] + 1):
-                x = self._onnx_level(graph, index, x)
-                if index in self.out_indices:
-                    maps.append(x)
-            return maps
-        for index in range(len(self._all_levels())):
-            if not self._has_level(index):
-                break
-            x = self._onnx_level(graph, index, x)
-        return self._onnx_head(graph, x)
-
     def to_quantizable(self):
         """A :class:`~megzoo.models.quantizable.QuantizableModel` made from a copy of this model
         (this one is left as it is): every conv + BN (+ ReLU) fused, the residual adds as
@@ -223,12 +199,6 @@ class ZooModel(M.Module):
 
     def _float_head(self) -> M.Module:
         raise NotImplementedError(f"{type(self).__name__} has no float head for its quantizable form")
-
-    def _onnx_level(self, graph, index: int, x: str) -> str:
-        raise NotImplementedError(f"{type(self).__name__} has no ONNX export of its level {index}")
-
-    def _onnx_head(self, graph, x: str) -> str:
-        raise NotImplementedError(f"{type(self).__name__} has no ONNX export of its head")
 
     def _has_level(self, index: int) -> bool:
         return all(getattr(self, name, None) is not None for name in self._all_levels()[index].modules)

@@ -186,23 +186,6 @@ class QuantizableModel(M.Module):
         grad = np.abs(feats.grad.numpy()).reshape(len(feats), -1).sum(axis=1)
         return float(step * grad.max())
 
-    def to_onnx(self, graph, x: str) -> str:
-        """The int8 model as a QDQ ONNX graph (``megzoo.inference.onnx_graph``): stubs, fused
-        levels and the float head, wired as :meth:`forward`."""
-        if self.precision != "int8":
-            raise QuantizationError(f"{self.model_name} is in {self.precision} form: export the float model, or "
-                                    "quantize it first (megzoo.quantization.quantize / convert_qat)")
-
-        class _Shape:
-            shape = tuple(graph.input_shape)
-
-        check_input(_Shape(), self.in_channels, self.model_name, self.min_input_size)
-        x = graph.module(self.quant, x, "quant")
-        for i, level in enumerate(self.levels):
-            x = graph.module(level, x, f"levels.{i}")
-        return graph.module(self.head, graph.module(self.dequant, x, "dequant"), "head")
-
-
 def precision_of(module: M.Module) -> str:
     """``"int8"`` if any submodule of ``module`` is a MegEngine quantized module, ``"qat"`` if
     any is a QAT module, else ``"float32"``."""

@@ -72,13 +72,6 @@ class BasicBlock(M.Module):
             out = self.drop_path(out)
         return F.relu(out + identity)
 
-    def to_onnx(self, graph, x: str) -> str:
-        """:meth:`forward` emitted into an ONNX graph builder (``megzoo.inference.onnx_graph``)."""
-        identity = x if self.downsample is None else graph.module(self.downsample, x, "downsample")
-        out = graph.relu(graph.conv(self.conv1, x, norm=self.bn1))
-        out = graph.conv(self.conv2, out, norm=self.bn2)
-        return graph.relu(graph.add(out, identity))
-
     def fused(self, where: str) -> "FusedBlock":
         """This block in quantizable form (``where``: its name, for errors)."""
         return FusedBlock([fuse_conv(self.conv1, self.bn1, True, f"{where}.conv1"),
@@ -126,14 +119,6 @@ class Bottleneck(M.Module):
             out = self.drop_path(out)
         return F.relu(out + identity)
 
-    def to_onnx(self, graph, x: str) -> str:
-        """:meth:`forward` emitted into an ONNX graph builder (``megzoo.inference.onnx_graph``)."""
-        identity = x if self.downsample is None else graph.module(self.downsample, x, "downsample")
-        out = graph.relu(graph.conv(self.conv1, x, norm=self.bn1))
-        out = graph.relu(graph.conv(self.conv2, out, norm=self.bn2))
-        out = graph.conv(self.conv3, out, norm=self.bn3)
-        return graph.relu(graph.add(out, identity))
-
     def fused(self, where: str) -> "FusedBlock":
         """This block in quantizable form (``where``: its name, for errors)."""
         return FusedBlock([fuse_conv(self.conv1, self.bn1, True, f"{where}.conv1"),
@@ -168,12 +153,6 @@ class FusedBlock(M.Module):
         identity = x if self.downsample is None else self.downsample(x)
         return self.add_relu(self.body(x), identity)
 
-    def to_onnx(self, graph, x: str) -> str:
-        """:meth:`forward` emitted into an ONNX graph builder (``megzoo.inference.onnx_graph``)."""
-        identity = x if self.downsample is None else graph.module(self.downsample, x, "downsample")
-        return graph.elemwise(self.add_relu, graph.module(self.body, x, "body"), identity)
-
-
 class PooledClassifier(M.Module):
     """ResNet's head as a module (the float part of the quantizable form): mean over H and W,
     then ``fc`` ((N, C, H, W) -> (N, num_classes)); without ``fc``, the pooled (N, C)."""
@@ -191,11 +170,6 @@ class PooledClassifier(M.Module):
 
     def get_classifier(self) -> Optional[M.Linear]:
         return self.fc
-
-    def to_onnx(self, graph, x: str) -> str:
-        x = graph.global_avg_pool(x)
-        return x if self.fc is None else graph.linear(self.fc, x)
-
 
 _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
@@ -304,15 +278,6 @@ class ResNet(ZooModel):
         if self.dropout is not None:
             x = self.dropout(x)
         return self.fc(x)
-
-    def _onnx_level(self, graph, index: int, x: str) -> str:
-        if index == 0:
-            return graph.max_pool(self.maxpool, graph.relu(graph.conv(self.conv1, x, norm=self.bn1)))
-        return graph.module(getattr(self, f"layer{index}"), x, f"layer{index}")
-
-    def _onnx_head(self, graph, x: str) -> str:
-        x = graph.global_avg_pool(x)  # dropout is nothing in inference
-        return x if self.fc is None else graph.linear(self.fc, x)
 
     def _fused_level(self, index: int) -> M.Module:
         if index == 0:

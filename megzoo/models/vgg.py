@@ -50,13 +50,6 @@ class VGGStage(M.Module):
             x = getattr(self, f"b{i + 1}")(x)
         return self.max_pool(x)
 
-    def to_onnx(self, graph, x: str) -> str:
-        """:meth:`forward` emitted into an ONNX graph builder (``megzoo.inference.onnx_graph``)."""
-        for i in range(self.depth):
-            x = graph.module(getattr(self, f"b{i + 1}"), x, f"b{i + 1}")
-        return graph.max_pool(self.max_pool, x)
-
-
 class VGGHead(M.Module):
     """Adaptive 7x7 average pool, flatten, then Linear-ReLU-Dropout x2 and the final Linear:
     (N, C, H, W) -> (N, num_classes). With ``num_classes=0`` the final Linear is left out and the
@@ -83,15 +76,6 @@ class VGGHead(M.Module):
     def get_classifier(self) -> Optional[M.Linear]:
         """The final Linear, or None without one (``num_classes=0``)."""
         return self.classifier[6] if len(self.classifier) == 7 else None
-
-    def to_onnx(self, graph, x: str, pre_logits: bool = False) -> str:
-        """:meth:`forward` emitted into an ONNX graph builder (``megzoo.inference.onnx_graph``)."""
-        x = graph.flatten(graph.module(self.pool, x, "pool"))
-        layers = list(self.classifier)[:6] if pre_logits else list(self.classifier)
-        for i, layer in enumerate(layers):
-            x = graph.module(layer, x, f"classifier.{i}")
-        return x
-
 
 class VGG(ZooModel):
     """VGG. Input (N, in_channels, H, W) with H, W >= 32; output (N, num_classes).
@@ -159,12 +143,6 @@ class VGG(ZooModel):
 
     def forward_head(self, x, pre_logits: bool = False):
         return self.head(x, pre_logits=pre_logits)
-
-    def _onnx_level(self, graph, index: int, x: str) -> str:
-        return graph.module(getattr(self, f"s{index + 1}"), x, f"s{index + 1}")
-
-    def _onnx_head(self, graph, x: str) -> str:
-        return graph.module(self.head, x, "head")
 
     def _fused_level(self, index: int) -> M.Module:
         stage = getattr(self, f"s{index + 1}")

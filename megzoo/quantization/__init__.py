@@ -9,7 +9,7 @@ The modules: :mod:`~megzoo.quantization.calibration` (the calibration images),
 :mod:`~megzoo.quantization.ptq` (:func:`quantize`, the observers),
 :mod:`~megzoo.quantization.qat` (:func:`prepare_qat`, :func:`convert_qat`, QAT checkpoints).
 The quantizable form itself (fused modules, stubs) is the models' (:mod:`megzoo.models.quantizable`);
-its ONNX form is the exporter's (:mod:`megzoo.inference.onnx_qdq`). See docs/quantization.md.
+its ONNX form is the converter's QDQ graph (:mod:`megzoo.inference.graph_onnx.qdq`). See docs/quantization.md.
 """
 from ..models.quantizable import QuantizableModel, QuantizationError, precision_of
 from .compare import top1_agreement

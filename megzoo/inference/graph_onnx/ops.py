@@ -6,7 +6,7 @@ missing from it, or a parameter a mapping cannot express, is refused by :func:`c
 before anything is written.
 """
 import math
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, Sequence
 
 import numpy as np
 
@@ -56,7 +56,6 @@ def _bn_affine(conv, bn) -> tuple:
 @maps("ConvolutionForward", "ConvBiasForward")
 def convolution(conv, op):
     chain = conv.fused.get(id(op), (op,))
-    kind = type(op).__name__
     weight_value = conv.constant_value(op.inputs[1])
     attrs = _conv_attrs(conv, op, weight_value if weight_value is not None else np.zeros(op.inputs[1].shape))
     x = conv.value(op.inputs[0])
@@ -212,6 +211,14 @@ def _log_sigmoid(conv, xs, name):
                        name)
 
 
+def _hswish(conv, xs, name):
+    """``HardSwish`` (opset 14), or ``x * HardSigmoid(x)`` before it."""
+    if conv.b.opset >= 14:
+        return conv.b.node("HardSwish", xs, name)
+    gate = conv.b.node("HardSigmoid", xs, f"{name}/gate", alpha=1.0 / 6, beta=0.5)
+    return conv.b.node("Mul", [xs[0], gate], name)
+
+
 def _fused_add(activation: str, **attrs):
     return 2, lambda conv, xs, name: conv.b.node(activation, [conv.b.node("Add", xs, f"{name}/add")], name, **attrs)
 
@@ -222,7 +229,7 @@ ELEMWISE: Dict[str, tuple] = {
     "EXP": _unary("Exp"), "LOG": _unary("Log"), "SQRT": _unary("Sqrt"), "ABS": _unary("Abs"), "NEGATE": _unary("Neg"),
     "FLOOR": _unary("Floor"), "CEIL": _unary("Ceil"), "ERF": _unary("Erf"), "SIN": _unary("Sin"),
     "COS": _unary("Cos"), "SIGN": _unary("Sign"), "SOFTPLUS": _unary("Softplus"),
-    "H_SWISH": _unary("HardSwish"), "HSIGMOID": _unary("HardSigmoid", alpha=1.0 / 6, beta=0.5),
+    "H_SWISH": (1, _hswish), "HSIGMOID": _unary("HardSigmoid", alpha=1.0 / 6, beta=0.5),
     "RELU6": (1, _relu6), "GELU": (1, _gelu), "SILU": (1, _silu), "SQUARE": (1, _square),
     "LOGSIGMOID": (1, _log_sigmoid),
     "ADD": _binary("Add"), "SUB": _binary("Sub"), "MUL": _binary("Mul"), "TRUE_DIV": _binary("Div"),
@@ -230,7 +237,8 @@ ELEMWISE: Dict[str, tuple] = {
     "LT": _binary("Less", dtype=np.bool_), "LEQ": _binary("LessOrEqual", dtype=np.bool_),
     "EQ": _binary("Equal", dtype=np.bool_),
     "FUSE_ADD_RELU": _fused_add("Relu"), "FUSE_ADD_SIGMOID": _fused_add("Sigmoid"),
-    "FUSE_ADD_TANH": _fused_add("Tanh"), "FUSE_ADD_H_SWISH": _fused_add("HardSwish"),
+    "FUSE_ADD_TANH": _fused_add("Tanh"),
+    "FUSE_ADD_H_SWISH": (2, lambda conv, xs, name: _hswish(conv, [conv.b.node("Add", xs, f"{name}/add")], name)),
     "FUSE_MUL_ADD3": (3, _mul_add3), "FUSE_MUL_ADD4": (4, _mul_add4), "CLIP": (3, _clip),
     "PRELU": _binary("PRelu"),
 }

@@ -6,9 +6,11 @@ optimisations, so the graph keeps MegEngine's plain operators (``ConvolutionForw
 ``BatchNormForward``, ``Elemwise``, ...) and the module path in every variable name.
 
 MegEngine 1.13's graph reader gives no parameters for ``SoftmaxForward`` and ``LayerNormForward``
-(their axis and epsilon are lost). While megzoo traces a module, ``F.softmax`` and
-``F.nn.layer_norm`` (and so ``M.Softmax`` and ``M.LayerNorm``) are therefore computed from
-primitive operators whose parameters the graph keeps: the same function, within float32 rounding.
+(their axis and epsilon are lost), and its ``GroupNorm`` operator cannot be dumped at all ("bad
+input shape for polyadic operator"). While megzoo traces a module, ``F.softmax``,
+``F.nn.layer_norm``, ``F.nn.group_norm`` and ``F.nn.instance_norm`` (and so ``M.Softmax``,
+``M.LayerNorm``, ``M.GroupNorm``, ``M.InstanceNorm``) are therefore computed from primitive
+operators whose parameters the graph keeps: the same function, within float32 rounding.
 """
 import contextlib
 import os
@@ -47,18 +49,39 @@ def _layer_norm(inp, normalized_shape, affine, weight=None, bias=None, eps=1e-5)
     return out
 
 
+def _group_norm(inp, num_groups, affine, weight=None, bias=None, eps=1e-5):
+    """``F.nn.group_norm`` from primitives: statistics per (image, group) over (N, G, -1)."""
+    import megengine.functional as F
+
+    grouped = inp.reshape(inp.shape[0], num_groups, -1)
+    mean = F.mean(grouped, axis=2, keepdims=True)
+    centred = grouped - mean
+    var = F.mean(centred * centred, axis=2, keepdims=True)
+    out = (centred / F.sqrt(var + eps)).reshape(inp.shape)
+    if affine:
+        out = out * weight.reshape(1, -1, 1, 1) + bias.reshape(1, -1, 1, 1)
+    return out
+
+
+def _instance_norm(inp, affine, weight=None, bias=None, eps=1e-5):
+    """``F.nn.instance_norm``: a group norm of one channel per group."""
+    return _group_norm(inp, inp.shape[1], affine, weight, bias, eps)
+
+
 @contextlib.contextmanager
 def primitive_functions() -> Iterator[None]:
-    """Within: ``F.softmax`` / ``F.nn.softmax`` / ``M.Softmax`` and ``F.nn.layer_norm`` /
-    ``M.LayerNorm`` trace as primitive operators (module docstring)."""
+    """Within: softmax, layer, group and instance norm trace as primitive operators (module
+    docstring)."""
     import megengine.functional as F
     import megengine.functional.nn as nn
     import megengine.module.activation as activation
 
-    saved = [(F, "softmax", F.softmax), (nn, "softmax", nn.softmax), (activation, "softmax", activation.softmax),
-             (nn, "layer_norm", nn.layer_norm)]
+    primitive = {"softmax": _softmax, "layer_norm": _layer_norm, "group_norm": _group_norm,
+                 "instance_norm": _instance_norm}
+    saved = [(F, "softmax", F.softmax), (nn, "softmax", nn.softmax), (activation, "softmax", activation.softmax)]
+    saved += [(nn, name, getattr(nn, name)) for name in ("layer_norm", "group_norm", "instance_norm")]
     for owner, name, _ in saved:
-        setattr(owner, name, _layer_norm if name == "layer_norm" else _softmax)
+        setattr(owner, name, primitive[name])
     try:
         yield
     finally:
@@ -66,15 +89,31 @@ def primitive_functions() -> Iterator[None]:
             setattr(owner, name, value)
 
 
+def _check_traceable(model) -> None:
+    """What MegEngine's trace would stop at with an assertion, refused in words first."""
+    from megengine.module.batchnorm import _BatchNorm
+
+    from .convert import UnsupportedOperatorError
+
+    for name, module in model.named_modules():
+        if isinstance(module, _BatchNorm) and (module.running_mean is None or module.running_var is None):
+            raise UnsupportedOperatorError(
+                f"cannot convert {name or 'the model'} ({type(module).__name__}) to ONNX: it has no running "
+                "statistics (track_running_stats=False) to normalise with in inference")
+
+
 def trace_module(model, input_shape: Sequence[int]):
     """``model`` (eval mode for the trace) traced on a zero input of ``input_shape``, as a
-    ``Network`` of MegEngine's plain operators (no inference optimisations)."""
+    ``Network`` of MegEngine's plain operators (no inference optimisations), and the output names
+    (:func:`megzoo.inference.graph.output_names`)."""
     from ..graph import trace_and_dump
+
+    _check_traceable(model)
 
     with tempfile.TemporaryDirectory(prefix="megzoo-onnx-") as tmp:
         path = os.path.join(tmp, "graph.mge")
         with primitive_functions():
-            names = trace_and_dump(model, input_shape, path, fuse=False)
+            names = trace_and_dump(model, input_shape, path, fuse=False, name_outputs=False)
         return read_mge(path), names
 
 
