@@ -163,6 +163,36 @@ class Cumulative(M.Module):
         return F.cumsum(x, axis=1)
 
 
+def _smallest_of_each_kind():
+    """The smallest registered model of each kind (its name without digits: ``resnet``,
+    ``resnext_xd``, ``wide_resnet_``, ``vgg``, ``vgg_bn``): deeper members repeat the same blocks,
+    and converting VGG-19 costs as much as the whole of this module."""
+    import re
+
+    from megzoo.registry import get_model_entry
+
+    kinds = {}
+    for name in megzoo.list_models():
+        kind = re.sub(r"[0-9]+", "", name)
+        if kind not in kinds or get_model_entry(name).params < get_model_entry(kinds[kind]).params:
+            kinds[kind] = name
+    return sorted(kinds.values())
+
+
+@pytest.mark.parametrize("name", _smallest_of_each_kind())
+def test_every_kind_of_registered_model_converts_at_batch_1_and_3(name, zoo_model):
+    """The conformance check a new family gets by registering: its traced graph converts, and the
+    ONNX file computes what eager MegEngine computes at two batch sizes (32 px: the mapping is the
+    point, not the size)."""
+    model = zoo_model(name)
+    runner = OrtRunner(build_onnx(model, (1, 3, 32, 32)).SerializeToString(), threads=2)
+    for batch in (1, 3):
+        x = np.random.RandomState(batch).standard_normal((batch, 3, 32, 32)).astype("float32")
+        (got,), (ref,) = runner.run(x), _eager(model, x)
+        assert got.shape == ref.shape == (batch, 1000) and _rel(got, ref) < 1e-4
+    runner.close()
+
+
 def test_an_unmapped_operator_is_refused_naming_it_and_its_module():
     with pytest.raises(UnsupportedModuleError) as info:
         build_onnx(Wrap(M.Conv2d(3, 3, 1), Cumulative()), (1, 3, 8, 8))
