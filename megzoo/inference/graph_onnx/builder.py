@@ -80,12 +80,23 @@ class OnnxBuilder:
                              dtype=dtype, **attrs)
         return self.node(op, inputs, name, dtype=dtype, axes=list(axes), **attrs)
 
+    def _reachable(self, outputs: Sequence[str]):
+        """The nodes and initializers the ``outputs`` depend on, in order (a value a mapping made
+        but nothing reads, e.g. a float bias an int8 convolution rounded itself, is left out)."""
+        needed, kept = set(outputs), []
+        for node in reversed(self.nodes):
+            if needed.intersection(node.output):
+                kept.append(node)
+                needed.update(i for i in node.input if i)
+        return kept[::-1], [t for t in self.initializers if t.name in needed]
+
     def model(self, inputs, outputs, doc: str = "", metadata: Optional[Dict[str, str]] = None, check: bool = True):
         """The checked ``onnx.ModelProto`` (``inputs``/``outputs``: value infos)."""
         import onnx
         from onnx import helper
 
-        graph = helper.make_graph(self.nodes, "megzoo", list(inputs), list(outputs), self.initializers)
+        nodes, initializers = self._reachable([o.name for o in outputs])
+        graph = helper.make_graph(nodes, "megzoo", list(inputs), list(outputs), initializers)
         opsets = [helper.make_opsetid("", self.opset)]
         model = helper.make_model(graph, opset_imports=opsets, producer_name="megzoo", doc_string=doc)
         model.ir_version = helper.find_min_ir_version_for(opsets)

@@ -162,6 +162,15 @@ def type_cvt(conv, op):
     conv.set(dst, x if same else _quantize(conv, x, _signed(dst), dst.name))
 
 
+def _float_source(conv, var):
+    """The float constant a ``TypeCvt`` to a quantized type makes ``var`` from, else None."""
+    owner = var.owner
+    if ops._kind_of(owner) != "TypeCvt" or not is_quantized(var) or len(owner.inputs) != 1:
+        return None
+    value = conv.constant_value(owner.inputs[0])
+    return None if value is None or value.dtype.kind != "f" else value
+
+
 @_int8("ConvBiasForward", "ConvolutionForward")
 def conv_bias(conv, op):
     """An int8 convolution: ``Conv(DQ(x), DQ(int8 weight), DQ(int32 bias))``, its nonlinearity,
@@ -181,11 +190,15 @@ def conv_bias(conv, op):
     if len(op.inputs) >= 3:
         b_var = op.inputs[2]
         given = conv.constant_value(b_var)
-        if given is None or not is_quantized(b_var):
+        float_bias = _float_source(conv, b_var) if given is None else None
+        if float_bias is not None:  # a float bias the graph converts to qint32 (TypeCvt): rounded once, here
+            bias = np.round(float_bias.astype(np.float64).reshape(-1) / np.float64(bias_scale))
+        elif given is None or not is_quantized(b_var):
             raise conv.unsupported(op, "an int8 convolution whose bias is not a qint32 constant")
-        given = np.asarray(given, np.int64).reshape(-1)
-        ratio = np.float64(np.float32(scale_of(b_var))) / np.float64(bias_scale)
-        bias = given if ratio == 1.0 else np.round(given * ratio)  # re-rounded to a finer input step
+        else:
+            given = np.asarray(given, np.int64).reshape(-1)
+            ratio = np.float64(np.float32(scale_of(b_var))) / np.float64(bias_scale)
+            bias = given if ratio == 1.0 else np.round(given * ratio)  # re-rounded to a finer input step
         bias = np.clip(bias, np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
     zero8, zero32 = _scalar(conv, 0, np.int8, "zero_point"), _scalar(conv, 0, np.int32, "zero_point")
     wq = conv.b.node("DequantizeLinear", [_raw(conv, weight, w_var.name), _scalar(conv, w_scale, np.float32, "scale"),
