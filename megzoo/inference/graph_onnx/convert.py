@@ -84,10 +84,35 @@ def _kind(op) -> str:
     return getattr(op, "type", kind) if kind == "ReadOnlyOpNode" else kind
 
 
+def _global_mean(conv: Converter, op):
+    """``F.mean(x, axis=(2, 3))`` of an NCHW map, as traced (mean over W, drop it, mean over H,
+    drop it): the four operators, when ``op`` starts them, else None."""
+    chain, x = [op], op.inputs[0]
+    if len(x.shape or ()) != 4 or op.params.get("mode") != "MEAN" or op.params.get("axis") != 3:
+        return None
+    for kind, check in (("AxisAddRemove", [3]), ("Reduce", 2), ("AxisAddRemove", [2])):
+        out = chain[-1].outputs[0]
+        if not conv.single_user(out):
+            return None
+        (user,) = conv.users[id(out)]
+        value = user.params.get("axis") if kind == "Reduce" else [int(a) for a in user.params.get("axis", ())]
+        if _kind(user) != kind or value != check or (kind == "Reduce" and user.params.get("mode") != "MEAN"):
+            return None
+        chain.append(user)
+    return tuple(chain)
+
+
 def _fusions(conv: Converter) -> None:
-    """Mark what is written as one node: conv (+ bias add) (+ BatchNorm), matmul + bias add."""
+    """Mark what is written as one node: conv (+ bias add) (+ BatchNorm), matmul + bias add, a
+    mean over both spatial axes (``GlobalAveragePool``)."""
     for op in conv.network.all_oprs:
         kind = _kind(op)
+        if kind == "Reduce":
+            chain = _global_mean(conv, op)
+            if chain:
+                conv.fused[id(op)] = chain
+                conv.skipped.update(id(o) for o in chain[1:])
+            continue
         if kind not in ("ConvolutionForward", "MatrixMul"):
             continue
         chain = [op]

@@ -305,6 +305,12 @@ def reduce(conv, op):
         raise conv.unsupported(op, "a reduction to a shape given in the graph (reduce one axis at a time)")
     onnx_op, since = _REDUCE[mode]
     x = conv.value(op.inputs[0])
+    chain = conv.fused.get(id(op))
+    if chain:  # a mean over H and W (convert._global_mean): (N, C, H, W) -> (N, C)
+        last = chain[-1].outputs[0]
+        pooled = conv.b.node("GlobalAveragePool", [x], f"{last.name}/pool", dtype=conv.b.dtype(x))
+        conv.set(last, conv.b.node("Flatten", [pooled], last.name, dtype=conv.b.dtype(x), axis=1))
+        return
     conv.set(op.outputs[0], conv.b.axes_input_or_attr(onnx_op, [x], [int(axis)], since, op.outputs[0].name,
                                                        dtype=conv.b.dtype(x), keepdims=1))
 
