@@ -9,7 +9,8 @@ for the same models: weights from ``megengine.random.seed(0)``, int8 models quan
 ``megzoo.quantize`` on the same random batches, so both trees quantize alike. Then one process runs
 every file with megzoo's ONNX Runtime settings (``megzoo.inference.ort.OrtRunner``: all graph
 optimisations, ``--threads`` threads, the batch split for int8 as ``megzoo.compile`` does) and
-times the old and the new file of each configuration in alternating rounds. It prints images/s
+times the old and the new file of each configuration in alternating rounds (which goes first
+alternates too). It prints images/s
 (median and min-max of the rounds) and new/old. The load average is printed first; a run that
 starts above 0.5 is marked disturbed.
 """
@@ -56,13 +57,16 @@ def write_files(tree: Path, out: Path, models, size: int, int8: bool) -> None:
 
 
 def time_rounds(runners, x, rounds: int, budget: float):
-    """{label: [images/s per round]}: the runners in turn, each round ``budget`` seconds apiece."""
+    """{label: [images/s per round]}: the runners in turn, each round ``budget`` seconds apiece,
+    the order reversed every other round."""
     rates = {label: [] for label in runners}
     for runner in runners.values():  # warm-up (memory plans)
         runner.run(x)
         runner.run(x)
-    for _ in range(rounds):
-        for label, runner in runners.items():
+    labels = list(runners)
+    for round_ in range(rounds):
+        for label in labels if round_ % 2 == 0 else labels[::-1]:  # neither file always goes first
+            runner = runners[label]
             n, start = 0, time.perf_counter()
             while True:
                 runner.run(x)
