@@ -18,9 +18,10 @@ import numpy as np
 from .._version import __version__
 from ..host import atomic_write_text, fsync_path, remove_stale_temporaries, staging_file
 from ..weights.catalog import MEAN_BGR, STD_BGR
-from .compiled import CompiledModel, as_float32_batch, is_int8, metadata_path
-from .graph import DEFAULT_TOLERANCE, INPUT_NAME, check_input_shape, trace_and_dump
-from .layouts import megengine_version, resolve_layout
+from .compiled import CompiledModel, as_float32_batch, metadata_path
+from .graph import DEFAULT_TOLERANCE, INPUT_NAME, check_input_shape, flatten_outputs, trace_and_dump
+from .int8_steps import is_int8_model, output_step
+from .layouts import fit_layout, megengine_version, resolve_layout
 from .ort_compiled import OrtCompiledModel
 from .threads import require_megengine_thread
 
@@ -28,7 +29,7 @@ __all__ = ["export", "export_format", "FORMATS", "check_parity", "ParityError", 
            "DEFAULT_TOLERANCE", "INT8_TOLERANCE_STEPS"]
 
 #: the int8 parity tolerance: max |exported - eager| in output steps (what one quantization step
-#: of the last int8 tensor is worth in the logits, ``QuantizableModel.output_step``)
+#: of the last int8 tensor is worth in the logits, :func:`megzoo.inference.int8_steps.output_step`)
 INT8_TOLERANCE_STEPS = 2.0
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -39,7 +40,8 @@ class ParityError(AssertionError):
 
 
 def eager_outputs(model, x: np.ndarray) -> List[np.ndarray]:
-    """``model(x)`` in eval mode (its mode restored) as a list of numpy arrays."""
+    """``model(x)`` in eval mode (its mode restored) as a list of numpy arrays (a nested or dict
+    output flattened as the exported file's outputs are: :func:`~megzoo.inference.graph.flatten_outputs`)."""
     import megengine
 
     was_training = model.training
@@ -48,8 +50,7 @@ def eager_outputs(model, x: np.ndarray) -> List[np.ndarray]:
         out = model(megengine.tensor(x))
     finally:
         model.train(was_training)
-    outs = out if isinstance(out, (list, tuple)) else [out]
-    return [o.numpy() for o in outs]
+    return [o.numpy() for o in flatten_outputs(out)[0]]
 
 
 def check_parity(model, compiled, inputs: Dict[str, np.ndarray], tolerance: float = DEFAULT_TOLERANCE, *,
@@ -58,11 +59,11 @@ def check_parity(model, compiled, inputs: Dict[str, np.ndarray], tolerance: floa
     ``reference(x)``, a list of arrays, when given: ``model`` is then None and ``against`` names
     the reference in the messages, e.g. ``"Lite"``). The error of one
     input is ``max |compiled - eager| / max |eager|`` (relative to the logit scale); for an int8
-    model it is ``max |compiled - eager|`` in output steps (``model.output_step(x)``: one
-    quantization step of the last int8 tensor, as the logits see it) and ``tolerance`` counts
+    model it is ``max |compiled - eager|`` in output steps (:func:`~megzoo.inference.int8_steps.output_step`:
+    one quantization step of the last int8 tensor, as the logits see it) and ``tolerance`` counts
     steps. Returns ``{"tolerance", "unit", "inputs": {name: {"max_abs", "scale", "rel"[, "step"]}},
     "max_rel"}``; raises :class:`ParityError` listing every input when one is above ``tolerance``."""
-    int8 = model is not None and is_int8(model)
+    int8 = is_int8_model(model)
     results = {}
     for name, x in inputs.items():
         x = as_float32_batch(x)
@@ -75,7 +76,7 @@ def check_parity(model, compiled, inputs: Dict[str, np.ndarray], tolerance: floa
         max_abs = max(float(np.max(np.abs(g - r))) if r.size else 0.0 for g, r in zip(got, ref))
         scale = max(float(np.max(np.abs(r))) if r.size else 0.0 for r in ref)
         if int8:
-            step = model.output_step(x)
+            step = output_step(model, x)
             rel = max_abs / step if step > 0 else max_abs
         else:
             rel = max_abs / scale if scale > 0 else max_abs
@@ -172,8 +173,15 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
     model (``format="onnx"``; default: by the suffix of ``path``), plus ``path + ".json"``
     metadata (input name and shape, preprocessing, class names, versions, parity results).
 
+    ``model``: any ``megengine.module.Module`` taking one (N, C, H, W) float32 tensor and returning
+    a tensor, or lists, tuples and dicts of them (outputs ``output``; ``output0``, ``output1``, ...;
+    a dict's keys). Its metadata: ``model`` is a megzoo model's name, else the class name; the
+    preprocessing is megzoo's (BGR 0-255, MegEngine mean/std) and ``class_names`` None unless
+    ``metadata`` says otherwise (``megzoo.model_source.model_from_source`` fills them in).
+
     ``.mge``: ``layout`` as for :func:`megzoo.compile` (a layout that failed its probe here is
-    refused before anything is written); ``algo`` chooses Lite's kernels for the check.
+    refused before anything is written; ``"auto"`` is NCHW for a model with a dilated
+    convolution, which the blocked layouts cannot hold); ``algo`` chooses Lite's kernels for the check.
     ``.onnx``: ``opset`` (default :data:`~megzoo.inference.graph_onnx.DEFAULT_OPSET`), BatchNorm
     folded with ``fuse``, the batch axis symbolic (``"N"``) unless ``dynamic_batch=False``; the
     essentials of the metadata are also in the model's ``metadata_props``.
@@ -184,14 +192,15 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
     sizes. Above ``tolerance`` (max abs difference over the logit scale) :class:`ParityError` is
     raised and nothing is written (an existing file at ``path`` is left as it was).
 
-    An int8 model (:func:`megzoo.quantize`) is written as a QDQ ``.onnx`` or an int8 ``.mge``
-    (NCHW: MegEngine's x86 int8 kernels have no other layout); its metadata says ``"int8": true``
+    An int8 model (:func:`megzoo.quantize`, or a module quantized with ``megengine.quantization``)
+    is written as a QDQ ``.onnx`` or an int8 ``.mge`` (NCHW: MegEngine's x86 int8 kernels have no
+    other layout); its metadata says ``"int8": true``
     with how it was quantized, and ``tolerance`` counts int8 output steps (default
     :data:`INT8_TOLERANCE_STEPS`; see :func:`check_parity`). ``parity_inputs`` (name ->
     preprocessed batch, e.g. calibration images) replace the generated check inputs; the real
     image is still added."""
     require_megengine_thread("megzoo.inference.export", "export in the main thread")
-    int8 = is_int8(model)
+    int8 = is_int8_model(model)
     if tolerance is None:
         tolerance = INT8_TOLERANCE_STEPS if int8 else DEFAULT_TOLERANCE
     path = Path(path)
@@ -215,7 +224,7 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
             raise ValueError("a .mge always takes any batch size; dynamic_batch=False applies to .onnx files")
         if int8 and layout not in ("auto", "nchw"):
             raise ValueError(f"layout {layout!r} has no int8 kernels in MegEngine 1.13: an int8 .mge is NCHW")
-        layout = "nchw" if int8 else resolve_layout(layout, fuse)
+        layout = "nchw" if int8 else fit_layout(model, resolve_layout(layout, fuse), layout)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta: Dict[str, Any] = {
         "format": "megzoo-onnx/1" if fmt == "onnx" else "megzoo-mge/1",

@@ -14,7 +14,7 @@ from ..device import move_tensors, quiet_stderr, using_device
 from .threads import require_megengine_thread
 
 __all__ = ["INPUT_NAME", "LAYOUTS", "TRACE_DEVICE", "DEFAULT_TOLERANCE", "trace_and_dump", "output_names", "read_layout",
-           "check_input_shape"]
+           "check_input_shape", "flatten_outputs"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -30,10 +30,46 @@ TRACE_DEVICE = "xpux"  #: where graphs are traced (Lite later runs them on the C
 
 
 def output_names(outputs) -> List[str]:
-    """``["output"]`` for one output, ``["output0", "output1", ...]`` for a list or tuple."""
-    if isinstance(outputs, (list, tuple)):
-        return [f"output{i}" for i in range(len(outputs))]
-    return ["output"]
+    """``["output"]`` for one output, ``["output0", "output1", ...]`` for a list or tuple, the
+    keys for a dict; nested, the parts joined by ``_`` (``output1_0``, ``boxes_0``)."""
+    return flatten_outputs(outputs)[1]
+
+
+def flatten_outputs(outputs) -> Tuple[list, List[str]]:
+    """``(tensors, names)``: the tensors of a model's output (a tensor, or lists, tuples and dicts
+    of them, nested), in order, with :func:`output_names`' names; anything else is refused."""
+    tensors: list = []
+    names: List[str] = []
+
+    def walk(value, name: str, top: bool) -> None:
+        if isinstance(value, (list, tuple, dict)):
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                label = str(key) if isinstance(value, dict) else f"{'output' if top else ''}{key}"
+                walk(item, label if top else f"{name}_{label}", False)
+        elif hasattr(value, "shape") and hasattr(value, "dtype"):
+            tensors.append(value)
+            names.append(name)
+        else:
+            raise TypeError(f"the model's output {name} is a {type(value).__name__}: megzoo exports outputs "
+                            "that are tensors, or lists, tuples and dicts of them")
+
+    walk(outputs, "output", True)
+    if len(set(names)) != len(names):  # dict keys that clash with the generated names
+        names = [f"output{i}" for i in range(len(names))]
+    return tensors, names
+
+
+def check_traceable(model) -> None:
+    """ValueError for what MegEngine's trace would stop at with a C++ assertion, named first: a
+    BatchNorm without running statistics (it has nothing to normalise with in inference)."""
+    from megengine.module.batchnorm import _BatchNorm
+
+    for name, module in model.named_modules():
+        if isinstance(module, _BatchNorm) and (module.running_mean is None or module.running_var is None):
+            raise ValueError(f"cannot trace {name or 'the model'} ({type(module).__name__}) for inference: it has no "
+                             "running statistics (track_running_stats=False) to normalise with; build it with "
+                             "track_running_stats=True and train it, or run it eagerly")
 
 
 def check_input_shape(model, input_shape: Sequence[int]) -> Tuple[int, ...]:
@@ -101,6 +137,7 @@ def trace_and_dump(model, input_shape: Sequence[int], file: PathLike, *, fuse: b
     input_shape = tuple(int(s) for s in input_shape)
     if hasattr(model, "min_input_size") or hasattr(model, "in_channels"):  # a model that says what it takes
         check_input_shape(model, input_shape)
+    check_traceable(model)
     require_megengine_thread("tracing a model (megzoo.compile with backend='lite', a .mge export)")
     was_training = model.training
     model.eval()
@@ -110,9 +147,8 @@ def trace_and_dump(model, input_shape: Sequence[int], file: PathLike, *, fuse: b
 
             @trace(symbolic=True, capture_as_const=True)
             def forward(data):
-                out = model(data)
-                names[:] = output_names(out)
-                return out
+                out, names[:] = flatten_outputs(model(data))  # MegEngine's trace returns tensors only
+                return out[0] if names == ["output"] else out
 
             forward(megengine.tensor(np.zeros(input_shape, dtype=np.float32)))
             options = {"enable_fuse_conv_bias_nonlinearity": True} if fuse else {}

@@ -42,7 +42,7 @@ from .cache_files import prepare_folder, read_json
 from .graph import DEFAULT_TOLERANCE, LAYOUTS, trace_and_dump
 
 __all__ = ["LayoutUnavailableError", "PROBE_TIMEOUT_S", "probe_record_path", "run_probe", "layout_verdict",
-           "require_layout", "best_layout", "resolve_layout", "megengine_version"]
+           "require_layout", "best_layout", "resolve_layout", "megengine_version", "fit_layout"]
 
 #: seconds a probe may take (a healthy one takes 1-3 s here, most of it starting Python);
 #: ``$MEGZOO_PROBE_TIMEOUT`` overrides
@@ -260,6 +260,31 @@ def best_layout() -> str:
                               f"using nchw (record: {key})", RuntimeWarning)
         _auto[key] = choice
     return _auto[key]
+
+
+def fit_layout(model, layout: str, requested: str = "auto") -> str:
+    """``layout`` (a resolved one) for ``model``, or ``"nchw"`` when ``requested`` was ``"auto"``
+    and a convolution of ``model`` does not suit the blocked layouts of MegEngine 1.13: a dilated
+    one (the NCHW88/NCHW44 conversion fails on an assertion; asked for by name, ValueError) or one
+    whose output channels are not a multiple of the block (8, or 4 for NCHW44: padded, and a
+    biased convolution followed by BatchNorm then fails in Lite with "broadcast on dim")."""
+    if layout == "nchw":
+        return layout
+    block = 4 if layout == "nchw44" else 8
+    odd = None
+    for name, module in model.named_modules():
+        dilation = getattr(module, "dilation", None)  # MegEngine's convolution modules: an int or a pair
+        channels = getattr(module, "out_channels", None)
+        if dilation is None or not isinstance(channels, int):
+            continue
+        if any(isinstance(d, int) and d != 1 for d in (dilation if isinstance(dilation, (tuple, list)) else [dilation])):
+            if requested == "auto":
+                return "nchw"
+            raise ValueError(f"layout {layout!r} cannot hold {name} ({type(module).__name__}, dilation {dilation}): "
+                             "MegEngine's blocked layouts take no dilated convolution; use layout 'nchw' or 'auto'")
+        if channels % block and odd is None:
+            odd = name
+    return "nchw" if odd is not None and requested == "auto" else layout
 
 
 def resolve_layout(layout: str, fuse: bool = True) -> str:

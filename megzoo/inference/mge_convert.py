@@ -59,6 +59,9 @@ def convert_mge(source: PathLike, output: PathLike, *, opset: Optional[int] = No
     case before anything is written."""
     from .graph_onnx import mge_to_onnx
     from .ort import onnxruntime_version
+    from .threads import require_megengine_thread
+
+    require_megengine_thread("converting a .mge (megzoo convert)", "convert in the main thread")
 
     source, output = Path(source), Path(output)
     if check and onnxruntime_version() is None:

@@ -467,7 +467,7 @@ def type_cvt(conv, op):
     elif target.kind in "iu" and not getattr(target, "metadata", None):
         y = conv.b.as_int64(x, op.outputs[0].name)
     else:
-        raise conv.unsupported(op, f"a conversion to {target} (quantized graphs convert through megzoo's int8 export)")
+        raise conv.unsupported(op, f"a conversion to {target} outside the int8 operators qdq.py maps")
     conv.set(op.outputs[0], y)
 
 

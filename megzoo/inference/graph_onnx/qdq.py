@@ -5,8 +5,8 @@ A MegEngine int8 graph (what ``megzoo.quantize`` makes, traced) holds ``TypeCvt`
 ``PoolingForward`` on qint8, ``ElemwiseMultiType`` ``QADD``/``QFUSE_ADD_RELU``, ``TypeCvt``
 qint8 -> float (the output stub) and float operators after it. Every quantized variable carries
 its scale in its numpy dtype's metadata (``megengine.core.tensor.dtype.get_scale``); a quantized
-constant's ``numpy()`` holds its integer values. The choices are those of today's exporter
-(:mod:`megzoo.inference.onnx_qdq`):
+constant's ``numpy()`` holds its integer values. The choices (those of megzoo's earlier
+per-block exporter, measured then against PyTorch's int8):
 
 * a quantized value is the float tensor ``DQ(Q(y))``; :attr:`Converter.qparams` keeps its
   (scale, zero point, ONNX element type) by ONNX value name, so a consumer knows its step;
@@ -16,7 +16,8 @@ constant's ``numpy()`` holds its integer values. The choices are those of today'
   [0, 127 scale] with all 256 codes (the one difference from the eager model: finer rounding);
 * weights int8 (zero point 0) as MegEngine holds them; biases int32 at ``input step x weight
   step`` (float32 product, as MegEngine's): MegEngine's own int32 values where the input step is
-  MegEngine's, re-rounded to the finer step after a ReLU.
+  MegEngine's, re-rounded to the finer step after a ReLU; a float bias the graph converts
+  (``TypeCvt``) rounded once at that step.
 
 Operators that only move values (reshape, transpose, slicing, concat, max pooling) run on the
 dequantized floats and keep their input's quantization when MegEngine's output scale is the

@@ -89,26 +89,11 @@ def primitive_functions() -> Iterator[None]:
             setattr(owner, name, value)
 
 
-def _check_traceable(model) -> None:
-    """What MegEngine's trace would stop at with an assertion, refused in words first."""
-    from megengine.module.batchnorm import _BatchNorm
-
-    from .convert import UnsupportedOperatorError
-
-    for name, module in model.named_modules():
-        if isinstance(module, _BatchNorm) and (module.running_mean is None or module.running_var is None):
-            raise UnsupportedOperatorError(
-                f"cannot convert {name or 'the model'} ({type(module).__name__}) to ONNX: it has no running "
-                "statistics (track_running_stats=False) to normalise with in inference")
-
-
 def trace_module(model, input_shape: Sequence[int]):
     """``model`` (eval mode for the trace) traced on a zero input of ``input_shape``, as a
     ``Network`` of MegEngine's plain operators (no inference optimisations), and the output names
     (:func:`megzoo.inference.graph.output_names`)."""
     from ..graph import trace_and_dump
-
-    _check_traceable(model)
 
     with tempfile.TemporaryDirectory(prefix="megzoo-onnx-") as tmp:
         path = os.path.join(tmp, "graph.mge")
