@@ -17,14 +17,18 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "export", help="write a .mge for MegEngine Lite or an .onnx (+ OUTPUT.json metadata), checked against eager",
-        description="Write a model as a .mge for MegEngine Lite (traced; BN folded, conv+bias+ReLU fused) or as "
+        description="Write a model (registered, a checkpoint, or any MegEngine module a function of your own returns) "
+                    "as a .mge for MegEngine Lite (traced; BN folded, conv+bias+ReLU fused) or as "
                     "an ONNX model (--format onnx, or an -o name ending in .onnx; BN folded, dynamic batch), with "
                     "its metadata in OUTPUT.json. The written file is run (by Lite, or by ONNX Runtime at two batch "
                     "sizes) and compared with eager MegEngine on a random batch and a real image; above --tolerance "
                     "the figures are printed, nothing is written and the command exits 1.")
-    p.add_argument("model", metavar="NAME|CHECKPOINT",
-                   help="registered model name (e.g. resnet50), or a state-dict checkpoint (.pkl/.pth; the "
-                        "architecture from --arch or the file name)")
+    p.add_argument("model", metavar="NAME|CHECKPOINT|FILE.py:FUNCTION",
+                   help="registered model name (e.g. resnet50), a state-dict checkpoint (.pkl/.pth; the "
+                        "architecture from --arch or the file name), or any MegEngine module: FILE.py:FUNCTION, "
+                        "a function in your own Python file returning the module, which takes one (N, C, H, W) "
+                        "float tensor. The file is imported and so RUNS, as megengine.hub runs a hubconf.py: name "
+                        "only code you trust. --weights FILE then loads a state dict into the module (strictly)")
     p.add_argument("-o", "--output", required=True, metavar="FILE.mge|FILE.onnx", help="output file")
     p.add_argument("--format", choices=("mge", "onnx"), default=None,
                    help="file format (default: onnx for an -o name ending in .onnx, else mge)")
@@ -34,12 +38,14 @@ def register(subparsers) -> None:
                    help="ONNX: fix the batch axis to N of --input-shape (default: a symbolic batch axis 'N')")
     p.add_argument("--weights", metavar="TAG|FILE", default=None,
                    help="weights for NAME: a tag (megzoo info NAME lists them), 'default', or a checkpoint path "
-                        "(default: none, random initialisation)")
+                        "(default: none, random initialisation); for FILE.py:FUNCTION a state-dict file "
+                        "(megengine.save(model.state_dict())) with exactly the module's keys and shapes (default: "
+                        "the module as FUNCTION returns it)")
     p.add_argument("--arch", metavar="NAME", help="architecture of a state-dict CHECKPOINT (default: from its file name)")
     p.add_argument("--trust-pickle", action="store_true",
-                   help="CHECKPOINT is a pickled whole module (megengine.save(model)) you trust: unpickle it with "
-                        "megengine.load, which runs any code the file carries. Without it only state dicts are read, "
-                        "by an allow-list reader that runs nothing")
+                   help="CHECKPOINT (or the --weights FILE of FILE.py:FUNCTION) is a pickled whole module "
+                        "(megengine.save(model)) you trust: unpickle it with megengine.load, which runs any code the "
+                        "file carries. Without it only state dicts are read, by an allow-list reader that runs nothing")
     p.add_argument("--num-classes", type=options.num_classes, default=None, help="classifier outputs (default: the model's)")
     p.add_argument("--input-shape", default="1,3,224,224", metavar="N,C,H,W",
                    help="input shape the graph is made for (default 1,3,224,224); the batch stays dynamic "
@@ -162,7 +168,9 @@ def _default_image() -> Optional[Path]:
 def cmd_export(args) -> int:
     from ..inference import ParityError, check_input_shape, export, metadata_path, resolve_layout
     from ..inference.export import INT8_TOLERANCE_STEPS, export_format
-    from ..model_source import model_from_source
+    from ..inference.graph_onnx import UnsupportedOperatorError
+    from ..model_source import is_function_source, model_from_source
+    from . import CLIError
     from .paths import check_output, naming_output
 
     shape = _parse_shape(args.input_shape)
@@ -175,7 +183,11 @@ def cmd_export(args) -> int:
         resolve_layout(args.layout, args.fuse)  # a layout refused here is refused before the model is built
     elif args.layout != "auto":
         raise ValueError("--layout applies to .mge files only (ONNX Runtime chooses its own kernels)")
-    if args.weights is None and not Path(args.model).expanduser().exists():
+    function_source = is_function_source(args.model)
+    if function_source and args.int8:
+        raise ValueError("--int8 quantizes megzoo's registered families only: quantize your module with "
+                         "megengine.quantization in FUNCTION and export what it returns (without --int8)")
+    if args.weights is None and not function_source and not Path(args.model).expanduser().exists():
         print(f"note: exporting {args.model} with random weights (pass --weights TAG|FILE for trained ones)",
               file=sys.stderr)
     if args.calibration is not None and not args.int8:
@@ -186,7 +198,7 @@ def cmd_export(args) -> int:
     else:
         model, meta = model_from_source(args.model, weights=args.weights, arch=args.arch,
                                         num_classes=args.num_classes, trust_pickle=args.trust_pickle)
-    if shape[1] != getattr(model, "in_channels", shape[1]):
+    if isinstance(getattr(model, "in_channels", None), int) and shape[1] != model.in_channels:
         raise ValueError(f"--input-shape has {shape[1]} channels but the model takes {model.in_channels}")
     check_input_shape(model, shape)  # the model's minimum size, before calibrating (export checks it too)
     image = Path(args.image) if args.image else _default_image()
@@ -194,13 +206,16 @@ def cmd_export(args) -> int:
     float_model, parity_inputs = model, None
     if int8 is not None:
         model, parity_inputs = int8.quantized(model)
-    tolerance = args.tolerance if args.tolerance is not None else (INT8_TOLERANCE_STEPS if int8 else 1e-4)
+    # unset: export's default for the model (output steps for any int8 one, a FILE.py:FUNCTION's too)
+    tolerance = args.tolerance if args.tolerance is not None else (INT8_TOLERANCE_STEPS if int8 else None)
     try:
         options = dict(opset=args.opset, dynamic_batch=not args.static_batch) if fmt == "onnx" else dict(layout=args.layout)
         with naming_output(args.output):
             report = export(model, args.output, shape, format=fmt, fuse=args.fuse, metadata=meta, check=args.check,
                             tolerance=tolerance, image=image, threads=args.threads, parity_inputs=parity_inputs,
                             **options)
+    except UnsupportedOperatorError as exc:  # an operator ONNX has no mapping for: nothing was written
+        raise CLIError(str(exc)) from None
     except ParityError as exc:
         print(f"megzoo export: error: {exc}", file=sys.stderr)
         print(f"megzoo export: {args.output} not written", file=sys.stderr)
@@ -212,7 +227,8 @@ def cmd_export(args) -> int:
     print(f"wrote {report.path} ({size / 2**20:.1f} MiB, {'fused' if args.fuse else 'not fused'}, {kind}, "
           f"input {meta['input_name']} {'x'.join(str(v) for v in meta['input_shape'])} {meta['color_order']}, "
           f"outputs {', '.join(meta['output_names'])}) and {report.metadata_path.name} in {time.perf_counter() - t0:.1f} s")
-    if report.parity and int8 is not None:
+    tolerance = report.parity["tolerance"] if report.parity else tolerance
+    if report.parity and "step" in next(iter(report.parity["inputs"].values()), {}):
         print(f"parity vs the eager int8 model (tolerance {tolerance:g} output step{'' if tolerance == 1 else 's'}; "
               "one step = the most one quantization step of the last int8 tensor moves the top logit):")
         for name, r in report.parity["inputs"].items():
