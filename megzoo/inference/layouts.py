@@ -271,20 +271,20 @@ def fit_layout(model, layout: str, requested: str = "auto") -> str:
     if layout == "nchw":
         return layout
     block = 4 if layout == "nchw44" else 8
-    odd = None
+    odd = False
     for name, module in model.named_modules():
         dilation = getattr(module, "dilation", None)  # MegEngine's convolution modules: an int or a pair
         channels = getattr(module, "out_channels", None)
         if dilation is None or not isinstance(channels, int):
             continue
-        if any(isinstance(d, int) and d != 1 for d in (dilation if isinstance(dilation, (tuple, list)) else [dilation])):
+        values = dilation if isinstance(dilation, (tuple, list)) else [dilation]
+        if any(isinstance(d, int) and d != 1 for d in values):
             if requested == "auto":
                 return "nchw"
             raise ValueError(f"layout {layout!r} cannot hold {name} ({type(module).__name__}, dilation {dilation}): "
                              "MegEngine's blocked layouts take no dilated convolution; use layout 'nchw' or 'auto'")
-        if channels % block and odd is None:
-            odd = name
-    return "nchw" if odd is not None and requested == "auto" else layout
+        odd = odd or channels % block != 0
+    return "nchw" if odd and requested == "auto" else layout
 
 
 def resolve_layout(layout: str, fuse: bool = True) -> str:
