@@ -21,7 +21,7 @@ from ..device import poller_yields
 from ..host import machine_tag, megzoo_home, usable_cpus
 from .cache_files import check_files
 from .graph import LAYOUTS, read_layout, trace_and_dump
-from .layouts import megengine_version, require_layout, resolve_layout
+from .layouts import fit_layout, megengine_version, require_layout, resolve_layout
 from .lite import ALGO_POLICIES, LiteRunner, lite_lock
 from .threads import megengine_thread_errors, require_megengine_thread
 
@@ -83,8 +83,7 @@ def dump_graph(model, input_shape: Sequence[int], file: PathLike, *, fuse: bool 
     ``"nchw44"`` (ARM), or ``"auto"`` (:func:`megzoo.inference.best_layout`). Dumping runs no
     Lite kernel, so an explicit layout is written even where it failed its probe (for another
     machine); running such a file here is refused (:func:`load`)."""
-    if layout == "auto":
-        layout = resolve_layout("auto", fuse)
+    layout = fit_layout(model, resolve_layout(layout, fuse) if layout == "auto" else layout, layout)
     return trace_and_dump(model, input_shape, file, fuse=fuse, layout=layout)
 
 
@@ -320,8 +319,10 @@ class CompiledModel(ShapeCachedModel):
 
     # --- internals ----------------------------------------------------------------------------
     def _resolved_layout(self) -> str:
-        if self.layout == "auto":
+        if self.layout == "auto":  # the machine's best layout, where the model's convolutions suit it
             self.layout = resolve_layout("auto", self.fuse)
+            if self.model is not None:
+                self.layout = fit_layout(self.model, self.layout)
         return self.layout
 
     def _resolved_micro_batch(self) -> Optional[int]:
