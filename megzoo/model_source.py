@@ -30,7 +30,7 @@ import numpy as np
 from .data import imagenet1k_categories
 from .registry import get_model, get_model_entry, get_weights, list_models
 from .weights import pretrained_value
-from .weights.convert import ArchitectureMismatchError, checked_values
+from .weights.convert import ArchitectureMismatchError, checked_values, mismatch_details
 from .weights.errors import UnsafeCheckpointError, WeightsError
 from .weights.serialization import extract_state_dict, is_torch_zip, load_checkpoint
 from .weights.sidecar import read_weights_metadata
@@ -281,13 +281,7 @@ def load_module_weights(model, weights, *, trust_pickle: bool = False, owner: Op
     mismatched = [f"{k}: file {tuple(np.shape(state[k]))}, module {tuple(np.shape(v))}" for k, v in current.items()
                   if k in state and tuple(np.shape(state[k])) != tuple(np.shape(v))]
     if missing or unexpected or mismatched:
-        details = []
-        if missing:
-            details.append(f"missing {len(missing)} keys (first: {', '.join(missing[:3])})")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:3])})")
-        if mismatched:
-            details.append(f"{len(mismatched)} shape mismatches (first: {'; '.join(mismatched[:3])})")
+        details = mismatch_details(missing, unexpected, mismatched)
         raise ArchitectureMismatchError(f"weights from {path} do not fit {owner}: {'; '.join(details)}. Check that "
                                         "the file is this module's state dict (model.state_dict())")
     model.load_state_dict(checked_values(model, state, str(path)), strict=True)

@@ -113,19 +113,28 @@ def check_trusted(path: PathLike, *, shared: bool = False, what: str = WEIGHTS) 
     return True
 
 
+def _made(folder: Path) -> bool:
+    """``folder`` there (made with mode :data:`FOLDER_MODE` when missing; the caller checks it
+    next); False when it could not be made."""
+    if os.path.lexists(folder):
+        return True
+    try:
+        os.mkdir(folder, FOLDER_MODE)
+    except FileExistsError:
+        pass  # made by someone else meanwhile
+    except OSError as exc:
+        logger.debug("cannot create %s (%s)", folder, exc)
+        return False
+    return True
+
+
 def _above(folder: Path, create: bool, what: str) -> bool:
     """Check the folders above ``folder`` top-down as :func:`check_trusted` (``shared``), creating
     the missing ones (mode :data:`FOLDER_MODE`) when ``create``; then, when a link was among them,
     the folders of the path it resolves to. False when one is missing (or could not be made)."""
     for parent in reversed(folder.parents):
-        if create and not os.path.lexists(parent):
-            try:
-                os.mkdir(parent, FOLDER_MODE)
-            except FileExistsError:
-                pass  # made by someone else meanwhile: checked below
-            except OSError as exc:
-                logger.debug("cannot create %s (%s)", parent, exc)
-                return False
+        if create and not _made(parent):
+            return False
         if not check_trusted(parent, shared=True, what=what):
             return False
     real = Path(os.path.realpath(folder.parent))
@@ -147,14 +156,8 @@ def prepare_folders(chain: Sequence[Tuple[PathLike, bool]], create: bool = True,
         folder = Path(os.path.abspath(folder))
         if i == 0 and not _above(folder, create, what):
             return False
-        if create and not os.path.lexists(folder):
-            try:
-                os.mkdir(folder, FOLDER_MODE)
-            except FileExistsError:
-                pass  # made by someone else meanwhile: checked below
-            except OSError as exc:
-                logger.debug("cannot create %s (%s)", folder, exc)
-                return False
+        if create and not _made(folder):
+            return False
         if not check_trusted(folder, shared=shared, what=what):
             return False
         if not folder.is_dir():

@@ -157,6 +157,18 @@ def _check_values(to_load: Dict[str, np.ndarray], current, report: LoadReport, m
                                   "training run? use an earlier checkpoint)")
 
 
+def mismatch_details(missing: List[str], unexpected: List[str], mismatched: List[str]) -> List[str]:
+    """The parts of a "does not fit" message: counts and the first few keys of each kind."""
+    details = []
+    if missing:
+        details.append(f"missing {len(missing)} keys (first: {', '.join(missing[:3])})")
+    if unexpected:
+        details.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:3])})")
+    if mismatched:
+        details.append(f"{len(mismatched)} shape mismatches (first: {'; '.join(mismatched[:3])})")
+    return details
+
+
 def checked_values(model, state_dict: Dict[str, np.ndarray], source: str) -> Dict[str, np.ndarray]:
     """``state_dict``'s entries that ``model`` has, converted to its dtypes, for a strict load that
     does not go through :func:`load_into` (a QAT checkpoint): the same refusals (integers where
@@ -203,13 +215,7 @@ def load_into(model, state_dict: Dict[str, np.ndarray], source: str) -> LoadRepo
     report.unused = [k for k in state_dict if k not in to_load and k not in report.adapted]
     unexpected = [k for k in state_dict if k not in target and not k.startswith(classifier)]
     if missing or mismatched or unexpected:
-        details = []
-        if missing:
-            details.append(f"missing {len(missing)} keys (first: {', '.join(missing[:3])})")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:3])})")
-        if mismatched:
-            details.append(f"{len(mismatched)} shape mismatches (first: {'; '.join(mismatched[:3])})")
+        details = mismatch_details(missing, unexpected, mismatched)
         if any(k.startswith(("quant.", "levels.")) for k in state_dict):  # QuantizableModel's own names
             raise ArchitectureMismatchError(
                 f"weights from {source} are a quantization-aware (megzoo train --qat) checkpoint, which loads as "
