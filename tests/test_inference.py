@@ -211,7 +211,7 @@ def test_algo_cache_persisted_and_reused(tmp_path):
     # with algo="heuristic", and a later profiling compile of that shape on the same kind of CPU
     # comp node uses it instead of measuring (nothing new for the cache file)
     x = np.random.RandomState(6).standard_normal((1, 3, 20, 20)).astype("float32")
-    compiled = compile(model, input_shape=x.shape, threads=1, algo="profile")
+    compiled = compile(model, input_shape=x.shape, threads=1, algo="profile", backend="lite")
     cache = compiled.algo_cache_file
     assert cache.parent == tmp_path / "home" / "algo_cache"
     assert cache.is_file() and cache.stat().st_size > 0
@@ -223,7 +223,7 @@ def test_algo_cache_persisted_and_reused(tmp_path):
     # a fresh process reuses the file: it finds it, and has nothing new to add to it
     code = TINY_SRC + (
         "\nimport megzoo.inference as I\nm = Tiny()\nm.eval()\n"
-        "c = I.compile(m, (1, 3, 20, 20), threads=1, algo='profile')\n"
+        "c = I.compile(m, (1, 3, 20, 20), threads=1, algo='profile', backend='lite')\n"
         "print('EXISTED', c.compile_log[0].algo_cache_existed, c.compile_log[0].algo_cache_hit, c.algo_cache_file)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ), cwd=str(tmp_path))

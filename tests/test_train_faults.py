@@ -20,12 +20,14 @@ TRAIN = ["train", "--model", "resnet18", "--input-size", "16", "--resize-size", 
          "--no-fused-blocks"]
 
 
-def _start(shapes, out, *extra):
+def _start(shapes, out, *extra, stderr=subprocess.PIPE):
     """A long `megzoo train` (50 epochs of 15 steps) in its own session, as from a terminal;
-    returns once it has logged step 1 (its DataLoader workers and plasma store are running)."""
+    returns once it has logged step 1 (its DataLoader workers and plasma store are running).
+    ``stderr``: where its standard error goes (a file lets a test read it once the process has
+    ended, while a worker still ending may hold a pipe open)."""
     cmd = [sys.executable, "-m", "megzoo", *TRAIN, "--train-dir", f"{shapes}/train", "--output", str(out), "--epochs", "50",
            "--batch-size", "2", "--log-every", "1", "--workers", "2", *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True)
     for line in proc.stdout:
         if "step 1:" in line:
             return proc
@@ -58,10 +60,13 @@ def _store_of(pid, wait=10.0):
 def test_ctrl_c_with_workers_is_a_clean_interrupt(shapes, tmp_path):
     """Ctrl-C reaches the whole process group: only the main process stops (rc 130, one line),
     and the workers' plasma store ends with it, socket removed."""
-    proc = _start(shapes, tmp_path / "run")
+    with open(tmp_path / "stderr.txt", "w") as log:
+        proc = _start(shapes, tmp_path / "run", stderr=log)
     store, socket = _store_of(proc.pid)
     os.killpg(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    proc.wait(timeout=120)  # the main process; its pipe may outlive it in a worker that is still ending
+    proc.stdout.close()
+    err = (tmp_path / "stderr.txt").read_text()
     assert proc.returncode == 130, err[-3000:]
     assert err.splitlines()[-1] == "interrupted"
     assert "Traceback" not in err and "exited unexpectedly" not in err, err[-3000:]
