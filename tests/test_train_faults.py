@@ -20,6 +20,13 @@ TRAIN = ["train", "--model", "resnet18", "--input-size", "16", "--resize-size", 
          "--no-fused-blocks"]
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C's default action, as in a terminal. A test run started in the background
+    (.ci/run's ``setsid ... &``) inherits SIGINT ignored, and a Python started so never installs its
+    KeyboardInterrupt handler: the run would ignore the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(shapes, out, *extra, stderr=subprocess.PIPE):
     """A long `megzoo train` (50 epochs of 15 steps) in its own session, as from a terminal;
     returns once it has logged step 1 (its DataLoader workers and plasma store are running).
@@ -27,7 +34,8 @@ def _start(shapes, out, *extra, stderr=subprocess.PIPE):
     ended, while a worker still ending may hold a pipe open)."""
     cmd = [sys.executable, "-m", "megzoo", *TRAIN, "--train-dir", f"{shapes}/train", "--output", str(out), "--epochs", "50",
            "--batch-size", "2", "--log-every", "1", "--workers", "2", *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True,
+                            preexec_fn=_default_sigint)
     for line in proc.stdout:
         if "step 1:" in line:
             return proc
@@ -264,9 +272,15 @@ def _break(monkeypatch, what):
 @pytest.fixture(scope="module")
 def one_epoch(shapes, tmp_path_factory):
     """``megzoo train`` arguments, and a run folder after their first epoch (of 2 steps)."""
+    import megengine
+
     out = tmp_path_factory.mktemp("one_epoch") / "run"
     args = [*TRAIN, "--data", shapes, "--steps-per-epoch", "2", "--workers", "0"]
-    assert main([*args, "--output", str(out), "--epochs", "1"]) == 0
+    device = megengine.get_default_device()  # the CLI sets it for good; later modules' models live on this one
+    try:
+        assert main([*args, "--output", str(out), "--epochs", "1"]) == 0
+    finally:
+        megengine.set_default_device(device)
     return args, out
 
 
