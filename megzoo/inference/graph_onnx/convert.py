@@ -32,10 +32,9 @@ class UnsupportedOperatorError(TypeError):
 class Converter:
     """The state of one conversion: ONNX names of MegEngine variables, constants, fusions."""
 
-    def __init__(self, network, builder: OnnxBuilder, *, dynamic_batch: bool, fold_bn: bool):
+    def __init__(self, network, builder: OnnxBuilder, *, fold_bn: bool):
         self.network = network
         self.b = builder
-        self.dynamic_batch = dynamic_batch
         self.fold_bn = fold_bn
         self.names: Dict[int, str] = {}
         self.users: Dict[int, List] = {}
@@ -171,7 +170,7 @@ def network_to_onnx(network, *, opset: int, dynamic_batch: bool = True, fold_bn:
         raise ValueError(f"{len(outputs)} outputs but {len(names)} output names")
     for public in [input_name] + names:  # the graph's own values never take the public names
         builder.fresh(public)
-    conv = Converter(network, builder, dynamic_batch=dynamic_batch, fold_bn=fold_bn)
+    conv = Converter(network, builder, fold_bn=fold_bn)
     ops = [op for op in network.all_oprs if _kind(op) not in CONSTANT_KINDS and _kind(op) != "Host2DeviceCopy"]
     check_supported(conv, ops)
     qdq.check_quantized(conv, ops)

@@ -142,10 +142,11 @@ def _unary(onnx_op: str, **attrs):
 
 def _binary(onnx_op: str, dtype=None):
     def emit(conv, xs, name):
-        out_dtype = dtype or (np.int64 if all(conv.b.dtype(x) == np.int64 for x in xs) else np.float32)
-        if out_dtype == np.float32 or dtype is not None:
-            xs = [_as_float(conv, x, name) if dtype is None else x for x in xs]
-        return conv.b.node(onnx_op, xs, name, dtype=out_dtype)
+        if dtype is not None:  # a comparison: its inputs as they are, a bool output
+            return conv.b.node(onnx_op, xs, name, dtype=dtype)
+        if all(conv.b.dtype(x) == np.int64 for x in xs):  # shape arithmetic stays int64
+            return conv.b.node(onnx_op, xs, name, dtype=np.int64)
+        return conv.b.node(onnx_op, [_as_float(conv, x, name) for x in xs], name)
     return 2, emit
 
 
@@ -153,11 +154,6 @@ def _as_float(conv, x: str, name: str) -> str:
     if conv.b.dtype(x) == np.float32:
         return x
     return conv.b.node("Cast", [x], f"{name}/to_float", to=1)
-
-
-def _then(first, second_op: str, **attrs):
-    arity, emit = first
-    return arity, lambda conv, xs, name: conv.b.node(second_op, [emit(conv, xs, f"{name}/pre")], name, **attrs)
 
 
 def _gelu(conv, xs, name):
