@@ -323,25 +323,29 @@ def run_as_nobody(call):
     return json.loads(data)
 
 
+@pytest.fixture
+def roots_home(monkeypatch):
+    """An offline MEGZOO_HOME of root's, 0o755 under /tmp (where nobody can reach it), removed after."""
+    home = Path(tempfile.mkdtemp(prefix="megzoo-ro-", dir="/tmp"))
+    os.chmod(home, 0o755)
+    monkeypatch.setenv("MEGZOO_HOME", str(home))
+    monkeypatch.setenv("MEGZOO_OFFLINE", "1")
+    yield home
+    shutil.rmtree(home)
+
+
 @needs_root
-def test_a_read_only_cache_of_roots_still_serves_another_user(monkeypatch):
-    home = Path(tempfile.mkdtemp(prefix="megzoo-ro-", dir="/tmp"))  # under /tmp: nobody can reach it
-    try:
-        os.chmod(home, 0o755)
-        monkeypatch.setenv("MEGZOO_HOME", str(home))
-        monkeypatch.setenv("MEGZOO_OFFLINE", "1")
-        cached = fetch([Path(__file__).as_uri()], "a.bin", progress=False)  # filled by root, recorded
-        tv = weights_dir() / "t-0123abcd.pth"
-        tv.write_bytes(b"x")
-        served = run_as_nobody(lambda: [
-            str(fetch(["https://example.invalid/a.bin"], "a.bin", progress=False)),
-            str(fetch(["https://example.invalid/t.pth"], tv.name, sha256=hashlib.sha256(b"x").hexdigest()[:8],
-                      progress=False)),
-        ])
-        assert served == {"result": [str(cached), str(tv)]}
-        assert sorted(p.name for p in weights_dir().iterdir()) == ["a.bin", "a.bin.sha256", "t-0123abcd.pth"]
-    finally:
-        shutil.rmtree(home)
+def test_a_read_only_cache_of_roots_still_serves_another_user(roots_home):
+    cached = fetch([Path(__file__).as_uri()], "a.bin", progress=False)  # filled by root, recorded
+    tv = weights_dir() / "t-0123abcd.pth"
+    tv.write_bytes(b"x")
+    served = run_as_nobody(lambda: [
+        str(fetch(["https://example.invalid/a.bin"], "a.bin", progress=False)),
+        str(fetch(["https://example.invalid/t.pth"], tv.name, sha256=hashlib.sha256(b"x").hexdigest()[:8],
+                  progress=False)),
+    ])
+    assert served == {"result": [str(cached), str(tv)]}
+    assert sorted(p.name for p in weights_dir().iterdir()) == ["a.bin", "a.bin.sha256", "t-0123abcd.pth"]
 
 
 def test_unsupported_url_schemes_say_so():
@@ -482,30 +486,23 @@ def test_another_users_lock_file_is_refused_not_waited_on(server, tmp_path):
 # -- a bad file that cannot be removed ---------------------------------------------------------------------
 
 @needs_root
-def test_a_bad_file_in_a_read_only_cache_is_kept_and_said_so(monkeypatch):
-    home = Path(tempfile.mkdtemp(prefix="megzoo-ro-", dir="/tmp"))  # under /tmp: nobody can reach it
-    try:
-        os.chmod(home, 0o755)
-        monkeypatch.setenv("MEGZOO_HOME", str(home))
-        monkeypatch.setenv("MEGZOO_OFFLINE", "1")
-        source = home / "source.bin"
-        source.write_bytes(DATA)
-        bad = fetch([source.as_uri()], "a-bad.bin", progress=False)
-        good = fetch([source.as_uri()], "b-good.bin", progress=False)
-        bad.write_bytes(b"bit rot")  # by root: nobody may not remove it
-        digest = hashlib.sha256(b"bit rot").hexdigest()
-        why = f"its sha256 is {digest}, but a-bad.bin.sha256 recorded {SHA} on download"
-        kept = ("the file was kept, as it cannot be removed here (Permission denied): remove it with the rights of "
-                "the cache's owner, or set MEGZOO_HOME to a cache of your own")
-        seen = run_as_nobody(lambda: [
-            str(attempt(lambda: fetch([source.as_uri()], bad.name, progress=False))),
-            [(r.path.name, r.status, r.reason) for r in verify_cache()],
-        ])
-        assert seen == {"result": [
-            f"{bad} failed its check ({why}); {kept}",
-            [["a-bad.bin", "problem", f"{bad} failed its check ({why}); {kept}"],
-             ["b-good.bin", "ok", f"sha256 {SHA[:16]}... matches b-good.bin.sha256"]],
-        ]}
-        assert bad.read_bytes() == b"bit rot" and good.read_bytes() == DATA
-    finally:
-        shutil.rmtree(home)
+def test_a_bad_file_in_a_read_only_cache_is_kept_and_said_so(roots_home):
+    source = roots_home / "source.bin"
+    source.write_bytes(DATA)
+    bad = fetch([source.as_uri()], "a-bad.bin", progress=False)
+    good = fetch([source.as_uri()], "b-good.bin", progress=False)
+    bad.write_bytes(b"bit rot")  # by root: nobody may not remove it
+    digest = hashlib.sha256(b"bit rot").hexdigest()
+    why = f"its sha256 is {digest}, but a-bad.bin.sha256 recorded {SHA} on download"
+    kept = ("the file was kept, as it cannot be removed here (Permission denied): remove it with the rights of "
+            "the cache's owner, or set MEGZOO_HOME to a cache of your own")
+    seen = run_as_nobody(lambda: [
+        str(attempt(lambda: fetch([source.as_uri()], bad.name, progress=False))),
+        [(r.path.name, r.status, r.reason) for r in verify_cache()],
+    ])
+    assert seen == {"result": [
+        f"{bad} failed its check ({why}); {kept}",
+        [["a-bad.bin", "problem", f"{bad} failed its check ({why}); {kept}"],
+         ["b-good.bin", "ok", f"sha256 {SHA[:16]}... matches b-good.bin.sha256"]],
+    ]}
+    assert bad.read_bytes() == b"bit rot" and good.read_bytes() == DATA

@@ -71,6 +71,17 @@ def test_compile_and_export_in_a_worker_thread_are_refused_clearly_before_any_wo
     assert int((megengine.tensor(1) + 1).numpy()) == 2  # the main thread's MegEngine is untouched
 
 
+def _new_size_refused_in_a_thread(compiled, backend: str) -> None:
+    """A model compiled for 32x32 meets 40x40 in a worker thread: one clear error, nothing compiled."""
+    with pytest.raises(RuntimeError) as info:
+        _in_thread(lambda: compiled(_batch((1, 3, 40, 40))))
+    assert str(info.value) == (
+        f"compiling input size (3, 40, 40) for the {backend} backend (tracing the model) " + THREAD_RULE +
+        "call the compiled model once with this input size in the main thread (or compile with input_shape=...), "
+        "then from any thread")
+    assert compiled.cached_shapes == [(3, 32, 32)]
+
+
 def test_onnxruntime_model_compiled_in_the_main_thread_runs_any_batch_from_four_threads(model):
     compiled = megzoo.compile(model, (1, 3, 32, 32), backend="onnxruntime", threads=1)
     inputs = {i: _batch((i + 1, 3, 32, 32), i) for i in range(4)}  # the batch axis is dynamic
@@ -93,14 +104,7 @@ def test_onnxruntime_model_compiled_in_the_main_thread_runs_any_batch_from_four_
     assert errors == []
     for i in range(4):
         assert results[i].shape == reference[i].shape and _rel(results[i], reference[i]) < 1e-4
-    # a new spatial size is traced: the main thread's job, said clearly elsewhere
-    with pytest.raises(RuntimeError) as info:
-        _in_thread(lambda: compiled(_batch((1, 3, 40, 40))))
-    assert str(info.value) == (
-        "compiling input size (3, 40, 40) for the onnxruntime backend (tracing the model) " + THREAD_RULE +
-        "call the compiled model once with this input size in the main thread (or compile with input_shape=...), "
-        "then from any thread")
-    assert compiled.cached_shapes == [(3, 32, 32)]
+    _new_size_refused_in_a_thread(compiled, "onnxruntime")  # a new spatial size is traced: the main thread's job
 
 
 def test_lite_model_runs_its_sizes_in_a_thread_and_refuses_a_new_size_there_clearly(model, tmp_path):
@@ -108,13 +112,7 @@ def test_lite_model_runs_its_sizes_in_a_thread_and_refuses_a_new_size_there_clea
                               cache_dir=tmp_path, threads=1)
     x = _batch((2, 3, 32, 32), 3)
     assert _rel(_in_thread(lambda: compiled(x)), _eager(model, x)) < 1e-4
-    with pytest.raises(RuntimeError) as info:
-        _in_thread(lambda: compiled(_batch((1, 3, 40, 40))))
-    assert str(info.value) == (
-        "compiling input size (3, 40, 40) for the lite backend (tracing the model) " + THREAD_RULE +
-        "call the compiled model once with this input size in the main thread (or compile with input_shape=...), "
-        "then from any thread")
-    assert compiled.cached_shapes == [(3, 32, 32)]
+    _new_size_refused_in_a_thread(compiled, "lite")
 
 
 def test_classifier_predicts_from_a_thread_on_onnxruntime_and_refuses_eager_work_clearly(model):
