@@ -8,7 +8,8 @@ import megengine.functional as F
 import megengine.module as M
 import numpy as np
 
-__all__ = ["ConvNorm", "ResidualPlan", "DropPath", "FrozenBatchNorm2d", "AdaptiveAvgPool2d", "get_norm_layer", "NormLayer", "check_input", "pair"]
+__all__ = ["ConvNorm", "ResidualPlan", "DropPath", "FrozenBatchNorm2d", "AdaptiveAvgPool2d", "get_norm_layer",
+           "NormLayer", "check_input", "pair"]
 
 #: A callable ``channels -> module`` building one normalisation layer.
 NormLayer = Callable[[int], M.Module]
@@ -22,10 +23,11 @@ class ConvNorm(NamedTuple):
 
 
 class ResidualPlan(NamedTuple):
-    """What a module method computes, as data for a faster implementation to follow
-    (``megzoo.train.fused_blocks``): with ``residual``, ``relu(body(x) + shortcut(x))``, ``body`` the
-    chain of ``ConvNorm`` (the last without ReLU), ``shortcut`` one ``ConvNorm`` or ``None`` for the
-    identity, ``drop_path`` the branch's stochastic depth (or None); without, ``body(x)``."""
+    """What a module method computes, as data for a faster implementation to follow (the CPU
+    training engine's block plans, ``megzoo.train.cpu_engine.blocks``): with ``residual``,
+    ``relu(body(x) + shortcut(x))``, ``body`` the chain of ``ConvNorm`` (the last without ReLU),
+    ``shortcut`` one ``ConvNorm`` or ``None`` for the identity, ``drop_path`` the branch's
+    stochastic depth (or None); without, ``body(x)``."""
     body: Tuple[ConvNorm, ...]
     shortcut: Optional[ConvNorm] = None
     residual: bool = True
@@ -170,7 +172,8 @@ def check_input(x, in_channels: int, model_name: str, min_size: int = 1) -> None
             hint = " (channels-last? transpose to N, C, H, W)"
         else:
             hint = f"; build the model with in_channels={shape[1]} to accept it"
-        raise ValueError(f"{model_name} expects {in_channels} input channels (N, {in_channels}, H, W), got shape {shape}{hint}")
+        raise ValueError(f"{model_name} expects {in_channels} input channels (N, {in_channels}, H, W), "
+                         f"got shape {shape}{hint}")
     if min(shape[2:]) < min_size:
         raise ValueError(
             f"{model_name} needs inputs of at least {min_size}x{min_size} pixels, got {shape[2]}x{shape[3]}"

@@ -1,4 +1,4 @@
-"""megzoo.train.fast_conv: same forward, gradients equal to MegEngine's own within float error."""
+"""megzoo.train.cpu_engine.conv: same forward, gradients equal to MegEngine's own within float error."""
 import numpy as np
 import pytest
 
@@ -7,7 +7,7 @@ import megengine.functional as F
 import megengine.module as M
 from megengine.autodiff import GradManager
 
-from megzoo.train import fast_conv
+from megzoo.train.cpu_engine import conv as fast_conv
 
 CASES = {
     "3x3": dict(cin=8, cout=6, k=3, stride=1, padding=1, dilation=1, groups=1, bias=False),

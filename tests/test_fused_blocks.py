@@ -1,4 +1,4 @@
-"""megzoo.train.fused_blocks / host_kernels: whole residual blocks in NumPy equal MegEngine's own
+"""megzoo.train.cpu_engine.blocks / kernels: whole residual blocks in NumPy equal MegEngine's own
 training step (outputs, every gradient, running statistics) to float32 rounding, and fall back
 to MegEngine's path wherever they would compute something else."""
 import os
@@ -13,8 +13,9 @@ from megengine.autodiff import GradManager
 
 import megzoo
 from megzoo.layers import ConvNorm, ResidualPlan
-from megzoo.train import fast_conv, fused_blocks
-from megzoo.train import host_kernels as hk
+from megzoo.train.cpu_engine import blocks as fused_blocks
+from megzoo.train.cpu_engine import conv as fast_conv
+from megzoo.train.cpu_engine import kernels as hk
 
 
 def _close(a, b, what, rtol=3e-6, atol=0.0):
@@ -106,7 +107,8 @@ def test_data_gradient_by_groups_of_images_equals_megengines(name, min_rows, mon
     monkeypatch.setattr(fast_conv, "usable_cpus", lambda: 2)  # the split between cores, on any machine
     products = []
     real_matmul = np.matmul
-    monkeypatch.setattr(hk.np, "matmul", lambda a, b, out=None: products.append(a.shape[0]) or real_matmul(a, b, out=out))
+    monkeypatch.setattr(hk.np, "matmul",
+                        lambda a, b, out=None: products.append(a.shape[0]) or real_matmul(a, b, out=out))
     rng = np.random.RandomState(7)
     conv = M.Conv2d(cin, 6, kernel, stride, padding, dilation, bias=False)
     conv.weight[...] = rng.standard_normal(conv.weight.shape).astype("float32")
@@ -220,7 +222,7 @@ def test_host_loops_compile_without_a_writable_cache(tmp_path):
     import sys
     from pathlib import Path
 
-    import megzoo.train.host_loops as host_loops
+    import megzoo.train.cpu_engine.loops as host_loops
 
     copy = tmp_path / "host_loops_copy.py"
     copy.write_text(Path(host_loops.__file__).read_text())
@@ -251,7 +253,7 @@ def test_host_loops_compile_once_when_several_threads_ask_first(monkeypatch):
     import threading
     import time
 
-    import megzoo.train.host_loops as host_loops
+    import megzoo.train.cpu_engine.loops as host_loops
 
     calls = []
     real = host_loops._compile
@@ -444,7 +446,7 @@ def test_eval_on_the_host_gives_back_every_buffer_and_keeps_the_statistics(monke
     """With every array pooled (no size floor), evaluation on the host leaves nothing lent and the
     running statistics as they were; frozen BatchNorm (the same in eval) runs on the host too;
     where a plan's norms are in both modes, that plan runs MegEngine's path."""
-    from megzoo.train import workspace
+    from megzoo.train.cpu_engine import workspace
 
     monkeypatch.setattr(workspace, "_SMALL", 0)
     ws = workspace.WORKSPACE
@@ -497,7 +499,7 @@ def test_steps_reusing_every_workspace_buffer_equal_megengines(monkeypatch):
     """With every array pooled (no size floor), a second and third step run in the buffers the first
     gave back (no new ones, nothing left lent) and still equal MegEngine's steps on new inputs
     (gradients accumulate over the steps in both)."""
-    from megzoo.train import workspace
+    from megzoo.train.cpu_engine import workspace
 
     monkeypatch.setattr(workspace, "_SMALL", 0)
     ws = workspace.WORKSPACE
@@ -650,7 +652,7 @@ def test_a_trainer_step_with_fused_blocks_updates_the_weights_as_megengines_path
 
 def test_fit_and_disable_give_the_workspace_buffers_back(shapes, tmp_path):  # noqa: F811
     from megzoo.train import Trainer
-    from megzoo.train.workspace import WORKSPACE
+    from megzoo.train.cpu_engine.workspace import WORKSPACE
 
     def leave_a_free_buffer():
         WORKSPACE.clear()  # whatever earlier tests left

@@ -1,8 +1,8 @@
-"""megzoo.train.workspace: host buffers reused from one training step to the next."""
+"""megzoo.train.cpu_engine.workspace: host buffers reused from one training step to the next."""
 import numpy as np
 import pytest
 
-from megzoo.train.workspace import Workspace
+from megzoo.train.cpu_engine.workspace import Workspace
 
 MB = 1 << 20
 

@@ -59,7 +59,7 @@ class BasicBlock(M.Module):
         return self.bn2
 
     def host_plans(self):
-        """:meth:`forward` as data (``megzoo.layers.ResidualPlan``), for a faster host implementation."""
+        """:meth:`forward` as data (``megzoo.layers.ResidualPlan``), for the CPU training engine."""
         body = (ConvNorm(self.conv1, self.bn1, True), ConvNorm(self.conv2, self.bn2, False))
         shortcut = _shortcut_plan(self.downsample)
         return {"forward": ResidualPlan(body, shortcut, True, self.drop_path)}
@@ -104,7 +104,7 @@ class Bottleneck(M.Module):
         return self.bn3
 
     def host_plans(self):
-        """:meth:`forward` as data (``megzoo.layers.ResidualPlan``), for a faster host implementation."""
+        """:meth:`forward` as data (``megzoo.layers.ResidualPlan``), for the CPU training engine."""
         body = (ConvNorm(self.conv1, self.bn1, True), ConvNorm(self.conv2, self.bn2, True),
                 ConvNorm(self.conv3, self.bn3, False))
         shortcut = _shortcut_plan(self.downsample)
@@ -232,7 +232,8 @@ class ResNet(ZooModel):
                 dilation, stride = dilation * stride, 1
             stage = [block(channels_in, channels, stride, groups, width_per_group, previous_dilation, norm)]
             channels_in = channels * block.expansion
-            stage += [block(channels_in, channels, 1, groups, width_per_group, dilation, norm) for _ in range(1, blocks)]
+            stage += [block(channels_in, channels, 1, groups, width_per_group, dilation, norm)
+                      for _ in range(1, blocks)]
             setattr(self, f"layer{index + 1}", M.Sequential(*stage))
             stride_total *= stride
             levels.append(FeatureLevel(f"res{index + 2}", channels_in, stride_total, (f"layer{index + 1}",)))
@@ -258,7 +259,7 @@ class ResNet(ZooModel):
 
     def host_plans(self):
         """:meth:`forward_stem`, and :meth:`forward_levels` when the model has all its levels, as
-        data (``megzoo.layers.ResidualPlan`` steps), for a faster host implementation."""
+        data (``megzoo.layers.ResidualPlan`` steps), for the CPU training engine (``megzoo.train.cpu_engine``)."""
         stem = ResidualPlan((ConvNorm(self.conv1, self.bn1, True),), None, False)
         plans = {"forward_stem": stem}
         if all(self._has_level(i) for i in range(len(self._all_levels()))):

@@ -10,16 +10,26 @@ schedule), :mod:`~megzoo.train.trainer` (the loop), :mod:`~megzoo.train.optim` (
 :mod:`~megzoo.train.mixing` (mixup, cutmix, soft-target loss), :mod:`~megzoo.train.ema` (the
 weights' moving average), :mod:`~megzoo.train.data` (image folders through
 ``megengine.data``), :mod:`~megzoo.train.checkpoint` (atomic, safely loadable checkpoints),
-:mod:`~megzoo.train.distributed` (several GPUs), :mod:`~megzoo.train.fast_conv` (a faster
-convolution backward pass on CPU), :mod:`~megzoo.train.fused_blocks` with
-:mod:`~megzoo.train.host_kernels`, :mod:`~megzoo.train.host_loops` and :mod:`~megzoo.train.workspace` (whole
-residual blocks on host arrays on CPU: BLAS products, Numba-compiled loops, arrays reused across steps), :mod:`~megzoo.train.plot` (curves). The command line is
-``megzoo train``; see docs/training.md.
+:mod:`~megzoo.train.distributed` (several GPUs), :mod:`~megzoo.train.cpu_engine` (the CPU training engine:
+convolutions and whole residual blocks on host arrays; one object, ``CpuEngine``), :mod:`~megzoo.train.plot`
+(curves). The command line is ``megzoo train``; see docs/training.md.
 """
-from . import fast_conv, fused_blocks
+import importlib
+
 from .optim import param_groups
 from .recipe import RECIPES, REFERENCE_TOP1, TrainConfig, imagenet_recipe, learning_rate
 from .trainer import Trainer, TrainResult, setup_device, train
 
-__all__ = ["TrainConfig", "TrainResult", "Trainer", "train", "imagenet_recipe", "learning_rate", "param_groups",
-           "setup_device", "REFERENCE_TOP1", "RECIPES", "fast_conv", "fused_blocks"]
+__all__ = ["RECIPES", "REFERENCE_TOP1", "TrainConfig", "TrainResult", "Trainer", "fast_conv", "fused_blocks",
+           "imagenet_recipe", "learning_rate", "param_groups", "setup_device", "train"]
+
+#: old names of the engine's modules, imported on first access (``megzoo.train`` imports without the engine)
+_ENGINE_MODULES = {"fast_conv": "conv", "fused_blocks": "blocks"}
+
+
+def __getattr__(name):
+    if name in _ENGINE_MODULES:
+        module = importlib.import_module(f"{__name__}.cpu_engine.{_ENGINE_MODULES[name]}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

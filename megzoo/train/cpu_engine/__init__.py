@@ -12,10 +12,9 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from ...device import is_cpu_device
-from .. import fast_conv as conv
-from .. import fused_blocks as blocks
-from ..fast_conv import FORWARDS, METHODS
-from ..workspace import WORKSPACE
+from . import blocks, conv
+from .conv import FORWARDS, METHODS
+from .workspace import WORKSPACE
 
 __all__ = ["FORWARDS", "METHODS", "NO_CONVOLUTIONS", "OFF", "QAT", "CpuEngine", "CpuEngineOptions"]
 
