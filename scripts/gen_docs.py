@@ -1,12 +1,14 @@
-"""Regenerate the tables in docs/ from the package's data (models, weights, the ONNX converter's
-operator mappings, benchmark results), between the
-``<!-- BEGIN name -->`` / ``<!-- END name -->`` markers. ``--check`` exits 1 if a page is stale
-(the test suite runs it).
+"""Regenerate the generated tables of the docs (docs/, README.md, benchmarks/results/*.md) from the package's
+data (models, weights, the ONNX converter's operator mappings) and the benchmarks' JSON in benchmarks/results/,
+between the ``<!-- BEGIN name -->`` / ``<!-- END name -->`` markers. ``--check`` exits 1 naming every stale
+table (the test suite runs it); ``--pages DIR`` reads and writes the pages under DIR instead of the project.
 
-    .venv/bin/python scripts/gen_docs.py [--check]
+    .venv/bin/python scripts/gen_docs.py [--check] [--pages DIR]
 """
+import json
 import re
 import sys
+from statistics import mean
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +75,7 @@ ONNX_OPERATORS = {
 
 
 def onnx_operators_table() -> str:
-    """docs/export.md: what each MegEngine operator becomes in ONNX (megzoo.inference.graph_onnx:
+    """docs/onnx-operators.md: what each MegEngine operator becomes in ONNX (megzoo.inference.graph_onnx:
     its MAPPINGS, the int8 kinds of qdq, ELEMWISE's modes run through their emitters at opsets 13
     and 17)."""
     from types import SimpleNamespace
@@ -124,11 +126,9 @@ def onnx_operators_table() -> str:
 
 
 def onnx_converter_speed() -> str:
-    """docs/export.md: benchmarks/results/bench_onnx_converter.json, the per-block emitters' ONNX
+    """benchmarks/results/inference-history.md: bench_onnx_converter.json, the per-block emitters' ONNX
     files against the converter's, timed in one run."""
-    import json
-
-    data = json.loads((ROOT / "benchmarks/results/bench_onnx_converter.json").read_text())
+    data = results("bench_onnx_converter.json")
     rows = ["| model | precision | batch | per-block emitters, images/s | converter, images/s | converter / emitters |",
             "| --- | --- | ---: | ---: | ---: | ---: |"]
     for r in data["rows"]:
@@ -143,11 +143,150 @@ def onnx_converter_speed() -> str:
     return "\n".join(rows)
 
 
-TABLES = {"docs/models.md": {"models-table": models_table}, "docs/weights.md": {"weights-table": weights_table},
-          "docs/export.md": {"onnx-operators": onnx_operators_table, "onnx-converter-speed": onnx_converter_speed}}
+def results(name: str):
+    """One benchmark's JSON from benchmarks/results/."""
+    return json.loads((ROOT / "benchmarks/results" / name).read_text())
+
+
+def machine(data) -> str:
+    """The JSON's machine without its details: '2-vCPU AMD EPYC Zen 4'."""
+    return re.split(r"[,;(]", data["machine"])[0].strip()
+
+
+def ratio_range(values) -> str:
+    """'1.06-1.39x' (or '1.17x' for one value) for ratios."""
+    lo, hi = min(values), max(values)
+    return f"{lo:.2f}x" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}-{hi:.2f}x"
+
+
+#: bench_training_zen4.json's runs of the current CPU engine (the JSON's command names their commit); the
+#: earlier runs are the record in benchmarks/results/training-history.md
+TRAINING_CURRENT_RUNS = ("run7.json", "run8.json", "run9.json")
+
+
+def training_speed_rows():
+    """(run, order, {arch: (megzoo s/step, PyTorch s/step, megzoo peak GB, PyTorch peak GB)}) per current run."""
+    data = results("bench_training_zen4.json")
+    for run in data["runs"]:
+        if run["file"] not in TRAINING_CURRENT_RUNS:
+            continue
+        number = int(re.match(r"run(\d+)", run["file"]).group(1))
+        by = {(r["arch"], r["config"]): r for r in run["results"]}
+        archs = sorted({arch for arch, _ in by})
+        first = "PyTorch first" if run["results"][0]["config"] == "pytorch" else "megzoo first"
+        yield number, first, run["load_before"], {
+            a: (by[a, "megzoo-fused"]["seconds_per_step"], by[a, "pytorch"]["seconds_per_step"],
+                by[a, "megzoo-fused"]["peak_rss_gb"], by[a, "pytorch"]["peak_rss_gb"]) for a in archs}
+
+
+def training_speed_table() -> str:
+    """docs/training-speed.md: a CPU training step against PyTorch eager's, the current engine's runs."""
+    data = results("bench_training_zen4.json")
+    rows = [f"{data['machine']}, {data['date']}; batch 16, 224 px, 2 threads, 1 warm-up step; seconds per step and "
+            "the worker's peak resident memory (GB).", "",
+            "| run (order, load before) | ResNet-18 megzoo | PyTorch | megzoo / PyTorch | ResNet-50 megzoo | PyTorch "
+            "| megzoo / PyTorch | peak GB, ResNet-18 / ResNet-50 (megzoo; PyTorch) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for number, first, load, by in training_speed_rows():
+        (m18, t18, g18, p18), (m50, t50, g50, p50) = by["resnet18"], by["resnet50"]
+        rows.append(f"| {number} ({first}, {load}) | {m18:.2f} s | {t18:.2f} s | {m18 / t18:.2f}x | {m50:.2f} s "
+                    f"| {t50:.2f} s | {m50 / t50:.2f}x | {g18:.2f} / {g50:.2f}; {p18:.2f} / {p50:.2f} |")
+    return "\n".join(rows)
+
+
+def training_speed_summary() -> str:
+    """docs/training-speed.md and README.md: the ratio ranges of the current runs, one sentence."""
+    data = results("bench_training_zen4.json")
+    runs = [by for _, _, _, by in training_speed_rows()]
+    r18, r50 = (ratio_range([by[a][0] / by[a][1] for by in runs]) for a in ("resnet18", "resnet50"))
+    return (f"A CPU training step (batch 16, 224 px, 2 threads) takes {r18} PyTorch eager's time on ResNet-18 and "
+            f"{r50} on ResNet-50 (a {machine(data)}, {data['date']}).")
+
+
+def validation_table() -> str:
+    """docs/training-speed.md: the trainer's validation on the CPU engine against MegEngine's operators."""
+    data = results("bench_validation_zen4.json")
+    rows = [f"{data['machine']}, {data['date']}; seconds per batch, median [min-max] of 5 alternating repeats, "
+            "random weights.", "",
+            "| model, input | MegEngine's operators | CPU engine | faster | logits' largest difference |",
+            "| --- | ---: | ---: | ---: | ---: |"]
+    for r in data["rows"]:
+        me, host = (f"{r[k + '_s']:.3f} [{r[k + '_range'][0]:.3f}-{r[k + '_range'][1]:.3f}]"
+                    for k in ("megengine", "host"))
+        name = {"resnet18": "ResNet-18", "resnet50": "ResNet-50"}[r["arch"]]
+        rows.append(f"| {name}, {r['size']} px, batch {r['batch_size']} | {me} | {host} "
+                    f"| {r['megengine_s'] / r['host_s']:.1f}x | {r['max_relative_logit_difference']:.1e} |")
+    rows += ["", "(The difference is relative to the logits' largest magnitude.)"]
+    return "\n".join(rows)
+
+
+def recipe_table() -> str:
+    """docs/training-recipes.md: bench_recipe.json, each recipe piece's held-out top-1 on the digits over seeds."""
+    data = results("bench_recipe.json")
+    by: dict = {}
+    for r in data:
+        by.setdefault(r["row"], []).append(r)
+    rows = ["| recipe | top-1 mean (%) | min-max | seeds | s/run |", "| --- | ---: | ---: | --- | ---: |"]
+    for name, runs in by.items():
+        top1 = [100 * r["top1"] for r in sorted(runs, key=lambda r: r["seed"])]
+        seeds = " / ".join(f"{t:.1f}" for t in top1)
+        label = f"`--recipe {name}`" if name in ("megengine", "tv2") else name
+        rows.append(f"| {label} | {mean(top1):.1f} | {min(top1):.1f}-{max(top1):.1f} | {seeds} "
+                    f"| {mean(r['seconds'] for r in runs):.0f} |")
+    return "\n".join(rows)
+
+
+def demo_sentence() -> str:
+    """docs/training.md and README.md: the digits demo's result, one sentence."""
+    d = results("bench_demo.json")
+    minutes, seconds = divmod(d["wall_seconds"], 60)
+    return (f"`bash scripts/demo.sh` reached top-1 {100 * d['correct'] / d['held_out']:.2f}% ({d['correct']}/"
+            f"{d['held_out']}) on the held-out digits in {minutes} min {seconds:02d} s, all steps included "
+            f"(a {machine(d)}, {d['date']}).")
+
+
+def inference_table() -> str:
+    """docs/performance.md: images/s of both backends against PyTorch's best mode, one run."""
+    data = results("bench_inference_zen5.json")
+    s = data["settings"]
+    rows = [f"{data['machine']}; {data['date']}. Random weights, {s['input_size']} px, {s['threads']} threads, "
+            f"ONNX Runtime {s['onnxruntime']}, PyTorch {s['torch']}; images/s.", "",
+            "| model | batch | megzoo Lite | megzoo ONNX Runtime (`auto` here) | ONNX Runtime alone "
+            "| PyTorch best (mode) | `auto` / PyTorch best |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in data["rows"]:
+        rows.append(f"| {r['model']} | {r['batch']} | {r['lite']:.1f} | {r['onnxruntime']:.1f} | {r['ort_alone']:.1f} "
+                    f"| {r['pytorch_best']:.1f} ({r['pytorch_best_mode']}) | {r['default_over_pytorch_best']:.2f} |")
+    return "\n".join(rows)
+
+
+def inference_summary() -> str:
+    """README.md: the compiled models' speed against PyTorch's best mode, one sentence."""
+    data = results("bench_inference_zen5.json")
+    ratios = [r["default_over_pytorch_best"] for r in data["rows"]]
+    models = sorted({r["model"] for r in data["rows"]})
+    return (f"`megzoo.compile` ran {', '.join(models)} at {ratio_range(ratios)} PyTorch's best mode "
+            f"(a {machine(data)}, {data['date']}).")
+
+
+#: page -> {marker name: the function that writes what goes between its markers}
+TABLES = {
+    "README.md": {"demo-figure": demo_sentence, "inference-figure": inference_summary,
+                  "training-figure": training_speed_summary},
+    "docs/models.md": {"models-table": models_table},
+    "docs/weights.md": {"weights-table": weights_table},
+    "docs/onnx-operators.md": {"onnx-operators": onnx_operators_table},
+    "docs/performance.md": {"inference-speed": inference_table},
+    "docs/training.md": {"digits-demo": demo_sentence},
+    "docs/training-recipes.md": {"recipe-pieces": recipe_table},
+    "docs/training-speed.md": {"training-speed-summary": training_speed_summary,
+                               "cpu-training-speed": training_speed_table, "host-validation": validation_table},
+    "benchmarks/results/inference-history.md": {"onnx-converter-speed": onnx_converter_speed},
+}
 
 
 def render(text: str, tables) -> str:
+    """``text`` with each named table regenerated between its markers."""
     for name, make in tables.items():
         pattern = re.compile(rf"(<!-- BEGIN {name} -->\n)(?:.*?\n)?(<!-- END {name} -->)", re.S)
         if not pattern.search(text):
@@ -156,18 +295,28 @@ def render(text: str, tables) -> str:
     return text
 
 
-def main(argv) -> int:
+def stale_tables(pages: Path = ROOT, write: bool = False) -> list:
+    """``page (table)`` for every generated table under ``pages`` that differs from its data; ``write``
+    regenerates them."""
     stale = []
     for page, tables in TABLES.items():
-        path = ROOT / page
-        old = path.read_text()
-        new = render(old, tables)
-        if new != old:
-            stale.append(page)
-            if "--check" not in argv:
-                path.write_text(new)
+        path = pages / page
+        old = text = path.read_text()
+        for name, make in tables.items():
+            new = render(text, {name: make})
+            if new != text:
+                stale.append(f"{page} ({name})")
+            text = new
+        if write and text != old:
+            path.write_text(text)
+    return stale
+
+
+def main(argv) -> int:
+    pages = Path(argv[argv.index("--pages") + 1]) if "--pages" in argv else ROOT
+    stale = stale_tables(pages, write="--check" not in argv)
     if stale and "--check" in argv:
-        print(f"stale generated tables in {', '.join(stale)}: run python scripts/gen_docs.py")
+        print(f"stale generated tables: {', '.join(stale)}; run python scripts/gen_docs.py")
         return 1
     return 0
 
