@@ -24,7 +24,7 @@ Configurations (``--configs``, comma-separated; ``all`` for every one):
 * ``megzoo-yield``: megzoo with MegEngine's ``CompNodeSync`` poller thread at the lowest priority
   meanwhile (``megzoo.device.poller_yields()``, as the compiled inference paths do);
 * ``megzoo-fused``: megzoo-yield with each residual block (and the stem's conv + BN + ReLU) run
-  on host arrays, BatchNorm/ReLU/add included (``megzoo.train.fused_blocks.enable(model)``);
+  on host arrays, BatchNorm/ReLU/add included (``megzoo.train.cpu_engine.blocks.enable(model)``);
 * ``megzoo-profile``: megzoo + PROFILE;
 * ``pytorch``: torchvision's model, eager, ``torch.set_num_threads(T)``, run with
   ``--torch-python`` (a Python with torch and torchvision; create one with
@@ -90,7 +90,7 @@ def megengine_worker(arch: str, size: int, batch: int, steps: int, warmup: int, 
 
         set_execution_strategy("PROFILE")
     import megzoo
-    from megzoo.train import fast_conv
+    from megzoo.train.cpu_engine import conv as fast_conv
 
     model = megzoo.get_model(arch)
     model.train()
@@ -99,7 +99,7 @@ def megengine_worker(arch: str, size: int, batch: int, steps: int, warmup: int, 
         forward = "blas" if config in ("megzoo", "megzoo-yield", "megzoo-fused", "megzoo-profile") else "native"
         fast_conv.enable(model, method=method, forward=forward)
     if config == "megzoo-fused":
-        from megzoo.train import fused_blocks
+        from megzoo.train.cpu_engine import blocks as fused_blocks
 
         fused_blocks.enable(model)
     gm = GradManager().attach(model.parameters())
@@ -200,7 +200,7 @@ def layers_worker(arch: str, size: int, batch: int) -> list:
         megengine.is_cuda_available()
     megengine.set_default_device("cpu0")
     import megzoo
-    from megzoo.train import fast_conv
+    from megzoo.train.cpu_engine import conv as fast_conv
 
     model = megzoo.get_model(arch)
     shapes = {}
@@ -352,8 +352,8 @@ def main(argv=None) -> int:
                               f"{r['error']}", flush=True)
                     else:
                         print(f"{arch:<10} {size:>4} {config:<15} {r['images_per_second']:8.2f} "
-                              f"{r['seconds_per_step']:8.2f} {r['peak_rss_gb']:7.2f}  {r['load_after']:<16} {r['device']}",
-                              flush=True)
+                              f"{r['seconds_per_step']:8.2f} {r['peak_rss_gb']:7.2f}  {r['load_after']:<16} "
+                              f"{r['device']}", flush=True)
                 plain, mz, pt = (rows.get(k, {}).get("images_per_second") for k in ("plain", "megzoo", "pytorch"))
                 notes = []
                 if plain and mz:

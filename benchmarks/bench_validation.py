@@ -27,7 +27,8 @@ def measure(arch: str, size: int, batch: int, repeats: int) -> dict:
 
     import megzoo
     from megzoo.host import usable_cpus
-    from megzoo.train import fast_conv, fused_blocks
+    from megzoo.train.cpu_engine import blocks as fused_blocks
+    from megzoo.train.cpu_engine import conv as fast_conv
 
     threads = usable_cpus()
     megengine.set_default_device(f"multithread{threads}:0" if threads > 1 else "cpu0")

@@ -12,7 +12,7 @@ synchronously (``megengine.config.async_level = 0``) so that wall-clock timers a
 calls measure the work inside them; each of megzoo's host pieces is wrapped with an exclusive
 timer (a piece's time excludes the pieces it calls).
 
-``--path fused`` (residual blocks whole on channels-last host arrays, ``megzoo.train.host_kernels``):
+``--path fused`` (residual blocks whole on channels-last host arrays, ``megzoo.train.cpu_engine.kernels``):
 
 * ``im2col``, ``GEMM forward`` / ``GEMM data grad`` / ``GEMM weight grad`` as below (the patches of a
   convolution computed by blocks, ``host_kernels.BlockedPatches``, are formed inside the GEMM timers,
@@ -107,14 +107,14 @@ def megzoo_worker(arch: str, size: int, batch: int, steps: int, warmup: int, pat
     threads = cores()
     megengine.set_default_device(f"multithread{threads}:0" if threads > 1 else "cpu0")
     import megzoo
-    from megzoo.train import fast_conv
+    from megzoo.train.cpu_engine import conv as fast_conv
     from megzoo.train.optim import inplace_update
 
     model = megzoo.get_model(arch)
     model.train()
     fast_conv.enable(model, forward="blas")
     if path == "fused":
-        from megzoo.train import fused_blocks
+        from megzoo.train.cpu_engine import blocks as fused_blocks
 
         fused_blocks.enable(model)
     gm = GradManager().attach(model.parameters())
@@ -144,8 +144,8 @@ def megzoo_worker(arch: str, size: int, batch: int, steps: int, warmup: int, pat
 
 def wrap_fused(timers: Timers, phase: dict) -> None:
     """Exclusive timers on the fused path's host kernels (``--path fused``)."""
-    from megzoo.train import fused_blocks
-    from megzoo.train import host_kernels as hk
+    from megzoo.train.cpu_engine import blocks as fused_blocks
+    from megzoo.train.cpu_engine import kernels as hk
 
     gemm = {"forward": "GEMM forward", "backward": "GEMM data grad"}  # a stride-1 data grad is a convolution
     for name, label in [("conv_forward", lambda args: gemm[phase["now"]]), ("conv_input_grad", "GEMM data grad"),
@@ -156,7 +156,7 @@ def wrap_fused(timers: Timers, phase: dict) -> None:
         setattr(hk, name, timed)
         setattr(fused_blocks, name, timed)  # fused_blocks imported the names
     hk._im2col = timers.wrap(hk._im2col, "im2col")
-    hk._np_cols = timers.wrap(hk._np_cols, "im2col")
+    hk.im2col_nchw = timers.wrap(hk.im2col_nchw, "im2col")
     cls = fused_blocks._PlanFunction
     cls.forward = timers.wrap(cls.forward, "host plan rest")
     cls.backward = timers.wrap(cls.backward, "host plan rest")
@@ -167,7 +167,7 @@ def profile_steps(step, phase: dict, steps: int, warmup: int, batch: int, size: 
     import megengine
     import megengine.module as M
 
-    from megzoo.train import fast_conv
+    from megzoo.train.cpu_engine import conv as fast_conv
 
     plain = seconds_per_step(step, warmup, steps)
 
@@ -175,7 +175,7 @@ def profile_steps(step, phase: dict, steps: int, warmup: int, batch: int, size: 
     if path == "fused":
         wrap_fused(timers, phase)
     gemm = {"forward": "GEMM forward", "backward": "GEMM data grad"}
-    fast_conv._np_cols = timers.wrap(fast_conv._np_cols, "im2col")
+    fast_conv.im2col_nchw = timers.wrap(fast_conv.im2col_nchw, "im2col")
     fast_conv._np_col2im = timers.wrap(fast_conv._np_col2im, "col2im")
     fast_conv._np_matmul_nb = timers.wrap(fast_conv._np_matmul_nb, lambda args: gemm[phase["now"]])
     fast_conv.blas_weight_grad = timers.wrap(fast_conv.blas_weight_grad, "GEMM weight grad")
