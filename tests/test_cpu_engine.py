@@ -128,3 +128,19 @@ def test_the_old_module_names_of_megzoo_train_load_the_engines_modules():
     assert megzoo.train.fast_conv is conv and megzoo.train.fused_blocks is blocks
     with pytest.raises(AttributeError, match="has no attribute 'host_kernels'"):
         megzoo.train.host_kernels  # noqa: B018
+
+
+def test_megzoo_train_imports_without_the_engine():
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "sys.modules['megzoo.train.cpu_engine'] = None  # the package removed or unimportable\n"
+            "import megzoo.train\n"
+            "try:\n"
+            "    megzoo.train.fast_conv\n"
+            "except ImportError as e:\n"
+            "    print('ImportError', e.name)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "ImportError megzoo.train.cpu_engine.conv"
