@@ -261,7 +261,7 @@ def matmul_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out = a @ b`` (``a`` (..., M, K), ``out`` (..., M, N)) with the leading axis split between
     the cores, each core's product single-threaded: OpenBLAS's own threads keep spinning (and
     calling ``sched_yield``) after a product, competing with the copies and loops that follow
-    (0.4-0.9 s of system time per ResNet-18 step at batch 16 x 224 px)."""
+    (much system time per step: ``benchmarks/profile_training.py``)."""
     with single_blas_thread():
         split_over(lambda lo, hi: np.matmul(a[lo:hi], b, out=out[lo:hi]), a.shape[0], 1 << 30)
     return out
