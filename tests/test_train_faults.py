@@ -32,8 +32,8 @@ def _start(shapes, out, *extra, stderr=subprocess.PIPE):
     returns once it has logged step 1 (its DataLoader workers and plasma store are running).
     ``stderr``: where its standard error goes (a file lets a test read it once the process has
     ended, while a worker still ending may hold a pipe open)."""
-    cmd = [sys.executable, "-m", "megzoo", *TRAIN, "--train-dir", f"{shapes}/train", "--output", str(out), "--epochs", "50",
-           "--batch-size", "2", "--log-every", "1", "--workers", "2", *extra]
+    cmd = [sys.executable, "-m", "megzoo", *TRAIN, "--train-dir", f"{shapes}/train", "--output", str(out),
+           "--epochs", "50", "--batch-size", "2", "--log-every", "1", "--workers", "2", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True,
                             preexec_fn=_default_sigint)
     for line in proc.stdout:
@@ -271,14 +271,21 @@ def _break(monkeypatch, what):
 
 @pytest.fixture(scope="module")
 def one_epoch(shapes, tmp_path_factory):
-    """``megzoo train`` arguments, and a run folder after their first epoch (of 2 steps)."""
+    """``megzoo train`` arguments (2 epochs of 2 steps), and a run folder after their first epoch
+    (a run stopped there: resuming may not change the plan, epochs included)."""
     import megengine
 
+    from megzoo.cli import build_parser
+    from megzoo.cli.train import config_from_args
+    from megzoo.train import Trainer
+
     out = tmp_path_factory.mktemp("one_epoch") / "run"
-    args = [*TRAIN, "--data", shapes, "--steps-per-epoch", "2", "--workers", "0"]
-    device = megengine.get_default_device()  # the CLI sets it for good; later modules' models live on this one
+    args = [*TRAIN, "--data", shapes, "--steps-per-epoch", "2", "--workers", "0", "--epochs", "2"]
+    device = megengine.get_default_device()  # the trainer sets it for good; later modules' models live on this one
     try:
-        assert main([*args, "--output", str(out), "--epochs", "1"]) == 0
+        trainer = Trainer(config_from_args(build_parser().parse_args([*args, "--output", str(out)])))
+        trainer.fit(until_epoch=1)
+        trainer.close()
     finally:
         megengine.set_default_device(device)
     return args, out
@@ -294,7 +301,7 @@ def test_a_diverging_run_stops_at_the_first_non_finite_step_keeping_the_last_che
     saved = {name: (out / name).read_bytes() for name in ("last.pkl", "best.pkl", "history.json")}
     capsys.readouterr()
     _break(monkeypatch, what)
-    assert main([*args, "--output", str(out), "--epochs", "2"]) == 2
+    assert main([*args, "--output", str(out)]) == 2
     err = capsys.readouterr().err
     assert re.fullmatch(rf"megzoo train: error: training stopped: {message}; lower --lr \(now 0.025\) and resume; "
                         r"nothing of this epoch was saved, last.pkl keeps epoch 1\n", err), err

@@ -9,7 +9,8 @@ def register(subparsers) -> None:
                     "with --val-split. Defaults are MegEngine's reference ImageNet recipe (90 epochs, SGD 0.025 x "
                     "processes, batch 64 per process, 5 warm-up epochs, x0.1 at 30/60/80); --recipe tv2 gives "
                     "torchvision's ResNet-50 V2 recipe (TrivialAugment, random erasing, mixup, cutmix, label "
-                    "smoothing, EMA, 176 px training and 224/232 px evaluation); any option given wins. Writes to --output: "
+                    "smoothing, EMA, 176 px training and 224/232 px evaluation); any option given wins. "
+                    "Writes to --output: "
                     "last.pkl (resumable), best.pkl + best.json (the best model, for --weights/pretrained=), "
                     "history.json, log.txt, curves.png. Re-running the same command resumes.")
     add_config_options(p)
@@ -23,14 +24,14 @@ _METAVARS = {"data": "DIR", "train_dir": "DIR", "val_dir": "DIR", "output": "DIR
              "resize_size": "PX", "pretrained": "WEIGHTS", "milestones": "E,E,...", "warmup_epochs": "E",
              "label_smoothing": "EPS", "dtr_threshold": "SIZE", "crop_scale": ("MIN", "MAX"), "eval_size": "PX",
              "randaugment": ("N", "M"), "mixup": "ALPHA", "cutmix": "ALPHA", "random_erasing": "P", "drop_path": "P",
-             "clip_grad_norm": "NORM", "ema_decay": "DECAY"}
+             "clip_grad_norm": "NORM", "ema_decay": "DECAY", "betas": ("B1", "B2"), "layer_decay": "DECAY"}
 _API_ONLY = ("model_kwargs",)  # not a command-line value
 
 
 def add_config_options(parser) -> None:
-    """One option per :class:`~megzoo.train.TrainConfig` field, grouped as the dataclass groups
-    them, with its type, default and help taken from the field and its ``#:`` comment: a new
-    field is an option without editing this file. A bool field that defaults to True becomes
+    """One option per :class:`~megzoo.train.TrainConfig` field, in the group its metadata names,
+    with its type, default and help taken from the field and its metadata (``help``, ``group``):
+    a new field is an option without editing this file. A bool field that defaults to True becomes
     ``--no-NAME``; an Optional[bool] one (a recipe's) ``--NAME [on|off]``. A field a recipe sets
     shows each recipe's value as its default."""
     from typing import Optional, Tuple, Union, get_args, get_origin

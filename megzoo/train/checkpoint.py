@@ -11,6 +11,9 @@ A run folder holds
 * ``best.json``: what is needed to use ``best.pkl``: model name, number of classes, class names,
   evaluation preprocessing, accuracy.
 
+A run resumes from ``last.pkl`` only with the plan it was started with (:func:`check_plan`: every
+config field but the :data:`RUN_FIELDS`, which say where things are and how the run executes).
+
 Everything saved is numpy arrays and builtins (dicts, lists, tuples, str, int, float, bool,
 None), so megzoo's allow-list unpickler (:mod:`megzoo.weights.serialization`) reads it: loading a
 checkpoint never runs code from the file. Files are written to a temporary name in the same folder,
@@ -20,6 +23,7 @@ import json
 import os
 import random
 from collections import OrderedDict
+from dataclasses import fields
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -31,7 +35,7 @@ from ..weights.sidecar import read_weights_metadata  # noqa: F401  (re-exported:
 
 __all__ = ["atomic_save", "load_training_state", "save_weights", "rng_state",
            "set_rng_state", "state_dict_numpy", "optimizer_state_numpy", "read_weights_metadata", "LAST", "BEST",
-           "BEST_META"]
+           "BEST_META", "jsonable", "check_plan", "read_resume_state", "RUN_FIELDS"]
 
 LAST = "last.pkl"
 BEST = "best.pkl"
@@ -46,6 +50,27 @@ def atomic_save(obj: Any, path: str) -> str:
 
     atomic_write(path, lambda f: megengine.save(obj, f))
     return os.fspath(path)
+
+
+#: the config fields a resumed run may change: where the files are and how the run executes, not
+#: what it computes (every other field is the plan, which :func:`check_plan` holds to)
+RUN_FIELDS = ("data", "train_dir", "val_dir", "output", "resume", "pretrained", "device", "cpu_threads", "workers",
+              "eval_batch_size", "fast_conv", "fast_conv_forward", "fused_blocks", "dtr", "dtr_threshold",
+              "eval_every", "progress", "plot", "log_every")
+
+
+def jsonable(value):
+    """``value`` with what JSON cannot hold made plain: tuples as lists, numpy scalars as numbers,
+    dict keys as strings, anything else as its ``repr``."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return repr(value)
 
 
 def _plain(value):
@@ -102,6 +127,39 @@ def load_training_state(path: str) -> dict:
                          "to start from weights only, use pretrained=PATH")
     if int(state.get("version", 0)) > VERSION:
         raise ValueError(f"{path}: checkpoint version {state['version']} is newer than this megzoo reads ({VERSION})")
+    return state
+
+
+def check_plan(saved: Dict[str, Any], config) -> None:
+    """``ValueError`` naming the first plan field (a config field not in :data:`RUN_FIELDS`) whose
+    value in ``config`` differs from the checkpoint's ``saved`` config; a field the checkpoint
+    predates counts as that field's default (resolved by the default recipe)."""
+    defaults = None
+    for f in fields(config):
+        if f.name in RUN_FIELDS:
+            continue
+        if f.name in saved:
+            old = saved[f.name]
+        else:
+            defaults = defaults or type(config)()
+            old = getattr(defaults, f.name)
+        new = getattr(config, f.name)
+        if jsonable(old) != jsonable(new):
+            raise ValueError(f"cannot resume: {f.name} changed from {_shown(old)} to {_shown(new)} (the checkpoint's "
+                             "plan); start a new --output or pass the checkpoint's value")
+
+
+def _shown(value) -> str:
+    return str(tuple(value) if isinstance(value, list) else value)
+
+
+def read_resume_state(config, path: str) -> Optional[dict]:
+    """The training state to resume from: ``path`` (``last.pkl``) read and held to the run's plan
+    (:func:`check_plan`), or None when ``config.resume`` is off or there is no such file."""
+    if not config.resume or not os.path.isfile(path):
+        return None
+    state = load_training_state(path)
+    check_plan(state.get("config") or {}, config)
     return state
 
 

@@ -20,7 +20,6 @@ from typing import Any, List, Optional, Tuple, Union
 
 from ..weights.catalog import WEIGHTS
 from ..weights.limits import check_size
-from .fast_conv import FORWARDS, METHODS
 
 __all__ = ["TrainConfig", "REFERENCE_TOP1", "imagenet_recipe", "learning_rate", "config_fields", "FieldDoc", "RECIPES",
            "RECIPE_FIELDS", "recipe_summary"]
@@ -32,6 +31,9 @@ REFERENCE_TOP1 = {w.arch: w.top1 for w in WEIGHTS.values() if w.tag == "megengin
 
 SCHEDULES = ("step", "cosine")
 AUGMENTS = ("none", "ta_wide", "randaugment", "autoaugment")  # megzoo.augment.POLICIES (no import: layer order)
+#: the CPU engine's choices (checked here, when the config is built, without importing the engine)
+FAST_CONV_METHODS = ("auto", "blas", "swap", "gemm", "im2col", "native", "off")
+FAST_CONV_FORWARDS = ("native", "blas")
 
 #: the values of the recipe fields, per recipe. tv2 is torchvision's ResNet-50 V2 recipe
 #: (80.858% top-1; references/classification, 8 GPUs x batch 128): 600 epochs, lr 0.5 per 1,024
@@ -44,10 +46,10 @@ AUGMENTS = ("none", "ta_wide", "randaugment", "autoaugment")  # megzoo.augment.P
 RECIPES = {
     "megengine": {"epochs": 90, "batch_size": 64, "lr": 0.025, "weight_decay": 1e-4, "no_bn_decay": False,
                   "schedule": "step", "label_smoothing": 0.0, "input_size": 224, "augment": "none",
-                  "random_erasing": 0.0, "mixup": 0.0, "cutmix": 0.0, "ema_decay": 0.0},
+                  "random_erasing": 0.0, "mixup": 0.0, "cutmix": 0.0, "ema_decay": 0.0, "optimizer": "sgd"},
     "tv2": {"epochs": 600, "batch_size": 128, "weight_decay": 2e-5, "no_bn_decay": True, "schedule": "cosine",
             "label_smoothing": 0.1, "input_size": 176, "augment": "ta_wide", "random_erasing": 0.1, "mixup": 0.2,
-            "cutmix": 1.0, "color_jitter": 0.0},
+            "cutmix": 1.0, "color_jitter": 0.0, "optimizer": "sgd"},
 }
 #: tv2 tests at a higher resolution than it trains (FixRes) only from this training crop (px) up: a
 #: stride-32 network's last stage is then at least 4 cells wide. Below it the extra test pixels
@@ -77,79 +79,137 @@ class TrainConfig:
     folders directly.
     """
 
-    # -- recipe
-    recipe: str = "megengine"  #: the defaults of the fields marked "recipe": megengine (MegEngine's reference ImageNet recipe) or tv2 (torchvision's ResNet-50 V2 recipe: TrivialAugment, mixup, cutmix, EMA, ...; docs/training.md)
-
-    # -- model
-    model: str = "resnet50"  #: registered model name (`megzoo list`)
-    num_classes: Optional[int] = None  #: classifier outputs (default: the number of class folders)
-    pretrained: Union[bool, str, None] = None  #: start from weights: True/'default', a tag (`megzoo info MODEL`), or a .pkl/.pth path or URL; the classifier is re-initialised when the number of classes differs
-    qat: bool = False  #: quantization-aware fine-tuning: train the int8 form (fake-quantized weights and activations) of the model, e.g. from --pretrained best.pkl with a low --lr; best.pkl then reloads as the int8 model (docs/quantization.md)
-    freeze_stages: Optional[int] = None  #: freeze the stem and the first N stages, their BatchNorm in inference mode (default: nothing)
-    backbone_lr_mult: float = 1.0  #: backbone learning rate = this x the head's (fine-tuning: 0.1)
-    model_kwargs: dict = field(default_factory=dict)  #: more builder keywords (e.g. drop_rate); API only
-    drop_path: float = 0.0  #: stochastic depth of the residual branches (ResNets): the last block's drop probability, rising linearly from 0
-
-    # -- data
-    data: Optional[str] = None  #: folder with train/ and val/ (or class folders, with val_split)
-    train_dir: Optional[str] = None  #: training folder (instead of data)
-    val_dir: Optional[str] = None  #: validation folder
-    val_split: float = 0.0  #: hold out this fraction of each class when there is no validation folder
-    exclude: Optional[str] = None  #: a file listing images to leave out (one path per line, absolute or relative to the data folder), e.g. the exclude.txt of `megzoo clean`
-    input_size: Optional[int] = None  #: recipe: training crop (px)
-    eval_size: Optional[int] = None  #: recipe: evaluation centre crop (px); larger than input_size for the FixRes effect
-    resize_size: Optional[int] = None  #: recipe: evaluation resize before the centre crop (px)
-    crop_scale: Tuple[float, float] = (0.08, 1.0)  #: RandomResizedCrop area range (min, max)
-    hflip: float = 0.5  #: horizontal flip probability (0 for digits, text ...)
-    color_jitter: Optional[float] = None  #: recipe: brightness/contrast/saturation jitter
-    augment: Optional[str] = None  #: recipe: policy augmentation after crop and flip: none, ta_wide (TrivialAugmentWide), randaugment, autoaugment (ImageNet policy)
-    randaugment: Tuple[int, int] = (2, 9)  #: RandAugment's number of operations and magnitude (0-30)
-    random_erasing: Optional[float] = None  #: recipe: probability of erasing one rectangle of a training image
-    workers: int = 2  #: DataLoader worker processes (0: load in the training process)
-    eval_batch_size: int = 100  #: batch size of the validation passes
-
-    # -- optimisation
-    epochs: Optional[int] = None  #: recipe: training epochs
-    batch_size: Optional[int] = None  #: recipe: per worker process (GPU or CPU)
-    lr: Optional[float] = None  #: recipe: learning rate per worker; the run uses lr x number of workers
-    momentum: float = 0.9  #: SGD momentum
-    nesterov: bool = False  #: Nesterov momentum
-    weight_decay: Optional[float] = None  #: recipe: L2 weight decay
-    no_bn_decay: Optional[bool] = None  #: recipe: exempt BatchNorm weights/biases and all biases from weight decay
-    schedule: Optional[str] = None  #: recipe: learning-rate schedule after the warm-up
-    milestones: Tuple[int, ...] = (30, 60, 80)  #: epochs of the x gamma steps of the step schedule
-    gamma: float = 0.1  #: step schedule factor
-    warmup_epochs: float = 5.0  #: linear warm-up from 0 (epochs, may be fractional; 0: none)
-    min_lr: float = 0.0  #: floor of the cosine schedule (absolute, after scaling)
-    label_smoothing: Optional[float] = None  #: recipe: label smoothing epsilon of the cross-entropy
-    mixup: Optional[float] = None  #: recipe: mixup Beta alpha (0: off); with cutmix too, one of the two per batch
-    cutmix: Optional[float] = None  #: recipe: cutmix Beta alpha (0: off)
-    ema_decay: Optional[float] = None  #: recipe: exponential moving average of the weights (BN statistics included), decay per update (0: off); evaluated beside the model, the better one saved as best.pkl
-    ema_steps: int = 32  #: optimiser steps between EMA updates
-    clip_grad_norm: Optional[float] = None  #: clip the gradients' global L2 norm to this (default: no clipping)
-    steps_per_epoch: Optional[int] = None  #: cap the steps of an epoch (smoke tests, benchmarks; default: the whole data)
-
-    # -- run
-    output: str = "runs/train"  #: run folder: checkpoints, log, history, plot, best model
-    resume: bool = True  #: continue from output/last.pkl when it exists (off: start afresh, overwriting it)
-    seed: int = 0  #: seed of every random generator of the run
-    device: Optional[str] = None  #: cpu, gpu, or a MegEngine device name (default: a GPU if usable, else the CPU)
-    gpus: int = 1  #: GPUs (processes) for distributed training
-    fast_conv: str = "auto"  #: CPU convolution backward formulation (auto = blas; off: MegEngine's own)
-    fast_conv_forward: str = "blas"  #: CPU training forward of the convolutions: blas (several times faster on small maps, equal to float rounding) or native (MegEngine's operator, bit for bit); evaluation always uses MegEngine's operator
-    fused_blocks: bool = True  #: CPU training with the blas forward: each residual block (and the stem) computed whole in NumPy on channels-last arrays, BatchNorm, ReLU, pooling and adds included (ResNet-50 step 2.3x faster at 224 px; equal to float rounding), and the validation's eval-mode forward too (ResNet-50 3.4x faster at 224 px); off: per convolution, validation on MegEngine's operators
-    cpu_threads: Optional[int] = None  #: CPU threads (a multithread comp node; default: all usable cores)
-    dtr: bool = False  #: dynamic tensor rematerialisation: trade compute for memory (big models/batches on a GPU)
-    dtr_threshold: Optional[str] = None  #: DTR eviction threshold, e.g. 4GB
-    eval_every: int = 1  #: evaluate every N epochs (the last epoch is always evaluated)
-    progress: bool = True  #: tqdm progress bars (on a terminal; never in a log file)
-    plot: bool = True  #: write curves.png at the end
-    log_every: int = 0  #: also log every N steps (0: per epoch only)
+    recipe: str = field(default="megengine", metadata={"group": "recipe", "help": (
+        "the defaults of the fields marked \"recipe\": megengine (MegEngine's reference ImageNet recipe) or tv2 "
+        "(torchvision's ResNet-50 V2 recipe: TrivialAugment, mixup, cutmix, EMA, ...; docs/training.md)")})
+    model: str = field(default="resnet50", metadata={"group": "model", "help": "registered model name (`megzoo list`)"})
+    num_classes: Optional[int] = field(default=None, metadata={"group": "model", "help": (
+        "classifier outputs (default: the number of class folders)")})
+    pretrained: Union[bool, str, None] = field(default=None, metadata={"group": "model", "help": (
+        "start from weights: True/'default', a tag (`megzoo info MODEL`), or a .pkl/.pth path or URL; the "
+        "classifier is re-initialised when the number of classes differs")})
+    qat: bool = field(default=False, metadata={"group": "model", "help": (
+        "quantization-aware fine-tuning: train the int8 form (fake-quantized weights and activations) of the "
+        "model, e.g. from --pretrained best.pkl with a low --lr; best.pkl then reloads as the int8 model "
+        "(docs/quantization.md)")})
+    freeze_stages: Optional[int] = field(default=None, metadata={"group": "model", "help": (
+        "freeze the stem and the first N stages, their BatchNorm in inference mode (default: nothing)")})
+    backbone_lr_mult: float = field(default=1.0, metadata={"group": "optimizer", "help": (
+        "backbone learning rate = this x the head's (fine-tuning: 0.1)")})
+    model_kwargs: dict = field(default_factory=dict, metadata={"group": "model", "help": (
+        "more builder keywords (e.g. drop_rate); API only")})
+    drop_path: float = field(default=0.0, metadata={"group": "model", "help": (
+        "stochastic depth of the residual branches (ResNets): the last block's drop probability, rising linearly "
+        "from 0")})
+    data: Optional[str] = field(default=None, metadata={"group": "data", "help": (
+        "folder with train/ and val/ (or class folders, with val_split)")})
+    train_dir: Optional[str] = field(default=None, metadata={"group": "data", "help": (
+        "training folder (instead of data)")})
+    val_dir: Optional[str] = field(default=None, metadata={"group": "data", "help": "validation folder"})
+    val_split: float = field(default=0.0, metadata={"group": "data", "help": (
+        "hold out this fraction of each class when there is no validation folder")})
+    exclude: Optional[str] = field(default=None, metadata={"group": "data", "help": (
+        "a file listing images to leave out (one path per line, absolute or relative to the data folder), e.g. "
+        "the exclude.txt of `megzoo clean`")})
+    input_size: Optional[int] = field(default=None, metadata={"group": "data", "help": "recipe: training crop (px)"})
+    eval_size: Optional[int] = field(default=None, metadata={"group": "data", "help": (
+        "recipe: evaluation centre crop (px); larger than input_size for the FixRes effect")})
+    resize_size: Optional[int] = field(default=None, metadata={"group": "data", "help": (
+        "recipe: evaluation resize before the centre crop (px)")})
+    crop_scale: Tuple[float, float] = field(default=(0.08, 1.0), metadata={"group": "augmentation", "help": (
+        "RandomResizedCrop area range (min, max)")})
+    hflip: float = field(default=0.5, metadata={"group": "augmentation", "help": (
+        "horizontal flip probability (0 for digits, text ...)")})
+    color_jitter: Optional[float] = field(default=None, metadata={"group": "augmentation", "help": (
+        "recipe: brightness/contrast/saturation jitter")})
+    augment: Optional[str] = field(default=None, metadata={"group": "augmentation", "help": (
+        "recipe: policy augmentation after crop and flip: none, ta_wide (TrivialAugmentWide), randaugment, "
+        "autoaugment (ImageNet policy)")})
+    randaugment: Tuple[int, int] = field(default=(2, 9), metadata={"group": "augmentation", "help": (
+        "RandAugment's number of operations and magnitude (0-30)")})
+    random_erasing: Optional[float] = field(default=None, metadata={"group": "augmentation", "help": (
+        "recipe: probability of erasing one rectangle of a training image")})
+    workers: int = field(default=2, metadata={"group": "data", "help": (
+        "DataLoader worker processes (0: load in the training process)")})
+    eval_batch_size: int = field(default=100, metadata={"group": "data", "help": "batch size of the validation passes"})
+    epochs: Optional[int] = field(default=None, metadata={"group": "schedule", "help": "recipe: training epochs"})
+    batch_size: Optional[int] = field(default=None, metadata={"group": "schedule", "help": (
+        "recipe: per worker process (GPU or CPU)")})
+    lr: Optional[float] = field(default=None, metadata={"group": "schedule", "help": (
+        "recipe: learning rate per worker; the run uses lr x number of workers")})
+    optimizer: Optional[str] = field(default=None, metadata={"group": "optimizer", "help": (
+        "recipe: the optimizer: sgd (momentum, nesterov) or adamw (betas, eps; decoupled weight decay)")})
+    momentum: float = field(default=0.9, metadata={"group": "optimizer", "help": "SGD momentum"})
+    nesterov: bool = field(default=False, metadata={"group": "optimizer", "help": "Nesterov momentum"})
+    betas: Tuple[float, float] = field(default=(0.9, 0.999), metadata={"group": "optimizer", "help": (
+        "AdamW's moving-average factors of the gradient and its square")})
+    eps: float = field(default=1e-8, metadata={"group": "optimizer", "help": "AdamW's term added to the denominator"})
+    weight_decay: Optional[float] = field(default=None, metadata={"group": "optimizer", "help": (
+        "recipe: L2 weight decay")})
+    no_bn_decay: Optional[bool] = field(default=None, metadata={"group": "optimizer", "help": (
+        "recipe: exempt BatchNorm weights/biases and all biases from weight decay")})
+    layer_decay: Optional[float] = field(default=None, metadata={"group": "optimizer", "help": (
+        "layer-wise learning-rate decay for fine-tuning: a parameter at depth d of D (stem 0, stage i, head D) "
+        "learns at lr x layer_decay ** (D - d) (default: off, as 1.0)")})
+    schedule: Optional[str] = field(default=None, metadata={"group": "schedule", "help": (
+        "recipe: learning-rate schedule after the warm-up")})
+    milestones: Tuple[int, ...] = field(default=(30, 60, 80), metadata={"group": "schedule", "help": (
+        "epochs of the x gamma steps of the step schedule")})
+    gamma: float = field(default=0.1, metadata={"group": "schedule", "help": "step schedule factor"})
+    warmup_epochs: float = field(default=5.0, metadata={"group": "schedule", "help": (
+        "linear warm-up from 0 (epochs, may be fractional; 0: none)")})
+    min_lr: float = field(default=0.0, metadata={"group": "schedule", "help": (
+        "floor of the cosine schedule (absolute, after scaling)")})
+    label_smoothing: Optional[float] = field(default=None, metadata={"group": "augmentation", "help": (
+        "recipe: label smoothing epsilon of the cross-entropy")})
+    mixup: Optional[float] = field(default=None, metadata={"group": "augmentation", "help": (
+        "recipe: mixup Beta alpha (0: off); with cutmix too, one of the two per batch")})
+    cutmix: Optional[float] = field(default=None, metadata={"group": "augmentation", "help": (
+        "recipe: cutmix Beta alpha (0: off)")})
+    ema_decay: Optional[float] = field(default=None, metadata={"group": "optimizer", "help": (
+        "recipe: exponential moving average of the weights (BN statistics included), decay per update (0: off); "
+        "evaluated beside the model, the better one saved as best.pkl")})
+    ema_steps: int = field(default=32, metadata={"group": "optimizer", "help": "optimiser steps between EMA updates"})
+    clip_grad_norm: Optional[float] = field(default=None, metadata={"group": "optimizer", "help": (
+        "clip the gradients' global L2 norm to this (default: no clipping)")})
+    steps_per_epoch: Optional[int] = field(default=None, metadata={"group": "schedule", "help": (
+        "cap the steps of an epoch (smoke tests, benchmarks; default: the whole data)")})
+    output: str = field(default="runs/train", metadata={"group": "run", "help": (
+        "run folder: checkpoints, log, history, plot, best model")})
+    resume: bool = field(default=True, metadata={"group": "run", "help": (
+        "continue from output/last.pkl when it exists (off: start afresh, overwriting it)")})
+    seed: int = field(default=0, metadata={"group": "run", "help": "seed of every random generator of the run"})
+    device: Optional[str] = field(default=None, metadata={"group": "run", "help": (
+        "cpu, gpu, or a MegEngine device name (default: a GPU if usable, else the CPU)")})
+    gpus: int = field(default=1, metadata={"group": "run", "help": "GPUs (processes) for distributed training"})
+    fast_conv: str = field(default="auto", metadata={"group": "cpu engine", "help": (
+        "CPU convolution backward formulation (auto = blas; off: MegEngine's own)")})
+    fast_conv_forward: str = field(default="blas", metadata={"group": "cpu engine", "help": (
+        "CPU training forward of the convolutions: blas (several times faster on small maps, equal to float "
+        "rounding) or native (MegEngine's operator, bit for bit); evaluation always uses MegEngine's operator")})
+    fused_blocks: bool = field(default=True, metadata={"group": "cpu engine", "help": (
+        "CPU training with the blas forward: each residual block (and the stem) computed whole in NumPy on "
+        "channels-last arrays, BatchNorm, ReLU, pooling and adds included (ResNet-50 step 2.3x faster at 224 px; "
+        "equal to float rounding), and the validation's eval-mode forward too (ResNet-50 3.4x faster at 224 px); "
+        "off: per convolution, validation on MegEngine's operators")})
+    cpu_threads: Optional[int] = field(default=None, metadata={"group": "run", "help": (
+        "CPU threads (a multithread comp node; default: all usable cores)")})
+    dtr: bool = field(default=False, metadata={"group": "run", "help": (
+        "dynamic tensor rematerialisation: trade compute for memory (big models/batches on a GPU)")})
+    dtr_threshold: Optional[str] = field(default=None, metadata={"group": "run", "help": (
+        "DTR eviction threshold, e.g. 4GB")})
+    eval_every: int = field(default=1, metadata={"group": "run", "help": (
+        "evaluate every N epochs (the last epoch is always evaluated)")})
+    progress: bool = field(default=True, metadata={"group": "run", "help": (
+        "tqdm progress bars (on a terminal; never in a log file)")})
+    plot: bool = field(default=True, metadata={"group": "run", "help": "write curves.png at the end"})
+    log_every: int = field(default=0, metadata={"group": "run", "help": "also log every N steps (0: per epoch only)"})
 
     def __post_init__(self):
         self.crop_scale = tuple(float(v) for v in self.crop_scale)  # type: ignore[assignment]
         self.milestones = tuple(int(v) for v in self.milestones)
         self.randaugment = tuple(int(v) for v in self.randaugment)  # type: ignore[assignment]
+        self.betas = tuple(float(v) for v in self.betas)  # type: ignore[assignment]
         self._apply_recipe()
         self.validate()
 
@@ -177,7 +237,8 @@ class TrainConfig:
         if self.eval_size is None:
             self.eval_size = self.input_size
         if self.color_jitter is None:
-            small = self.model in ("resnet18", "resnet34") or (isinstance(self.input_size, int) and self.input_size < 64)
+            small = self.model in ("resnet18", "resnet34") or (isinstance(self.input_size, int)
+                                                                 and self.input_size < 64)
             self.color_jitter = 0.0 if small else 0.4
 
     def validate(self) -> None:
@@ -215,6 +276,7 @@ class TrainConfig:
             raise ValueError(f"crop_scale must be (min, max) with 0 < min <= max <= 1, got {self.crop_scale!r}")
         if self.nesterov and self.momentum <= 0:
             raise ValueError("nesterov needs momentum > 0")
+        self._validate_optimizer()
         if self.augment not in AUGMENTS:
             raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
         ops, magnitude = self.randaugment
@@ -231,12 +293,25 @@ class TrainConfig:
         if not 0.0 <= self.drop_path < 1.0:
             raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path!r}")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
-            raise ValueError(f"clip_grad_norm must be > 0 (leave it unset for no clipping), got {self.clip_grad_norm!r}")
+            raise ValueError(f"clip_grad_norm must be > 0 (leave it unset for no clipping), "
+                             f"got {self.clip_grad_norm!r}")
 
-        if self.fast_conv not in METHODS + ("off",):
-            raise ValueError(f"fast_conv must be one of {', '.join(METHODS + ('off',))}, got {self.fast_conv!r}")
-        if self.fast_conv_forward not in FORWARDS:
-            raise ValueError(f"fast_conv_forward must be one of {', '.join(FORWARDS)}, got {self.fast_conv_forward!r}")
+        for name, choices in (("fast_conv", FAST_CONV_METHODS), ("fast_conv_forward", FAST_CONV_FORWARDS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+
+    def _validate_optimizer(self) -> None:
+        """The optimizer's name (one of :data:`megzoo.train.optim.OPTIMIZERS`) and its values."""
+        from .optim import OPTIMIZERS
+
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        if not self.eps > 0:
+            raise ValueError(f"eps must be > 0, got {self.eps!r}")
+        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must be in (0, 1] (leave it unset for none), got {self.layer_decay!r}")
 
     @property
     def eval_resize(self) -> int:
@@ -261,8 +336,9 @@ class TrainConfig:
         return cls(**values)
 
 
-#: allowed values of the fields that take one of a few words
-FIELD_CHOICES = {"schedule": SCHEDULES, "recipe": tuple(RECIPES), "augment": AUGMENTS}
+#: allowed values of the fields that take one of a few words (and ``optimizer``: :func:`config_fields`)
+FIELD_CHOICES = {"schedule": SCHEDULES, "recipe": tuple(RECIPES), "augment": AUGMENTS, "fast_conv": FAST_CONV_METHODS,
+                 "fast_conv_forward": FAST_CONV_FORWARDS}
 
 #: the fields a recipe sets, in the order :func:`recipe_summary` prints them
 RECIPE_FIELDS = ("epochs", "batch_size", "lr", "schedule", "warmup_epochs", "weight_decay", "no_bn_decay",
@@ -285,8 +361,8 @@ def recipe_summary(config: "TrainConfig") -> str:
 
 @dataclass(frozen=True)
 class FieldDoc:
-    """One :class:`TrainConfig` field as its source states it: name, type, default, the ``#:``
-    comment and the ``# -- group`` it stands in (``megzoo train`` builds its options from these)."""
+    """One :class:`TrainConfig` field as it declares itself: name, type, default, and the ``help``
+    and ``group`` of its metadata (``megzoo train`` builds its options from these)."""
 
     name: str
     type: Any
@@ -297,27 +373,17 @@ class FieldDoc:
 
 
 def config_fields() -> List[FieldDoc]:
-    """Every :class:`TrainConfig` field with its comment and group, in source order."""
-    import inspect
-    import re
+    """Every :class:`TrainConfig` field with its help and group, in declaration order."""
     import typing
 
-    choices = dict(FIELD_CHOICES, fast_conv=METHODS + ("off",), fast_conv_forward=FORWARDS)
-    comments, groups, group = {}, {}, ""
-    for line in inspect.getsource(TrainConfig).splitlines():
-        heading = re.match(r"\s+# -- (\w+)", line)
-        if heading:
-            group = heading.group(1)
-            continue
-        match = re.match(r"\s{4}(\w+): [^#]*?(?:#: (.*))?$", line)
-        if match:
-            comments[match.group(1)] = (match.group(2) or "").strip()
-            groups[match.group(1)] = group
+    from .optim import OPTIMIZERS
+
+    choices = dict(FIELD_CHOICES, optimizer=tuple(OPTIMIZERS))
     hints = typing.get_type_hints(TrainConfig)
     docs = []
     for f in fields(TrainConfig):
         default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
-        docs.append(FieldDoc(f.name, hints[f.name], default, comments.get(f.name, ""), groups.get(f.name, ""),
+        docs.append(FieldDoc(f.name, hints[f.name], default, f.metadata.get("help", ""), f.metadata.get("group", ""),
                              choices.get(f.name)))
     return docs
 
