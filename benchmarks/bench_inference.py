@@ -5,8 +5,8 @@
 
 For every model and batch size it measures, each in a fresh process (so peak memory is per
 configuration): MegEngine eager (1 thread: eager MegEngine does not use more), megzoo's two
-backends: Lite (``optimised``: the traced, fused graph run by MegEngine Lite with profiled
-kernels; the timed process loads the exported ``.mge``) and ONNX Runtime (``onnxruntime``:
+backends: Lite (``lite``, once called ``optimised``: the traced, fused graph run by MegEngine Lite
+with profiled kernels; the timed process loads the exported ``.mge``) and ONNX Runtime (``onnxruntime``:
 ``megzoo.compile(backend="onnxruntime")`` inside a megzoo process that has run MegEngine
 eagerly, as a user's has; ``ort_alone``: the same ``.onnx`` in a process without megzoo or
 MegEngine, the standalone speed; with ``--poller-check`` also ``onnxruntime_untamed``, without
@@ -69,7 +69,8 @@ def main(argv=None):
     p.add_argument("--min-repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--time-budget", type=float, default=20.0, help="seconds of timed runs per configuration")
-    p.add_argument("--torch-python", default=None, help="a Python with torch + torchvision (e.g. /tmp/tvenv/bin/python)")
+    p.add_argument("--torch-python", default=None,
+                   help="a Python with torch + torchvision (e.g. /tmp/tvenv/bin/python)")
     p.add_argument("--torch-modes", default=",".join(TORCH_MODES))
     p.add_argument("--no-eager", action="store_true", help="skip MegEngine eager (slow at batch 16)")
     p.add_argument("--no-lite", action="store_true", help="skip the Lite backend (its first compile profiles)")
@@ -79,7 +80,7 @@ def main(argv=None):
     p.add_argument("--poller-check", action="store_true",
                    help="also time ONNX Runtime in a megzoo process without megzoo.device.poller_yields")
     p.add_argument("--layout", choices=("auto", "nchw", "nchw88"), default="auto",
-                   help="internal convolution layout of megzoo's optimised path")
+                   help="internal convolution layout of megzoo's Lite path")
     p.add_argument("--no-split-batch", dest="split_batch", action="store_false",
                    help="run every batch on one network using all threads (megzoo.compile(split_batch=False))")
     p.add_argument("--micro-batch", default="auto", metavar="auto|none|N",
@@ -103,7 +104,7 @@ def main(argv=None):
     log(f"fp32 limit before: {limit_before}")
     default = best_backend()
     log(f"megzoo's default backend here (backend='auto'): {default}")
-    modes = (() if args.no_eager else ("eager",)) + (() if args.no_lite else ("optimised",)) + (
+    modes = (() if args.no_eager else ("eager",)) + (() if args.no_lite else ("lite",)) + (
         "onnxruntime", "ort_alone") + (("onnxruntime_untamed",) if args.poller_check else ())
     if args.int8:
         modes += ("onnxruntime_int8",) + (() if args.no_lite else ("lite_int8",))
@@ -153,7 +154,7 @@ def main(argv=None):
     log(f"load average after: {report['load_average']['after']}")
 
     summary = []
-    default_mode = "onnxruntime" if default == "onnxruntime" else "optimised"
+    default_mode = default  # each backend's main benchmark mode is named after it
     for name in models:
         for batch in batches:
             sel = [r for r in rows if r["model"] == name and r["batch"] == batch and not r.get("error")]
@@ -166,13 +167,13 @@ def main(argv=None):
             mine = by_mode.get(default_mode)
             int8 = ips("onnxruntime_int8")
             summary.append({
-                "model": name, "batch": batch, "megengine_eager": ips("eager"), "megzoo_lite": ips("optimised"),
+                "model": name, "batch": batch, "megengine_eager": ips("eager"), "megzoo_lite": ips("lite"),
                 "megzoo_onnxruntime": ips("onnxruntime"), "ort_alone": ips("ort_alone"),
                 "onnxruntime_untamed": ips("onnxruntime_untamed"), "default_backend": default,
                 "torch_eager": ips("torch_eager"),
                 "torch_best": best and best["images_per_s"], "torch_best_mode": best and best["mode"][6:],
                 "ratio_default_vs_torch_best": mine and best and mine["images_per_s"] / best["images_per_s"],
-                "ratio_lite_vs_torch_best": ips("optimised") and best and ips("optimised") / best["images_per_s"],
+                "ratio_lite_vs_torch_best": ips("lite") and best and ips("lite") / best["images_per_s"],
                 "ratio_in_process_vs_alone": ips("onnxruntime") and ips("ort_alone") and
                 ips("onnxruntime") / ips("ort_alone"),
                 "default_limit_fraction": mine and mine.get("peak_fraction"),
@@ -198,12 +199,13 @@ def main(argv=None):
                       f"{100 * r['peak_fraction']:>6.1f}%")
     fmt = lambda v, spec=".1f": "-" if v is None else format(v, spec)  # noqa: E731
     header = ["model", "batch", "MegEngine eager", "megzoo Lite", "megzoo ONNX Runtime", "ORT alone",
-              "PyTorch fp32 best (mode)", f"default ({default}) / PyTorch best", "default % of limit", "ORT in megzoo / alone"]
+              "PyTorch fp32 best (mode)", f"default ({default}) / PyTorch best", "default % of limit",
+              "ORT in megzoo / alone"]
     if args.poller_check:
         header.append("ORT without poller_yields")
     if args.int8:
-        header += ["megzoo int8 (ORT)", "megzoo Lite int8", "PyTorch int8 best (mode)", "megzoo int8 / PyTorch int8 best",
-                   "int8 / fp32 (ORT)"]
+        header += ["megzoo int8 (ORT)", "megzoo Lite int8", "PyTorch int8 best (mode)",
+                   "megzoo int8 / PyTorch int8 best", "int8 / fp32 (ORT)"]
     print(f"\nfp32 limit: {report['machine']['peak_gflops']} GFLOP/s ({report['machine']['isa']})")
     print("\n| " + " | ".join(header) + " |" if args.markdown else "\n" + "  ".join(header))
     if args.markdown:
@@ -211,7 +213,8 @@ def main(argv=None):
     for s_ in summary:
         cells = [s_["model"], str(s_["batch"]), fmt(s_["megengine_eager"]), fmt(s_["megzoo_lite"]),
                  fmt(s_["megzoo_onnxruntime"]), fmt(s_["ort_alone"]),
-                 f"{fmt(s_['torch_best'])} ({s_['torch_best_mode'] or '-'})", fmt(s_["ratio_default_vs_torch_best"], ".2f"),
+                 f"{fmt(s_['torch_best'])} ({s_['torch_best_mode'] or '-'})",
+                 fmt(s_["ratio_default_vs_torch_best"], ".2f"),
                  fmt(s_["default_limit_fraction"] and 100 * s_["default_limit_fraction"], ".0f") + "%",
                  fmt(s_["ratio_in_process_vs_alone"], ".2f")]
         if args.poller_check:

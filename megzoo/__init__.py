@@ -22,8 +22,8 @@ __all__ = ["__version__", "init", "get_model", "list_models", "UnknownModelError
 __all__ += ["read_image", "eval_transform", "train_transform", "EvalPreprocessor", "Classifier", "predict", "evaluate"]
 __all__ += ["TrainConfig", "TrainResult"]
 from . import inference  # noqa: E402  (fast inference: megzoo.compile, megzoo.inference.export/load)
-from .inference import CompiledModel, compile  # noqa: E402,A001  (megzoo.compile; kept out of __all__ so
-__all__ += ["inference", "CompiledModel"]  # that `from megzoo import *` does not shadow the builtin compile)
+from .inference import CompiledModel, CompiledModelBase, compile  # noqa: E402,F401,A001  (megzoo.compile; out of
+__all__ += ["inference", "CompiledModel", "CompiledModelBase"]  # __all__ so `import *` keeps the builtin compile)
 from . import quantization  # noqa: E402  (int8: megzoo.quantize, megzoo.quantization.prepare_qat)
 from .quantization import quantize  # noqa: E402
 __all__ += ["quantization", "quantize"]

@@ -1,9 +1,10 @@
-"""Inference benchmark harness: eager MegEngine vs megzoo's optimised path, one process per configuration.
+"""Inference benchmark harness: eager MegEngine vs megzoo's compiled backends, one process per configuration.
 
 :func:`run_benchmark` runs each (model, batch, mode) in a fresh ``megzoo/bench_worker.py``
 process (so peak-memory figures do not mix) and returns rows of :data:`RESULT_KEYS`;
 :func:`format_table` prints them. ``megzoo benchmark`` and ``benchmarks/bench_inference.py``
-(which adds PyTorch in the same run) are both built on it.
+(which adds PyTorch in the same run) are both built on it. The modes are ``eager`` and those the
+registered backends contribute (:func:`modes`; :class:`megzoo.inference.backends.BenchMode`).
 """
 import json
 import os
@@ -11,28 +12,51 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .bench_worker import RESULT_MARK
 from .host import cpu_info
-from .inference.layouts import resolve_layout
+from .inference.backends import BenchMode, bench_modes
+from .inference.backends.registry import NameView
 from .registry import get_model_entry
 
-__all__ = ["RESULT_KEYS", "MODES", "run_benchmark", "format_table", "cpu_peak_gflops", "measure_fma_peak", "run_worker",
-           "parse_micro_batch"]
+__all__ = ["RESULT_KEYS", "MODES", "DEFAULT_MODES", "modes", "mode_name", "modes_help", "run_benchmark",
+           "format_table", "cpu_peak_gflops", "measure_fma_peak", "run_worker", "parse_micro_batch", "BenchRun"]
 
 #: keys of one row of ``megzoo benchmark --json`` (documented in docs/performance.md)
 RESULT_KEYS = ("model", "batch", "input_size", "threads", "mode", "images_per_s", "latency_p50_ms",
                "latency_p90_ms", "peak_rss_mib", "gmacs", "gflops", "peak_fraction", "repeats", "error")
-#: ``optimised``: the Lite backend's exported ``.mge`` in a process of its own; ``onnxruntime``:
-#: the ONNX Runtime backend inside a megzoo process; ``ort_alone``: its exported ``.onnx`` run
-#: by ONNX Runtime in a process without megzoo or MegEngine (the standalone speed);
-#: ``onnxruntime_untamed``: as ``onnxruntime`` without :func:`megzoo.device.poller_yields`;
-#: ``onnxruntime_int8`` / ``lite_int8``: the model quantized (:func:`megzoo.quantization.quantize`,
-#: calibrated on random batches: speed only) and compiled for ONNX Runtime / MegEngine Lite (NCHW)
-MODES = ("eager", "optimised", "onnxruntime", "ort_alone", "onnxruntime_untamed", "onnxruntime_int8", "lite_int8")
-INT8_MODES = ("onnxruntime_int8", "lite_int8")
-DEFAULT_MODES = ("eager", "optimised", "onnxruntime")
+#: ``eager``: the model called eagerly (1 thread), the baseline every backend's modes are set against
+EAGER = BenchMode("eager", "the model called eagerly by MegEngine (1 thread)", default=True)
+
+
+def modes() -> Tuple[str, ...]:
+    """Every mode: ``eager`` and the registered backends' (``megzoo benchmark --modes``)."""
+    return tuple(m.name for m in _all_modes())
+
+
+def _all_modes() -> List[BenchMode]:
+    return [EAGER] + bench_modes()
+
+
+def mode_name(name: str) -> str:
+    """The current name of the mode ``name`` (an old alias such as ``optimised`` -> ``lite``),
+    for reading rows written before a rename; ``name`` itself when it is no alias."""
+    return next((m.name for m in _all_modes() if name in m.aliases), name)
+
+
+def modes_help() -> str:
+    """One line per mode: its name and what it runs."""
+    return "\n".join(f"{m.name}: {m.help}" for m in _all_modes())
+
+
+#: the modes (:func:`modes`; follows backend registrations)
+MODES = NameView(modes)
+#: the modes ``run_benchmark`` runs unless told: eager and each backend's main one
+DEFAULT_MODES = NameView(lambda: tuple(m.name for m in _all_modes() if m.default))
+#: the modes that quantize the model first
+INT8_MODES = NameView(lambda: tuple(m.name for m in _all_modes() if m.int8))
 WORKER = Path(__file__).resolve().parent / "bench_worker.py"
 
 
@@ -176,7 +200,7 @@ def run_worker(cfg: dict, timeout: float) -> dict:
     env = dict(os.environ)
     env.setdefault("PYTHONWARNINGS", "ignore")
     # the deployment process runs the file alone; the others import the package
-    alone = cfg.get("mode") in ("optimised", "ort_alone")
+    alone = "standalone" in cfg
     cmd = [sys.executable, str(WORKER)] if alone else [sys.executable, "-m", "megzoo.bench_worker"]
     try:
         proc = subprocess.run(cmd + [json.dumps(cfg)], capture_output=True, text=True,
@@ -190,25 +214,48 @@ def run_worker(cfg: dict, timeout: float) -> dict:
     return {"error": f"worker exited with {proc.returncode}: {tail}"}
 
 
-def run_benchmark(models: Sequence[str], batches: Sequence[int], *, threads: int, input_size: int = 224,
-                  modes: Sequence[str] = DEFAULT_MODES, repeats: int = 20, min_repeats: int = 3, warmup: int = 2,
-                  time_budget: float = 20.0, algo: str = "profile", layout: str = "auto", cold: bool = False,
-                  peak_gflops: Optional[float] = None, timeout: float = 1800, split_batch: bool = True,
-                  profile_batch: Optional[int] = None, micro_batch="auto", measure_peak: bool = True,
-                  log: Optional[Callable[[str], None]] = None) -> dict:
-    """Run the benchmark; returns ``{"machine": {...}, "results": [row, ...], "compile": [...],
-    "int8": [...]}`` with rows of :data:`RESULT_KEYS` (``int8``: the quantize and compile seconds
-    of each int8 row). A ``layout`` that failed its probe on this machine raises
-    :class:`~megzoo.inference.LayoutUnavailableError` before anything runs."""
+@dataclass
+class BenchRun:
+    """What a mode's ``plan`` (:class:`~megzoo.inference.backends.BenchMode`) works with: a scratch
+    folder shared by the modes of one run, the ``cold`` flag, the list of compile reports,
+    ``timeout`` per worker and ``say`` for progress."""
 
-    say = log or (lambda msg: None)
-    bad = set(modes) - set(MODES)
-    if bad or not modes:
-        raise ValueError(f"modes must be some of {MODES}, got {tuple(modes)!r}")
-    if "ort_alone" in modes and "onnxruntime" not in modes:
-        raise ValueError("ort_alone runs the file the onnxruntime mode exports: add onnxruntime to the modes")
-    if "optimised" in modes:
-        resolve_layout(layout)
+    tmp: Path
+    cold: bool = False
+    timeout: float = 1800
+    say: Callable[[str], None] = print
+    compiles: list = field(default_factory=list)
+
+    def worker(self, cfg: dict) -> dict:
+        """Run ``cfg`` in a fresh worker process (:func:`run_worker`)."""
+        return run_worker(cfg, self.timeout)
+
+    def row(self, cfg: dict, mode: str, **extra) -> dict:
+        """The row of ``mode``: one worker run of ``cfg`` with ``extra`` keys."""
+        self.say(f"{cfg['model']} batch {cfg['batch']}: {mode} ...")
+        return {**cfg, **self.worker(dict(cfg, mode=mode, **extra)), "mode": mode}
+
+
+def _chosen_modes(asked: Sequence[str]) -> List[BenchMode]:
+    """The modes asked for (aliases taken), each after the modes it needs; ValueError otherwise."""
+    known = {m.name: m for m in _all_modes()}
+    names = [mode_name(m) for m in asked]
+    bad = [m for m in names if m not in known]
+    if bad or not names:
+        raise ValueError(f"modes must be some of {MODES}, got {tuple(asked)!r}")
+    chosen: List[BenchMode] = []
+    for name in dict.fromkeys(names):
+        mode = known[name]
+        missing = [n for n in mode.needs if n not in names]
+        if missing:
+            raise ValueError(f"{name} {mode.needs_why}: add {', '.join(missing)} to the modes")
+        chosen.append(mode)
+    order = {m.name: i for i, m in enumerate(chosen)}  # a needed mode runs first
+    return sorted(chosen, key=lambda m: max([order[m.name]] + [order[n] + 0.5 for n in m.needs]))
+
+
+def _measured_machine(threads: int, peak_gflops: Optional[float], measure_peak: bool) -> dict:
+    """The machine record: the peak estimate, replaced by ``peak_gflops`` or the FMA loop's figure."""
     machine = cpu_peak_gflops(threads)
     if peak_gflops:
         machine["peak_gflops"] = peak_gflops
@@ -222,76 +269,67 @@ def run_benchmark(models: Sequence[str], batches: Sequence[int], *, threads: int
             machine["isa"] = f"measured: {fma['how']}"
             machine["flop_per_cycle"] = None
     machine["load_average"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    results, compiles, int8 = [], [], []
-    base = dict(input_size=input_size, threads=threads, algo=algo, layout=layout, repeats=repeats, min_repeats=min_repeats,
-                warmup=warmup, time_budget=time_budget, split_batch=split_batch, profile_batch=profile_batch,
-                micro_batch=micro_batch)
+    return machine
+
+
+def _mode_row(mode: BenchMode, cfg: dict, run: BenchRun) -> dict:
+    """The row of ``mode`` for ``cfg``: its own plan, else one worker run."""
+    return mode.plan(cfg, run) if mode.plan is not None else run.row(cfg, mode.name)
+
+
+def _finish_row(row: dict, gmacs: float, machine: dict, threads: int) -> dict:
+    """``row`` with its error, GMACs, GFLOP/s and peak fraction, reduced to :data:`RESULT_KEYS`."""
+    row.setdefault("error", None)
+    row["gmacs"] = round(gmacs, 3)
+    ips = row.get("images_per_s")
+    if ips:
+        row["gflops"] = gmacs * 2 * ips
+        cores = row.get("threads") or threads
+        row["peak_fraction"] = row["gflops"] / (machine["peak_gflops"] * cores / machine["cores"])
+    return {k: row.get(k) for k in RESULT_KEYS}
+
+
+def run_benchmark(models: Sequence[str], batches: Sequence[int], *, threads: int, input_size: int = 224,
+                  modes: Sequence[str] = DEFAULT_MODES, repeats: int = 20, min_repeats: int = 3, warmup: int = 2,
+                  time_budget: float = 20.0, algo: str = "profile", layout: str = "auto", cold: bool = False,
+                  peak_gflops: Optional[float] = None, timeout: float = 1800, split_batch: bool = True,
+                  profile_batch: Optional[int] = None, micro_batch="auto", measure_peak: bool = True,
+                  log: Optional[Callable[[str], None]] = None) -> dict:
+    """Run the benchmark; returns ``{"machine": {...}, "results": [row, ...], "compile": [...],
+    "int8": [...]}`` with rows of :data:`RESULT_KEYS` in the order of ``modes`` (a mode after those
+    it needs; ``int8``: the quantize and compile seconds of each int8 row). A configuration a mode
+    refuses (e.g. a ``layout`` that failed its probe on this machine:
+    :class:`~megzoo.inference.LayoutUnavailableError`) raises before anything runs."""
+    chosen = _chosen_modes(modes)
+    base = dict(input_size=input_size, threads=threads, algo=algo, layout=layout, repeats=repeats,
+                min_repeats=min_repeats, warmup=warmup, time_budget=time_budget, split_batch=split_batch,
+                profile_batch=profile_batch, micro_batch=micro_batch)
+    for mode in chosen:
+        if mode.check is not None:
+            mode.check(base)
+    machine = _measured_machine(threads, peak_gflops, measure_peak)
+    results, int8 = [], []
     with tempfile.TemporaryDirectory(prefix="megzoo-bench-") as tmp:
+        run = BenchRun(Path(tmp), cold=cold, timeout=timeout, say=log or (lambda msg: None))
         for name in models:
             gmacs = get_model_entry(name).gmacs * (input_size / 224) ** 2  # conv MACs scale with the pixel count
             for batch in batches:
                 cfg = dict(base, model=name, batch=batch)
-                rows = []
-                if "eager" in modes:
-                    say(f"{name} batch {batch}: eager ...")
-                    rows.append({**cfg, "mode": "eager", **run_worker(dict(cfg, mode="eager"), timeout)})
-                if "optimised" in modes:
-                    rows.append(_optimised_row(cfg, Path(tmp), cold, compiles, timeout, say))
-                onnx_path = str(Path(tmp) / f"{name}-b{batch}.onnx")
-                for mode in ("onnxruntime", "ort_alone", "onnxruntime_untamed"):
-                    if mode in modes:
-                        say(f"{name} batch {batch}: {mode} ...")
-                        run = dict(cfg, mode="onnxruntime" if mode != "ort_alone" else mode, onnx_path=onnx_path,
-                                   poller_yields=mode != "onnxruntime_untamed")
-                        rows.append({**cfg, **run_worker(run, timeout), "mode": mode})
-                for mode in INT8_MODES:
-                    if mode in modes:
-                        say(f"{name} batch {batch}: {mode} (quantize, compile, run) ...")
-                        run = dict(cfg, mode=mode, onnx_path=str(Path(tmp) / f"{name}-b{batch}-int8.onnx"))
-                        r = run_worker(run, timeout)
-                        rows.append({**cfg, **r, "mode": mode})
-                        int8.append({"model": name, "batch": batch, "mode": mode, "error": r.get("error"),
-                                     **{k: r.get(k) for k in ("precision", "quantize_s", "compile_s")}})
-                for row in rows:
-                    row.setdefault("error", None)
-                    row["gmacs"] = round(gmacs, 3)
-                    ips = row.get("images_per_s")
-                    if ips:
-                        row["gflops"] = gmacs * 2 * ips
-                        cores = row.get("threads") or threads
-                        row["peak_fraction"] = row["gflops"] / (machine["peak_gflops"] * cores / machine["cores"])
-                    results.append({k: row.get(k) for k in RESULT_KEYS})
-    return {"machine": machine, "results": results, "compile": compiles, "int8": int8}
-
-
-def _optimised_row(cfg: dict, tmp: Path, cold: bool, compiles: list, timeout: float, say) -> dict:
-    """Compile (cold and cached first with ``cold``), export, then time the exported graph."""
-    name, batch = cfg["model"], cfg["batch"]
-    mge_path = str(tmp / f"{name}-b{batch}.mge")
-    if cold:
-        cold_dir = str(tmp / f"cold-{name}-{batch}")
-        for label in ("first", "cached"):
-            say(f"{name} batch {batch}: compile ({label}, cache {cold_dir}) ...")
-            r = run_worker(dict(cfg, mode="compile", mge_path=mge_path, cache_dir=cold_dir), timeout)
-            compiles.append({**r, "model": name, "batch": batch, "cache": "cached" if r.get("algo_cache_hit") else "first"})
-    say(f"{name} batch {batch}: compile ...")
-    r = run_worker(dict(cfg, mode="compile", mge_path=mge_path), timeout)
-    compiles.append({**r, "model": name, "batch": batch,
-                     "cache": ("cached" if r.get("algo_cache_hit") else "first") if cfg["algo"] == "profile" else "none"})
-    if "error" in r:
-        return {**cfg, "mode": "optimised", "error": r["error"]}
-    say(f"{name} batch {batch}: optimised ...")
-    return {**cfg, "mode": "optimised", **run_worker(dict(cfg, mode="optimised", mge_path=mge_path,
-                                                          algo_cache_file=r.get("algo_cache_file"),
-                                                          split_algo_cache_file=r.get("split_algo_cache_file"),
-                                                          micro_batch=r.get("micro_batch")), timeout)}
+                for mode in chosen:
+                    row = _mode_row(mode, cfg, run)
+                    if mode.int8:
+                        int8.append({"model": name, "batch": batch, "mode": mode.name, "error": row.get("error"),
+                                     **{k: row.get(k) for k in ("precision", "quantize_s", "compile_s")}})
+                    results.append(_finish_row(row, gmacs, machine, threads))
+    return {"machine": machine, "results": results, "compile": run.compiles, "int8": int8}
 
 
 def format_table(report: dict) -> str:
     """The report of :func:`run_benchmark` as a plain-text table (machine line, rows, compile times)."""
     m = report["machine"]
     if m.get("flop_per_cycle"):
-        peak = (f"fp32 peak assumed {m['peak_gflops']} GFLOP/s = {m['cores']} cores x {m['flop_per_cycle']} FLOP/cycle x "
+        peak = (f"fp32 peak assumed {m['peak_gflops']} GFLOP/s = {m['cores']} cores x {m['flop_per_cycle']} "
+                f"FLOP/cycle x "
                 f"{m['clock_ghz']} GHz ({m['isa']})")
     else:
         peak = f"fp32 limit {m['peak_gflops']} GFLOP/s ({m['isa']})"
@@ -325,6 +363,7 @@ def format_table(report: dict) -> str:
             if q.get("error"):
                 lines.append(f"  {q['model']} batch {q['batch']} {q['mode']}: error: {q['error']}")
             else:
-                lines.append(f"  {q['model']:<10} batch {q['batch']:>3}  {q['mode']:<17} quantize {q['quantize_s']:.1f} s, "
+                lines.append(f"  {q['model']:<10} batch {q['batch']:>3}  {q['mode']:<17} "
+                             f"quantize {q['quantize_s']:.1f} s, "
                              f"compile {q['compile_s']:.1f} s")
     return "\n".join(lines)

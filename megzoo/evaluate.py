@@ -53,8 +53,8 @@ class EvalResult:
     seconds: float  #: wall time of the evaluation loop
     images_per_second: float
     preprocess: Dict = field(default_factory=dict)  #: the evaluation preset used
-    backend: str = "eager"  #: how the model ran: "compiled", "onnxruntime", "lite", "eager" or "custom" (a runner=)
-    runtime: Optional[str] = None  #: the compiled model's runtime: "onnxruntime" or "lite" (None otherwise)
+    backend: str = "eager"  #: how the model ran: "compiled", a registered backend, "eager" or "custom" (a runner=)
+    runtime: Optional[str] = None  #: the registered backend of the compiled model (None when not compiled)
     compile_seconds: float = 0.0  #: of ``seconds``, the time spent compiling (the compiled backend)
 
     def as_dict(self) -> dict:
@@ -138,10 +138,11 @@ def evaluate(data, model="resnet50", weights=None, *, batch_size: int = 32, work
     """Top-1/top-5 accuracy of ``model`` (name or built model) with ``weights`` on the image folder
     ``data``. ``limit`` evaluates that many images spread over the folder (see
     :func:`spread_indices`); ``labels`` is how class folders map to outputs (module docstring);
-    ``workers`` decode threads (None: one per core, up to 8); ``backend`` (``auto``, ``compiled``, ``onnxruntime``, ``lite``,
-    ``eager``) and ``threads`` choose how the model runs and ``runner`` replaces both (see
-    :mod:`megzoo.predict`; ``auto`` compiles on the CPU for 12 images or more); ``progress`` shows a tqdm bar with images/s on stderr;
-    ``classifier`` reuses a :class:`megzoo.Classifier` instead of building one."""
+    ``workers`` decode threads (None: one per core, up to 8); ``backend`` (:data:`megzoo.predict.BACKENDS`:
+    ``auto``, ``compiled``, a registered backend, ``eager``) and ``threads`` choose how the model
+    runs and ``runner`` replaces both (see :mod:`megzoo.predict`; ``auto`` compiles on the CPU for
+    :data:`~megzoo.predict.AUTO_COMPILE_MIN_IMAGES` images or more); ``progress`` shows a tqdm bar
+    with images/s on stderr; ``classifier`` reuses a :class:`megzoo.Classifier` instead of building one."""
     from tqdm import tqdm
 
     owned = classifier is None
@@ -176,7 +177,8 @@ def evaluate(data, model="resnet50", weights=None, *, batch_size: int = 32, work
                 bar.set_postfix(top1=f"{correct1 / done:.2%}", top5=f"{correct5 / done:.2%}", refresh=False)
                 bar.update(n)
         seconds = time.perf_counter() - start
-        compile_seconds = sum(i.total_s for i in compiled.compile_log[compiles_before:]) if compiled is not None else 0.0
+        compile_seconds = (sum(i.total_s for i in compiled.compile_log[compiles_before:]) if compiled is not None
+                           else 0.0)
     finally:
         if owned:
             classifier.close()

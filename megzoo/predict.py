@@ -12,10 +12,11 @@ the weights' own evaluation preset (:func:`megzoo.eval_transform`), run by the f
 (:class:`megzoo.transforms.EvalPreprocessor`). The network itself is called through one function,
 the *runner*: ``runner(batch)`` takes a float32 (N, 3, H, W) numpy array and returns the logits
 as an (N, num_classes) array. Two are built in, chosen by ``backend``: ``"compiled"``
-(:func:`megzoo.compile` with its own ``backend="auto"``: the faster of ONNX Runtime and MegEngine
-Lite on this machine, 4-40x eager; compiling costs a second or a few, see docs/performance.md;
-``"onnxruntime"`` or ``"lite"`` name the runtime) and ``"eager"`` (:func:`eager_runner`: the
-module called as it is). ``"auto"`` (default) compiles when the model is on the CPU and a
+(:func:`megzoo.compile` with its own ``backend="auto"``: the faster registered backend on this
+machine, several times faster than eager after a compile of a second or a few, see
+docs/backends.md; a backend's name, e.g. ``"onnxruntime"`` or ``"lite"``, names the runtime:
+:func:`megzoo.inference.backend_names`) and ``"eager"`` (:func:`eager_runner`: the module called
+as it is). ``"auto"`` (default) compiles when the model is on the CPU and a
 call brings at least :data:`AUTO_COMPILE_MIN_IMAGES` images (or a compiled graph exists already),
 so classifying one photo does not wait for a compile and a folder does not wait for eager
 MegEngine. Any callable with the runner contract can replace both (``runner=``).
@@ -28,7 +29,9 @@ import numpy as np
 from .data import imagenet1k_categories, imagenet1k_wnids
 from .device import is_cpu_device, quiet_device, using_device
 from .images import describe_source
+from .inference import backend_names
 from .inference import compile as compile_model
+from .inference.backends.registry import NameView
 from .inference.threads import MegEngineThreadError, on_megengine_thread, thread_message
 from .metrics import softmax
 from .registry import get_model
@@ -36,17 +39,18 @@ from .weights.sidecar import read_weights_metadata as checkpoint_metadata
 from .transforms import EvalPreprocessor, as_image_list, resolve_preprocess
 from .weights.errors import WeightsError
 
-__all__ = ["Runner", "eager_runner", "compiled_runner", "checkpoint_metadata", "ClassScore", "Prediction", "Classifier", "predict",
-           "softmax", "class_names", "BACKENDS", "AUTO_COMPILE_MIN_IMAGES"]
+__all__ = ["Runner", "eager_runner", "compiled_runner", "checkpoint_metadata", "ClassScore", "Prediction", "Classifier",
+           "predict", "softmax", "class_names", "BACKENDS", "AUTO_COMPILE_MIN_IMAGES"]
 
 #: ``runner(batch)``: float32 (N, 3, H, W) numpy array -> (N, num_classes) logits (numpy array)
 Runner = Callable[[np.ndarray], np.ndarray]
 
-#: ``compiled`` = :func:`megzoo.compile`'s ``auto`` runtime; ``onnxruntime``/``lite`` name it
-BACKENDS = ("auto", "compiled", "onnxruntime", "lite", "eager")
-COMPILED_BACKENDS = ("compiled", "onnxruntime", "lite")
-#: with ``backend="auto"``, a call with at least this many images compiles the model first. The
-#: break-even on 2 cores: ResNet-50 eager ~0.43 s/image, compiled ~0.1 s/image after a ~4 s compile.
+#: ``compiled`` = :func:`megzoo.compile`'s ``auto`` runtime; a registered backend's name names it
+#: (both follow :func:`megzoo.inference.register_backend`)
+COMPILED_BACKENDS = NameView(lambda: ("compiled",) + backend_names())
+BACKENDS = NameView(lambda: ("auto",) + tuple(COMPILED_BACKENDS) + ("eager",))
+#: with ``backend="auto"``, a call with at least this many images compiles the model first: about
+#: where a compile pays for itself against eager MegEngine (docs/performance.md)
 AUTO_COMPILE_MIN_IMAGES = 12
 
 
@@ -70,7 +74,7 @@ def compiled_runner(model, threads: Optional[int] = None, runtime: str = "auto",
                     input_shape: Optional[Sequence[int]] = None) -> Runner:
     """A runner on :func:`megzoo.compile` of ``model`` (compiled for ``input_shape`` now, else at
     its first batch; later batch sizes reuse the graph). ``threads``: default the CPUs this
-    process may use; ``runtime``: ``compile``'s ``backend`` (``"auto"``, ``"onnxruntime"``, ``"lite"``)."""
+    process may use; ``runtime``: ``compile``'s ``backend`` (``"auto"`` or a registered backend)."""
 
     compiled = compile_model(model, input_shape=input_shape, threads=threads, backend=runtime)
 
@@ -79,6 +83,12 @@ def compiled_runner(model, threads: Optional[int] = None, runtime: str = "auto",
 
     run.compiled = compiled  # type: ignore[attr-defined]
     return run
+
+
+def _either(names: Sequence[str]) -> str:
+    """``'a'``, ``'a' or 'b'``, ``'a', 'b' or 'c'``."""
+    quoted = [repr(n) for n in names]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
 def _on_cpu(model) -> bool:
@@ -129,8 +139,9 @@ class Classifier:
         preprocess: None (the weights' record; megzoo's defaults for checkpoint files), or what
             :func:`megzoo.transforms.resolve_preprocess` takes (name, Weights, Preprocess, dict).
         runner: the function computing logits (see the module docstring); replaces ``backend``.
-        backend: ``"auto"`` (default), ``"compiled"``, ``"onnxruntime"``, ``"lite"`` or ``"eager"``:
-            how the model is run (module docstring). ``threads``: threads of the compiled path (default: all usable CPUs).
+        backend: ``"auto"`` (default), ``"compiled"``, a registered backend (``"onnxruntime"``,
+            ``"lite"``, ...: :data:`BACKENDS`) or ``"eager"``: how the model is run (module
+            docstring). ``threads``: threads of the compiled path (default: all usable CPUs).
             A named compiled runtime is compiled when the Classifier is made, for its preprocessing's
             input size. Threads: MegEngine runs in the main thread only, so in another thread predict
             needs such a compiled model, made in the main thread (docs/performance.md).
@@ -212,7 +223,7 @@ class Classifier:
 
     def backend_for(self, images: int) -> str:
         """The backend a job of ``images`` images runs on: ``"custom"`` (a ``runner=``),
-        ``"compiled"`` (or the runtime asked for: ``"onnxruntime"``, ``"lite"``) or ``"eager"``."""
+        ``"compiled"`` (or the registered backend asked for) or ``"eager"``."""
         if self._custom_runner is not None:
             return "custom"
         if self.backend != "auto":
@@ -230,8 +241,8 @@ class Classifier:
         if (kind == "eager" or kind not in self._runners) and not on_megengine_thread():
             raise MegEngineThreadError(thread_message(
                 f"Classifier.predict {'running the model eagerly' if kind == 'eager' else 'compiling the model'}",
-                "make the Classifier in the main thread with backend='onnxruntime' or 'lite' (compiled there for "
-                "its input size), then predict from any thread"))
+                f"make the Classifier in the main thread with backend={_either(backend_names())} (compiled there "
+                "for its input size), then predict from any thread"))
         if kind not in self._runners:
             if kind in COMPILED_BACKENDS:
                 runtime = "auto" if kind == "compiled" else kind

@@ -389,7 +389,7 @@ def test_backend_choice_rules(monkeypatch):
         compile(model)
     with pytest.raises(ValueError, match="backend must be one of"):
         compile(model, backend="tvm")
-    monkeypatch.setattr(backends, "onnxruntime_version", lambda: None)
+    monkeypatch.setattr(backends.onnxruntime, "onnxruntime_version", lambda: None)
     monkeypatch.delenv("MEGZOO_BACKEND")
     with pytest.raises(backends.BackendUnavailableError, match="pip install 'onnxruntime>=1.20'"):
         compile(model, backend="onnxruntime")

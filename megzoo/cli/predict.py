@@ -15,7 +15,8 @@ def register(subparsers) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     _model_options(p)
     p.add_argument("--topk", type=options.positive, default=5, metavar="K", help="classes per image (default 5)")
-    p.add_argument("--batch-size", type=options.positive, default=16, metavar="N", help="images per model call (default 16)")
+    p.add_argument("--batch-size", type=options.positive, default=16, metavar="N",
+                   help="images per model call (default 16)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_predict)
 
@@ -25,7 +26,8 @@ def register(subparsers) -> None:
                     "(n01440764 ...), class indices (0 ... 999), or any names taken in sorted order.")
     p.add_argument("--data", required=True, metavar="DIR", help="folder with one sub-folder per class")
     _model_options(p)
-    p.add_argument("--batch-size", type=options.positive, default=32, metavar="N", help="images per model call (default 32)")
+    p.add_argument("--batch-size", type=options.positive, default=32, metavar="N",
+                   help="images per model call (default 32)")
     p.add_argument("--workers", type=options.non_negative, default=None, metavar="N",
                    help="decode threads (default: one per core, up to 8; 0: decode in the main thread)")
     p.add_argument("--limit", type=options.positive, default=None, metavar="N",
@@ -48,10 +50,14 @@ def _model_options(p) -> None:
     p.add_argument("--device", default=None,
                    help="cpu, gpu, or a MegEngine device name (default: $MEGZOO_DEVICE, else the GPU if usable, "
                         "else cpu)")
-    p.add_argument("--backend", choices=("auto", "compiled", "onnxruntime", "lite", "eager"), default="auto",
-                   help="compiled: the faster of ONNX Runtime and MegEngine Lite on this machine (measured once; "
-                        "4-40x eager after a compile of a second or a few); onnxruntime / lite: that runtime; eager: "
-                        "the model as it is; auto (default): compiled on the CPU for 12 images or more")
+    from ..inference import backend_names
+    from ..predict import AUTO_COMPILE_MIN_IMAGES, BACKENDS
+
+    p.add_argument("--backend", choices=tuple(BACKENDS), default="auto",
+                   help=f"compiled: the fastest backend on this machine (measured once; several times eager after a "
+                        f"compile of a second or a few; docs/backends.md); {' / '.join(backend_names())}: that "
+                        f"runtime; eager: the model as it is; auto (default): compiled on the CPU for "
+                        f"{AUTO_COMPILE_MIN_IMAGES} images or more")
     p.add_argument("--threads", type=options.positive, default=None, metavar="N",
                    help="threads of the compiled backend (default: the CPUs this process may use)")
     p.add_argument("--int8", action="store_true",
@@ -139,5 +145,6 @@ def cmd_eval(args) -> int:
     print(result)
     compiled = f", of which compiling {result.compile_seconds:.1f} s" if result.runtime else ""
     runtime = f" ({result.runtime})" if result.runtime and result.runtime != result.backend else ""
-    print(f"{result.images_per_second:.1f} images/s ({result.seconds:.1f} s{compiled}; {result.backend}{runtime} backend)")
+    print(f"{result.images_per_second:.1f} images/s ({result.seconds:.1f} s{compiled}; "
+          f"{result.backend}{runtime} backend)")
     return 0

@@ -1,43 +1,35 @@
-"""The MegEngine Lite backend of ``megzoo.compile``: a module traced, optimised and run by Lite.
+"""The MegEngine Lite backend's compiled model: a module traced, optimised and run by Lite.
 
-A :class:`CompiledModel` either traces its module (``megzoo.compile(..., backend="lite")``) or
-runs a ``.mge`` file (:func:`megzoo.inference.load`); both keep a small LRU of :class:`~megzoo.inference.lite.LiteRunner` by input
-shape. Convolution layouts go through :mod:`megzoo.inference.layouts`' guard before any kernel
-runs, and kernel choices are cached per machine in :func:`algo_cache_dir`.
+A :class:`LiteCompiledModel` (``megzoo.CompiledModel``) either traces its module
+(``megzoo.compile(..., backend="lite")``) or runs a ``.mge`` file (:func:`megzoo.inference.load`);
+both keep a small LRU of :class:`~megzoo.inference.lite.LiteRunner` by input shape (the shared
+base, :class:`~megzoo.inference.backends.base.CompiledModelBase`). Convolution layouts go through
+:mod:`megzoo.inference.layouts`' guard before any kernel runs, and kernel choices are cached per
+machine in :func:`algo_cache_dir`. The backend itself: :mod:`megzoo.inference.backends.lite`.
 """
-import json
 import os
 import tempfile
-import threading
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
-from ..device import poller_yields
-from ..host import machine_tag, megzoo_home, usable_cpus
+from ..host import machine_tag, megzoo_home
+from .backends.base import (NEW_SIZE_HINT, CompiledModelBase, CompileInfo, ShapeCachedModel, as_float32_batch,
+                            check_threads, default_threads, is_int8, metadata_path, read_metadata)
 from .cache_files import check_files
 from .graph import LAYOUTS, read_layout, trace_and_dump
 from .layouts import fit_layout, megengine_version, require_layout, resolve_layout
 from .lite import ALGO_POLICIES, LiteRunner, lite_lock
 from .threads import megengine_thread_errors, require_megengine_thread
 
-#: what to do about a new input size met outside the main thread (both backends trace the model)
-NEW_SIZE_HINT = ("call the compiled model once with this input size in the main thread (or compile with "
-                 "input_shape=...), then from any thread")
-
-__all__ = ["CompiledModel", "CompileInfo", "dump_graph", "default_threads", "algo_cache_dir",
-           "algo_cache_file", "metadata_path", "read_metadata"]
+# the shared base and helpers live with the backend interface; kept importable from here
+__all__ = ["LiteCompiledModel", "CompiledModel", "CompileInfo", "dump_graph", "default_threads", "algo_cache_dir",
+           "algo_cache_file", "metadata_path", "read_metadata", "CompiledModelBase", "ShapeCachedModel",
+           "NEW_SIZE_HINT", "as_float32_batch", "check_threads", "is_int8"]
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-def default_threads() -> int:
-    """Threads a compiled model uses unless told: the CPUs this process may use."""
-    return usable_cpus()
 
 
 def algo_cache_dir() -> Path:
@@ -54,19 +46,6 @@ def algo_cache_file(threads: int, cache_dir: Optional[PathLike] = None, split: b
     folder = Path(cache_dir) if cache_dir is not None else algo_cache_dir()
     kind = "t1-split" if split else f"t{int(threads)}"
     return folder / f"lite-mge{megengine_version()}-{machine_tag()}-{kind}.cache"
-
-
-def metadata_path(path: PathLike) -> Path:
-    """The metadata file next to an exported model: ``model.mge`` -> ``model.mge.json``."""
-    return Path(os.fspath(path) + ".json")
-
-
-def read_metadata(path: PathLike) -> Optional[Dict[str, Any]]:
-    """The metadata JSON beside an exported model, or None when there is none."""
-    meta = metadata_path(path)
-    if not meta.is_file():
-        return None
-    return json.loads(meta.read_text(encoding="utf-8"))
 
 
 def file_layout(path: PathLike) -> str:
@@ -87,125 +66,7 @@ def dump_graph(model, input_shape: Sequence[int], file: PathLike, *, fuse: bool 
     return trace_and_dump(model, input_shape, file, fuse=fuse, layout=layout)
 
 
-def is_int8(model) -> bool:
-    """True for an int8 model (``megzoo.quantize``'s result: its ``precision`` says so)."""
-    return getattr(model, "precision", None) == "int8"
-
-
-def as_float32_batch(x) -> np.ndarray:
-    """``x`` (a numpy array or a megengine Tensor) as a C-contiguous float32 numpy array."""
-    if hasattr(x, "numpy") and not isinstance(x, np.ndarray):
-        x = x.numpy()
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
-@dataclass
-class CompileInfo:
-    """How one input shape was compiled (seconds)."""
-
-    input_shape: Tuple[int, ...]
-    trace_dump_s: float  #: tracing + graph optimisation + writing the .mge
-    load_s: float  #: Lite network load
-    first_run_s: float  #: first forward: memory planning, algorithm profiling/cache lookup, weight pre-processing
-    algo_cache_existed: bool  #: the persistent cache file was there before this compile
-    algo_cache_hit: bool = False  #: every kernel choice came from the cache file (nothing was profiled)
-
-    @property
-    def total_s(self) -> float:
-        return self.trace_dump_s + self.load_s + self.first_run_s
-
-
-def check_threads(threads: Optional[int]) -> int:
-    """``threads`` (default :func:`default_threads`) if it is an int >= 1, else ValueError."""
-    if threads is None:
-        threads = default_threads()
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
-    return threads
-
-
-class ShapeCachedModel:
-    """What both backends share: a call contract (numpy (N, C, H, W) float32 or a megengine Tensor
-    in, numpy outputs out: one array, or a list for several outputs) and an LRU of compiled
-    runners by input shape (``(C, H, W)`` with a dynamic batch, else the full shape; a model
-    loaded from a file has one). A backend provides ``_build(shape)``, and ``_dropped(runner)``
-    for a runner pushed out of the LRU. ``run_under_lock``: the runner is not safe to call from
-    several threads at once."""
-
-    backend = ""
-    file_kind = ""  #: "mge" or "onnx": what a loaded file is called in messages
-    run_under_lock = True
-
-    def _init_cache(self, threads, max_shapes, dynamic_batch, source_file, input_shape):
-        threads = check_threads(threads)
-        if not isinstance(max_shapes, int) or isinstance(max_shapes, bool) or max_shapes < 1:
-            raise ValueError(f"max_shapes must be an int >= 1, got {max_shapes!r}")
-        self.threads = threads
-        self.max_shapes = max_shapes
-        self.dynamic_batch = dynamic_batch
-        self._source_file = Path(source_file) if source_file is not None else None
-        self._runners: "OrderedDict[tuple, Any]" = OrderedDict()
-        self._lock = threading.RLock()
-        #: how each shape was compiled, in order
-        self.compile_log: List[CompileInfo] = []
-        self.output_names: List[str] = []
-        #: the metadata JSON of a loaded file (None for a compiled module)
-        self.metadata: Optional[Dict[str, Any]] = None
-        self.input_shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
-
-    @property
-    def cached_shapes(self) -> List[tuple]:
-        """Keys of the compiled graphs kept, least recently used first: ``(C, H, W)`` with a
-        dynamic batch, else the full input shape."""
-        with self._lock:
-            return list(self._runners)
-
-    def __call__(self, x):
-        """Run the compiled graph on ``x`` (N, C, H, W); returns a numpy array (a list of them for
-        a model with several outputs)."""
-        x = as_float32_batch(x)
-        if x.ndim < 1 or x.shape[0] < 1:
-            raise ValueError(f"input must have a non-empty batch axis, got shape {x.shape}")
-        with self._lock:
-            runner = self._runner_for(x.shape)  # compiling runs MegEngine eagerly: the poller keeps its policy
-            if self.run_under_lock:
-                with poller_yields():  # MegEngine's poller thread must not take the runtime's cores
-                    outputs = runner.run(x)
-        if not self.run_under_lock:
-            self._check_call(runner, x.shape)
-            with poller_yields():
-                outputs = runner.run(x)
-        return outputs[0] if len(outputs) == 1 and self.output_names != ["output0"] else outputs
-
-    def _check_call(self, runner, shape: tuple) -> None:
-        """Refuse ``shape`` for ``runner`` before running it (a backend may override)."""
-
-    def _key(self, shape: tuple) -> tuple:
-        return tuple(shape[1:]) if self.dynamic_batch else tuple(shape)
-
-    def _runner_for(self, shape: tuple):
-        key = self._key(shape)
-        runner = self._runners.get(key)
-        if runner is not None:
-            self._runners.move_to_end(key)
-            return runner
-        if self._source_file is not None and self._runners:  # a file has one graph: it cannot be re-made
-            raise ValueError(f"this .{self.file_kind} was made for inputs {next(iter(self._runners))}; "
-                             f"got input shape {shape}")
-        runner = self._build(tuple(int(s) for s in shape))
-        self._runners[key] = runner
-        while len(self._runners) > self.max_shapes:
-            self._dropped(self._runners.popitem(last=False)[1])
-        return runner
-
-    def _build(self, shape: tuple):
-        raise NotImplementedError
-
-    def _dropped(self, runner) -> None:
-        """A runner left the LRU."""
-
-
-class CompiledModel(ShapeCachedModel):
+class LiteCompiledModel(CompiledModelBase):
     """A model compiled for MegEngine Lite; call it with a numpy (N, C, H, W) float32 batch (or a
     megengine Tensor) to get numpy outputs. Build it with :func:`megzoo.compile` (from a module,
     ``backend="lite"``) or :func:`megzoo.inference.load` (from a ``.mge`` file).
@@ -229,13 +90,12 @@ class CompiledModel(ShapeCachedModel):
         cache_dir: directory for the profile cache instead of ``$MEGZOO_HOME/algo_cache``.
         split_batch: with several threads, run a batch of N >= 2 as ``min(threads, N)`` contiguous
             shares on single-thread networks at once (weights shared) instead of one network
-            using every thread: 1.5-1.8x the throughput of ResNet-50 at batch 16 on 2 cores.
+            using every thread (faster at batch 16 and up: docs/performance.md).
             Outputs are the same up to float rounding (kernels may differ per batch size).
         micro_batch: each Lite network runs its share of a batch this many images at a time, so
             one kernel profile (per thread count) serves every batch size. ``"auto"``: 1 with the
-            NCHW layout and profiling, where profiling whole shares takes minutes (ResNet-18 at
-            batch 16: 160 s, against 50 s at one image; speed -26% for ResNet-18, +15% for
-            ResNet-50 on 2 Zen 5 cores), else whole shares (None).
+            NCHW layout and profiling, where profiling whole shares takes minutes (the trade-off in
+            speed per model: docs/performance.md), else whole shares (None).
     """
 
     backend = "lite"
@@ -262,7 +122,8 @@ class CompiledModel(ShapeCachedModel):
             name = Path(mge_file).name
             with megengine_thread_errors(f"loading {name} (its layout is read and checked with MegEngine)",
                                          f"load it in the main thread, then call it from any thread (with "
-                                         f"{name}.json beside it, naming a layout probed here, it loads in any thread)"):
+                                         f"{name}.json beside it, naming a layout probed here, it loads in any "
+                                         "thread)"):
                 layout = require_layout(file_layout(mge_file) if layout == "auto" else layout)
         elif layout not in ("auto", "nchw"):
             layout = resolve_layout(layout, fuse)  # refused here, before anything runs, if it failed its probe
@@ -376,3 +237,6 @@ class CompiledModel(ShapeCachedModel):
             self.input_shape = shape
         return runner
 
+
+#: the name megzoo has always exported (``megzoo.CompiledModel``): the Lite backend's class
+CompiledModel = LiteCompiledModel

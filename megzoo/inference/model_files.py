@@ -10,13 +10,17 @@ naming what the file is (a pickle, a zip archive, empty, an image, text, ...) an
 * ``.mge``: MegEngine's graph dump, FlatBuffers v2 (a size prefix, then the identifier ``mgv2``
   at byte 8; a size prefix beyond the file's end means a truncated file), v1 (the magic
   ``MGBS``), or a Lite packed model (``packed_model``).
+
+Each kind is a :class:`FileKind`; the backends say which kinds they load
+(:mod:`megzoo.inference.backends`), and :func:`model_file_kind` tries the kinds it is given.
 """
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
-__all__ = ["model_file_kind", "describe_file", "ACCEPTED"]
+__all__ = ["FileKind", "ONNX_FILE", "MGE_FILE", "model_file_kind", "describe_file", "accepted", "ACCEPTED"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -77,21 +81,68 @@ def describe_file(head: bytes, size: int) -> str:
     return "not an ONNX model or a MegEngine .mge graph (it starts with bytes " + head[:8].hex(" ") + ")"
 
 
-def model_file_kind(path: PathLike) -> str:
-    """``"onnx"`` or ``"mge"`` by the first bytes of the file at ``path``, whatever its name;
-    else ``ValueError``: what the file is (:func:`describe_file`) and what load takes."""
+def _sniff_onnx(head: bytes, size: int) -> bool:
+    return _is_onnx(head)
+
+
+def _sniff_mge(head: bytes, size: int) -> Union[bool, str]:
+    kind = _mge_kind(head, size)
+    if kind == "truncated":
+        declared = struct.unpack("<I", head[:4])[0] + 4
+        return f"a truncated MegEngine .mge graph ({size} of its {declared} bytes)"
+    return kind == "mge"
+
+
+@dataclass(frozen=True)
+class FileKind:
+    """A kind of model file a backend loads. ``name``: what it is called (``"onnx"``: ``.onnx
+    files``); ``description``: how the refusal of other files names it (``"an ONNX model"``);
+    ``sniff(head, size)``: from the first :data:`_HEAD` bytes and the size, True for a file of this
+    kind, a description for a damaged one (e.g. truncated), else False; without ``sniff``, the
+    file's ``suffixes`` (lower case, with the dot) decide."""
+
+    name: str
+    description: str
+    sniff: Optional[Callable[[bytes, int], Union[bool, str]]] = None
+    suffixes: Tuple[str, ...] = ()
+
+    def matches(self, path: Path, head: bytes, size: int) -> Union[bool, str]:
+        """True, False, or what is wrong with a damaged file of this kind."""
+        if self.sniff is not None:
+            return self.sniff(head, size)
+        return path.suffix.lower() in self.suffixes
+
+
+ONNX_FILE = FileKind("onnx", "an ONNX model", _sniff_onnx, (".onnx",))
+MGE_FILE = FileKind("mge", "a MegEngine Lite .mge graph", _sniff_mge, (".mge",))
+_BUILT_IN = (ONNX_FILE, MGE_FILE)
+
+
+def accepted(kinds: Sequence[FileKind] = _BUILT_IN) -> str:
+    """What load takes, as the refusal says it (:data:`ACCEPTED` for the built-in kinds)."""
+    names = [k.description for k in kinds]
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+    export = [k.name for k in kinds if k in _BUILT_IN]
+    if not export:
+        return f"load takes {listed}"
+    writes = "both" if len(export) == len(names) == 2 else " and ".join(f".{n} files" for n in export)
+    return f"load takes {listed} (`megzoo export -o FILE.onnx|FILE.mge` writes {writes})"
+
+
+def model_file_kind(path: PathLike, kinds: Optional[Sequence[FileKind]] = None) -> str:
+    """The name of the first of ``kinds`` (default ONNX, then ``.mge``) the file at ``path`` is,
+    by its first bytes whatever its name (or by its suffix, for a kind without ``sniff``); else
+    ``ValueError``: what the file is (:func:`describe_file`) and what load takes."""
     path = Path(path)
+    kinds = tuple(kinds) if kinds is not None else _BUILT_IN
     with open(path, "rb") as f:
         head = f.read(_HEAD)
         size = os.fstat(f.fileno()).st_size
-    if _is_onnx(head):
-        return "onnx"
-    kind = _mge_kind(head, size)
-    if kind == "mge":
-        return "mge"
-    if kind == "truncated":
-        declared = struct.unpack("<I", head[:4])[0] + 4
-        what = f"a truncated MegEngine .mge graph ({size} of its {declared} bytes)"
-    else:
-        what = describe_file(head, size)
-    raise ValueError(f"{path} is not a model file load can run: it is {what}. {ACCEPTED}")
+    damaged = ""
+    for kind in kinds:
+        verdict = kind.matches(path, head, size)
+        if verdict is True:
+            return kind.name
+        damaged = damaged or (verdict if isinstance(verdict, str) else "")
+    what = damaged or describe_file(head, size)
+    raise ValueError(f"{path} is not a model file load can run: it is {what}. {accepted(kinds)}")

@@ -5,7 +5,8 @@
 (C, H, W) it meets (the batch axis is dynamic), keeps the last ``max_shapes`` sessions, and runs
 every call with MegEngine's poller thread out of the way (:func:`megzoo.device.poller_yields`).
 It also runs an exported ``.onnx`` (:func:`megzoo.inference.load`). The call contract is
-:class:`~megzoo.inference.CompiledModel`'s: numpy (N, C, H, W) float32 in, numpy outputs out.
+:class:`~megzoo.inference.CompiledModelBase`'s: numpy (N, C, H, W) float32 in, numpy outputs out.
+The backend itself: :mod:`megzoo.inference.backends.onnxruntime`.
 """
 import os
 import time
@@ -15,7 +16,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from ..device import poller_yields
-from .compiled import NEW_SIZE_HINT, CompileInfo, ShapeCachedModel, is_int8
+from .backends.base import NEW_SIZE_HINT, CompiledModelBase, CompileInfo, is_int8
 from .graph_onnx import DEFAULT_OPSET, check_opset, module_to_onnx
 from .ort import OrtRunner
 from .threads import require_megengine_thread
@@ -39,7 +40,7 @@ def onnx_model(model, input_shape: Sequence[int], *, opset: int = DEFAULT_OPSET,
     return module_to_onnx(model, input_shape, opset=opset, dynamic_batch=dynamic_batch, fold_bn=fuse, check=check)
 
 
-class OrtCompiledModel(ShapeCachedModel):
+class OrtCompiledModel(CompiledModelBase):
     """A model compiled for ONNX Runtime; call it with a numpy (N, C, H, W) float32 batch (or a
     megengine Tensor). Give a ``model`` to export (:func:`megzoo.compile` with
     ``backend="onnxruntime"``) or an ``onnx_file`` to run (:func:`megzoo.inference.load`).

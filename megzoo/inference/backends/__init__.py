@@ -1,21 +1,25 @@
-"""Which runtime runs a compiled model: ONNX Runtime or MegEngine Lite, and ``backend="auto"``.
+"""Which backend runs a compiled model, and what ``backend="auto"`` means here: the front doors.
 
-:func:`compile` and :func:`load` are the front doors (``megzoo.compile``,
-``megzoo.inference.load``); they hand the work to :class:`~megzoo.inference.CompiledModel`
-(MegEngine Lite, :mod:`~megzoo.inference.compiled`) or
-:class:`~megzoo.inference.ort_compiled.OrtCompiledModel` (ONNX Runtime).
+:func:`compile` and :func:`load` (``megzoo.compile``, ``megzoo.inference.load``) hand the work to a
+registered backend (:mod:`~megzoo.inference.backends.registry`; the protocol and the compiled
+model they share: :mod:`~megzoo.inference.backends.base`). Two are built in, one module each:
+:mod:`~megzoo.inference.backends.onnxruntime` and :mod:`~megzoo.inference.backends.lite`; adding one
+is a module and a line below (docs/backends.md). Nothing here names a runtime.
 
-``backend="auto"`` (:func:`best_backend`) is decided once per machine by a short measurement
-(:func:`measure_backends`: a ResNet-18 with random weights on a (2, 3, 96, 96) batch, each
-runtime timed for about a second in a fresh subprocess, so neither a crash of a MegEngine kernel
-nor MegEngine's poller thread can touch the caller; Lite with its heuristic kernel choice, as
-profiling alone would take 15-30 s, for about 10% more speed at this size), kept in a record beside the layout probe's
-(:func:`backend_record_path`; one another user could have written is refused, never read:
-:mod:`~megzoo.inference.cache_files`). ``$MEGZOO_BACKEND`` (``lite`` or ``onnxruntime``) overrides it. A
-call that sets one of the Lite-only options (``layout``, ``algo``, ``profile_batch``,
-``cache_dir``, ``split_batch``, ``micro_batch``), or runs with ``$MEGZOO_LAYOUT`` set, means Lite.
-An int8 model (:func:`megzoo.quantize`) runs on ONNX Runtime under ``auto`` without measuring:
-MegEngine 1.13's x86 int8 kernels were 3-7x slower in every measurement (docs/quantization.md).
+Choosing under ``backend="auto"``, first rule that applies:
+
+1. options only one backend takes, set to other than their defaults (e.g. ``layout=`` for Lite,
+   ``opset=`` for ONNX Runtime), mean that backend; options of two backends are refused;
+2. a backend that :meth:`~megzoo.inference.backends.base.Backend.prefers` the model takes it
+   (ONNX Runtime an int8 model), unless ``$MEGZOO_BACKEND`` is set;
+3. an environment variable asking for a backend (Lite: ``$MEGZOO_LAYOUT``) means it;
+4. :func:`best_backend`: ``$MEGZOO_BACKEND`` if set, else the faster by this machine's record,
+   measured once (:func:`measure_backends`: a ResNet-18 with random weights on a (2, 3, 96, 96)
+   batch, each available backend timed for about a second in a fresh subprocess, so a crashing
+   kernel or MegEngine's poller thread cannot touch the caller), kept beside the layout probe's
+   record (:func:`backend_record_path`; one another user could have written is refused, never
+   read: :mod:`~megzoo.inference.cache_files`). A graph the chosen backend declines (ONNX
+   Runtime: an operator its converter refuses) then goes to the next available backend.
 """
 import json
 import os
@@ -24,51 +28,50 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from ..host import atomic_write_text, machine_record, machine_tag
-from .cache_files import read_json, record_lock
-from .compiled import CompiledModel, is_int8, read_metadata
-from .layouts import megengine_version, probe_record_path
-from .model_files import model_file_kind
-from .graph_onnx import DEFAULT_OPSET, UnsupportedOperatorError
-from .ort import onnxruntime_version
-from .ort_compiled import OrtCompiledModel
-from .threads import require_megengine_thread
+from ...host import atomic_write_text, machine_record, machine_tag
+from ..cache_files import read_json, record_lock
+from ..graph_onnx import DEFAULT_OPSET
+from ..layouts import probe_record_path
+from ..model_files import model_file_kind
+from ..threads import require_megengine_thread
+from .base import (Backend, BackendUnavailableError, BenchMode, CompiledModelBase, CompileInfo,
+                   read_metadata)
+from .lite import LITE_OPTIONS, LiteBackend
+from .onnxruntime import OnnxRuntimeBackend
+from .registry import (NameView, backend_for_file_kind, backend_names, bench_modes, get_backend, option_owners,
+                       register_backend, registered_backends, registered_file_kinds, unregister_backend)
 
 __all__ = ["BACKENDS", "compile", "load", "best_backend", "resolve_backend", "backend_record_path", "measure_backends",
-           "BackendUnavailableError"]
+           "BackendUnavailableError", "Backend", "BenchMode", "CompiledModelBase", "CompileInfo", "register_backend",
+           "unregister_backend", "get_backend", "backend_names", "bench_modes", "LITE_OPTIONS"]
+
+register_backend(OnnxRuntimeBackend())
+register_backend(LiteBackend())
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-BACKENDS = ("auto", "onnxruntime", "lite")
-#: the Lite-only options of :func:`compile` and their defaults
-LITE_OPTIONS = {"layout": "auto", "algo": "profile", "profile_batch": None, "cache_dir": None, "split_batch": True,
-                "micro_batch": "auto"}
+#: the values ``backend=`` takes: ``"auto"`` and the registered names (follows registrations)
+BACKENDS = NameView(lambda: ("auto",) + backend_names())
 #: seconds the measurement subprocess may take (Lite profiles its kernels first)
 MEASURE_TIMEOUT_S = 120.0
 MEASURE_SHAPE = (2, 3, 96, 96)
 
 
-class BackendUnavailableError(RuntimeError):
-    """The backend asked for cannot run here (ONNX Runtime not installed)."""
+def _auto_candidates() -> List[str]:
+    """The backends ``backend="auto"`` chooses from: measured ones that can run here, in order."""
+    return [b.name for b in registered_backends() if b.auto_candidate and b.available() is None]
 
 
 def backend_record_path() -> Path:
-    """The record of this machine's ``auto`` choice, beside the layout probe's:
-    ``backend-choice-mge<version>-ort<version>-<machine tag>.json``."""
-    return probe_record_path().parent / (f"backend-choice-mge{megengine_version()}-ort{onnxruntime_version()}-"
-                                         f"{machine_tag()}.json")
+    """The record of this machine's ``auto`` choice, beside the layout probe's, named by the
+    measured backends' versions: ``backend-choice-mge<version>-ort<version>-<machine tag>.json``."""
+    tags = sorted(f"{b.record_tag or b.name}{b.version()}" for b in registered_backends() if b.auto_candidate)
+    return probe_record_path().parent / f"backend-choice-{'-'.join(tags)}-{machine_tag()}.json"
 
 
-def _require_onnxruntime(asked_by: str = "backend='onnxruntime'") -> None:
-    if onnxruntime_version() is None:
-        raise BackendUnavailableError(f"{asked_by} needs ONNX Runtime, which is not installed: "
-                                      "pip install 'onnxruntime>=1.20' (a default dependency of megzoo), "
-                                      "or use the lite backend")
-
-
-#: the subprocess of one runtime: prints ``{"backend", "images_per_s"}`` or ``{"backend", "error"}``
+#: the subprocess of one backend: prints ``{"backend", "images_per_s"}`` or ``{"backend", "error"}``
 MEASURE_SRC = r"""
 import json, sys
 from megzoo.inference.backends import _time_backend
@@ -81,20 +84,19 @@ except Exception as exc:
 
 
 def _time_backend(backend: str, budget_s: float = 1.0) -> float:
-    """Images/s of ``backend`` on :data:`MEASURE_SHAPE` with a random-weight ResNet-18 (median run)."""
+    """Images/s of ``backend`` on :data:`MEASURE_SHAPE` with a random-weight ResNet-18 (median run),
+    compiled with the backend's :meth:`~megzoo.inference.backends.base.Backend.measure_options`."""
     import tempfile
 
     import numpy as np
 
-    from ..models import resnet18
+    from ...models import resnet18
 
     model = resnet18()
     model.eval()
     x = np.random.RandomState(0).standard_normal(MEASURE_SHAPE).astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="megzoo-backend-") as tmp:
-        # Lite with its heuristic kernel choice: profiling would take 15-30 s here, for ~10% more speed
-        options = {"cache_dir": tmp, "algo": "heuristic"} if backend == "lite" else {}
-        compiled = compile(model, MEASURE_SHAPE, backend=backend, **options)
+        compiled = compile(model, MEASURE_SHAPE, backend=backend, **get_backend(backend).measure_options(tmp))
         for _ in range(2):
             compiled(x)
         times, start = [], time.perf_counter()
@@ -126,11 +128,11 @@ def _measure_one(backend: str, timeout: float) -> Dict[str, Any]:
 
 
 def measure_backends(timeout: float = MEASURE_TIMEOUT_S) -> Dict[str, Any]:
-    """Time each runtime now, each in its own subprocess (so a crashing MegEngine kernel costs
-    only its own figure; no record is read or written): ``{"backend": the faster of those
-    measured (onnxruntime if none was), "images_per_s": {name: figure}, "errors": {name: reason},
-    "seconds"}``."""
-    names = (["onnxruntime"] if onnxruntime_version() is not None else []) + ["lite"]
+    """Time each available backend now, each in its own subprocess (so a crashing kernel costs
+    only its own figure; no record is read or written): ``{"backend": the fastest of those
+    measured (the first available if none was), "images_per_s": {name: figure}, "errors": {name:
+    reason}, "seconds", "workload"}``."""
+    names = _auto_candidates()
     t0 = time.perf_counter()
     figures, errors = {}, {}
     for name in names:
@@ -139,168 +141,216 @@ def measure_backends(timeout: float = MEASURE_TIMEOUT_S) -> Dict[str, Any]:
             figures[name] = result["images_per_s"]
         else:
             errors[name] = result["error"]
-    choice = max(figures, key=figures.get) if figures else names[0]
+    choice = max(figures, key=figures.get) if figures else (names[0] if names else None)
     return {"backend": choice, "images_per_s": figures, "errors": errors,
-            "seconds": round(time.perf_counter() - t0, 2), "workload": f"resnet18 random weights, {list(MEASURE_SHAPE)}"}
+            "seconds": round(time.perf_counter() - t0, 2),
+            "workload": f"resnet18 random weights, {list(MEASURE_SHAPE)}"}
 
 
 _chosen: Dict[str, str] = {}  # record path -> the choice (once per process)
 
 
-def _read_choice(record: Path) -> Optional[Dict[str, Any]]:
-    """The record's contents when it holds a choice, else None (missing, unreadable, or not one)."""
+def _read_choice(record: Path, candidates: Sequence[str]) -> Optional[Dict[str, Any]]:
+    """The record's contents when it holds a choice among ``candidates``, else None (missing,
+    unreadable, or not one)."""
     data = read_json(record)
-    return data if isinstance(data, dict) and data.get("backend") in ("lite", "onnxruntime") else None
+    return data if isinstance(data, dict) and data.get("backend") in candidates else None
+
+
+def _measure_and_record(record: Path) -> Dict[str, Any]:
+    """:func:`measure_backends`, written to ``record`` unless a measurement failed (then warned)."""
+    data = measure_backends()
+    data["machine"] = machine_record()
+    data["versions"] = {b.name: b.version() for b in registered_backends() if b.auto_candidate}
+    if data["errors"]:  # not kept: a busy or broken moment must not decide for good
+        warnings.warn(f"megzoo: measuring the backends failed ({data['errors']}); using "
+                      f"{data['backend']} in this process, measuring again in the next", RuntimeWarning)
+        return data
+    try:
+        atomic_write_text(record, json.dumps(data, indent=2) + "\n")
+    except OSError as exc:
+        warnings.warn(f"megzoo: could not record the backend choice in {record}: {exc}", RuntimeWarning)
+    return data
 
 
 def best_backend() -> str:
-    """What ``backend="auto"`` means here: ``$MEGZOO_BACKEND`` if set; else the faster runtime
-    by this machine's record (:func:`backend_record_path`), measured the first time
-    (:func:`measure_backends`) and then recorded; ``"lite"`` without ONNX Runtime."""
+    """What ``backend="auto"`` means here: ``$MEGZOO_BACKEND`` if set; else the only available
+    backend, or the fastest by this machine's record (:func:`backend_record_path`), measured the
+    first time (:func:`measure_backends`) and then recorded."""
     forced = os.environ.get("MEGZOO_BACKEND", "").strip().lower()
     if forced and forced != "auto":
         if forced not in BACKENDS:
             raise ValueError(f"MEGZOO_BACKEND must be one of {BACKENDS}, got {forced!r}")
         return forced
-    if onnxruntime_version() is None:
-        return "lite"
+    candidates = _auto_candidates()
+    if len(candidates) <= 1:
+        if not candidates:
+            raise BackendUnavailableError("no backend can run here: " + "; ".join(
+                f"{b.name} {b.available()}" for b in registered_backends() if b.auto_candidate))
+        return candidates[0]
     record = backend_record_path()
     key = str(record)
     if key in _chosen:
         return _chosen[key]
-    data = _read_choice(record)
+    data = _read_choice(record, candidates)
     if data is None:
         with record_lock(record):  # one measurement per machine, even from parallel processes
-            data = _read_choice(record)  # another process may have measured meanwhile
+            data = _read_choice(record, candidates)  # another process may have measured meanwhile
             if data is None:
-                data = measure_backends()
-                data["machine"] = machine_record()
-                data["megengine"], data["onnxruntime"] = megengine_version(), onnxruntime_version()
-                if data["errors"]:  # not kept: a busy or broken moment must not decide for good
-                    warnings.warn(f"megzoo: measuring the backends failed ({data['errors']}); using "
-                                  f"{data['backend']} in this process, measuring again in the next", RuntimeWarning)
-                else:
-                    try:
-                        atomic_write_text(record, json.dumps(data, indent=2) + "\n")
-                    except OSError as exc:
-                        warnings.warn(f"megzoo: could not record the backend choice in {record}: {exc}",
-                                      RuntimeWarning)
+                data = _measure_and_record(record)
     _chosen[key] = data["backend"]
     return _chosen[key]
 
 
-def _lite_options_given(lite_options: Optional[Dict[str, Any]]) -> list:
-    """The names of the Lite-only options set to something other than their defaults."""
-    return sorted(k for k, v in (lite_options or {}).items() if v != LITE_OPTIONS[k])
+def _requests(options: Optional[Dict[str, Any]]) -> Dict[str, List[str]]:
+    """Backend name -> the names of its own options in ``options`` set to other than their defaults."""
+    owners = option_owners()
+    asked: Dict[str, List[str]] = {}
+    for option, value in sorted((options or {}).items()):
+        owner = owners.get(option)
+        if owner is not None and value != owner.options[option]:
+            asked.setdefault(owner.name, []).append(option)
+    return asked
 
 
-def resolve_backend(backend: str, lite_options: Optional[Dict[str, Any]] = None, what: str = "backend='lite'") -> str:
-    """``"lite"`` or ``"onnxruntime"`` for a request (``lite_options``: the Lite-only options
-    given; any that differs from its default means Lite under ``"auto"``). ``what``: how the
-    refusal of Lite options under onnxruntime says to ask for Lite."""
+def _environment_requests() -> Dict[str, List[str]]:
+    """Backend name -> the environment variables set now that ask for it."""
+    return {b.name: names for b in registered_backends() if (names := b.requested_by_environment())}
+
+
+def _files(backend: Backend) -> str:
+    return " or ".join(f".{kind.name}" for kind in backend.file_kinds) or "its"
+
+
+def _resolve(backend: str, options: Optional[Dict[str, Any]], what: str) -> Tuple[str, bool]:
+    """(the backend that runs, whether :func:`best_backend` chose it): see :func:`resolve_backend`."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    given = _lite_options_given(lite_options)
-    forced_layout = os.environ.get("MEGZOO_LAYOUT", "").strip().lower()
-    if backend == "auto" and lite_options is not None and forced_layout not in ("", "auto"):
-        given.append("MEGZOO_LAYOUT")  # a layout asked for by the environment is a Lite request too
-    forced = os.environ.get("MEGZOO_BACKEND", "").strip().lower()
+    given = _requests(options)
+    measured = False
     if backend == "auto":
-        backend = "lite" if given else best_backend()
-        asked_by = "MEGZOO_BACKEND=onnxruntime" if forced == "onnxruntime" else "backend='onnxruntime'"
+        asked = given or ({} if options is None else _environment_requests())
+        if len(asked) > 1:
+            named = "; ".join(f"{', '.join(names)} ({name})" for name, names in asked.items())
+            raise ValueError(f"options of several backends were given: {named}; pass backend= one of them")
+        if asked:
+            backend, asked_by = next(iter(asked)), f"backend={next(iter(asked))!r}"
+        else:
+            backend, measured = best_backend(), True
+            forced = os.environ.get("MEGZOO_BACKEND", "").strip().lower()
+            asked_by = f"MEGZOO_BACKEND={forced}" if forced == backend else f"backend={backend!r}"
     else:
         asked_by = f"backend={backend!r}"
-    if backend == "onnxruntime":
-        if given:
-            raise ValueError(f"{', '.join(given)} apply to the lite backend only; {what} "
-                             "(or leave them out for onnxruntime)")
-        _require_onnxruntime(asked_by)
-    return backend
+    for owner, names in given.items():
+        if owner != backend:
+            other = get_backend(owner)
+            raise ValueError(other.refuse_options(names, what.format(backend=owner, files=_files(other)), backend))
+    reason = get_backend(backend).available()
+    if reason:
+        raise BackendUnavailableError(f"{asked_by} {reason}")
+    return backend, measured
+
+
+def resolve_backend(backend: str, options: Optional[Dict[str, Any]] = None,
+                    what: str = "backend='{backend}'") -> str:
+    """The registered backend that runs a request for ``backend`` (a name or ``"auto"``, module
+    docstring) with the backend-specific ``options`` given (any set to other than its default
+    means its backend under ``"auto"``, and is refused for another). ``what``: how the refusal
+    says to ask for the options' backend (``{backend}``: its name, ``{files}``: its file kinds).
+    BackendUnavailableError when the backend cannot run here."""
+    return _resolve(backend, options, what)[0]
+
+
+def _check_known(options: Dict[str, Any], function: str) -> None:
+    owners = option_owners()
+    for option in options:
+        if option not in owners:
+            raise TypeError(f"{function}() got an unexpected keyword argument {option!r}")
+
+
+def _preferred(model) -> Optional[str]:
+    """The first available backend that :meth:`~Backend.prefers` ``model``, else None."""
+    return next((b.name for b in registered_backends() if b.available() is None and b.prefers(model)), None)
+
+
+def _compile_with(backend: Backend, model, input_shape, threads, common: Dict[str, Any], given: Dict[str, Any]):
+    own = {option: given.get(option, default) for option, default in backend.options.items()}
+    return backend.compile(model, input_shape, threads, {**common, **own})
 
 
 def compile(model, input_shape: Optional[Sequence[int]] = None, threads: Optional[int] = None, *,
             backend: str = "auto", fuse: bool = True, dynamic_batch: bool = True, max_shapes: int = 4,
             opset: int = DEFAULT_OPSET, layout: str = "auto", algo: str = "profile",
             profile_batch: Optional[int] = None, cache_dir: Optional[PathLike] = None, split_batch: bool = True,
-            micro_batch: Union[str, int, None] = "auto"):
+            micro_batch: Union[str, int, None] = "auto", **options):
     """Compile ``model`` (a ``megengine.module.Module`` taking one (N, C, H, W) tensor) for fast
-    CPU inference; returns a callable taking numpy batches and returning numpy outputs.
+    CPU inference; returns a callable taking numpy batches and returning numpy outputs (a
+    :class:`~megzoo.inference.CompiledModelBase`).
 
     Args:
         input_shape: (N, C, H, W) to compile for now; None compiles on the first call. Other batch
             sizes work on the same graph; another (C, H, W) compiles a new graph.
         threads: worker threads; default the CPUs this process may use (``os.sched_getaffinity``).
-        backend: ``"onnxruntime"`` (the model exported to ONNX in memory, run by ONNX Runtime:
-            :class:`~megzoo.inference.ort_compiled.OrtCompiledModel`), ``"lite"`` (traced and run
-            by MegEngine Lite: :class:`~megzoo.inference.CompiledModel`) or ``"auto"`` (the faster
-            one on this machine, :func:`best_backend`; Lite when a Lite-only option is given, or when
-            the ONNX converter (:mod:`~megzoo.inference.graph_onnx`) refuses the traced graph at
-            ``input_shape``, since Lite runs any MegEngine graph; ONNX Runtime when an ``opset`` is
-            given).
+        backend: a registered backend (:data:`BACKENDS`): ``"onnxruntime"`` (the model exported to
+            ONNX in memory, run by ONNX Runtime: :class:`~megzoo.inference.OrtCompiledModel`),
+            ``"lite"`` (traced and run by MegEngine Lite: :class:`~megzoo.inference.CompiledModel`),
+            or ``"auto"``: the faster one on this machine, with the rules of the module docstring.
         fuse: fold BatchNorm into the convolutions (and, for Lite, fuse conv + bias + ReLU).
         dynamic_batch: one graph for every batch size; False compiles each full shape separately.
         max_shapes: how many compiled graphs to keep (least recently used dropped first).
         opset: the ONNX opset (onnxruntime backend).
         layout, algo, profile_batch, cache_dir, split_batch, micro_batch: Lite only, see
             :class:`~megzoo.inference.CompiledModel` and docs/performance.md.
+        options: the options of other registered backends.
 
     Threads: compile in the main thread (MegEngine runs nowhere else; elsewhere this raises
     :class:`~megzoo.inference.threads.MegEngineThreadError` before any work); the compiled
     model may then be called from any thread, any batch size included. A new (C, H, W) is traced
-    by both backends, so its first call must come from the main thread.
+    by every backend, so its first call must come from the main thread.
     """
     require_megengine_thread("megzoo.compile")
-    lite = {"layout": layout, "algo": algo, "profile_batch": profile_batch, "cache_dir": cache_dir,
-            "split_batch": split_batch, "micro_batch": micro_batch}
-    if backend == "auto" and opset != DEFAULT_OPSET and not _lite_options_given(lite):
-        backend = "onnxruntime"  # an opset asked for is an ONNX request
-    if backend == "auto" and is_int8(model) and not _lite_options_given(lite) and not os.environ.get(
-            "MEGZOO_BACKEND", "").strip() and onnxruntime_version() is not None:
-        backend = "onnxruntime"  # int8: ONNX Runtime's kernels, measured several times faster than Lite's
-    resolved = resolve_backend(backend, lite, what="pass backend='lite'")
-    if resolved == "lite" and opset != DEFAULT_OPSET:
-        raise ValueError("opset applies to the onnxruntime backend only")
-    if resolved == "onnxruntime":
-        try:
-            return OrtCompiledModel(model, input_shape=input_shape, threads=threads, fuse=fuse,
-                                    dynamic_batch=dynamic_batch, max_shapes=max_shapes, opset=opset)
-        except UnsupportedOperatorError:
-            if backend != "auto":
-                raise
-            # a graph the converter refuses: Lite runs any MegEngine graph
-    return CompiledModel(model, input_shape=input_shape, threads=threads, fuse=fuse, dynamic_batch=dynamic_batch,
-                         max_shapes=max_shapes, **lite)
+    _check_known(options, "compile")
+    given = dict(opset=opset, layout=layout, algo=algo, profile_batch=profile_batch, cache_dir=cache_dir,
+                 split_batch=split_batch, micro_batch=micro_batch, **options)
+    if backend == "auto" and not _requests(given) and not os.environ.get("MEGZOO_BACKEND", "").strip():
+        backend = _preferred(model) or backend
+    name, measured = _resolve(backend, given, what="pass backend='{backend}'")
+    common = dict(fuse=fuse, dynamic_batch=dynamic_batch, max_shapes=max_shapes)
+    chosen = get_backend(name)
+    try:
+        return _compile_with(chosen, model, input_shape, threads, common, given)
+    except chosen.declines():
+        others = [n for n in _auto_candidates() if n != name]
+        if not measured or not others:
+            raise
+    return _compile_with(get_backend(others[0]), model, input_shape, threads, common, given)
 
 
 def load(path: PathLike, threads: Optional[int] = None, *, algo: str = "profile",
          profile_batch: Optional[int] = None, cache_dir: Optional[PathLike] = None,
-         split_batch: bool = True, micro_batch: Union[str, int, None] = "auto"):
+         split_batch: bool = True, micro_batch: Union[str, int, None] = "auto", **options):
     """Load an exported model (see :func:`megzoo.inference.export`) to run without megzoo's model
-    code: an ONNX model with ONNX Runtime, a ``.mge`` with MegEngine Lite, told apart by their
-    first bytes (any other file, e.g. a pickled checkpoint, is refused with ``ValueError`` naming
-    what it is, before a runtime sees it). The batch size may
+    code, by the backend whose file kind it is: an ONNX model with ONNX Runtime, a ``.mge`` with
+    MegEngine Lite, told apart by their first bytes (any other file, e.g. a pickled checkpoint, is
+    refused with ``ValueError`` naming what it is, before a runtime sees it). The batch size may
     change where the file allows it; the spatial size is the exported one. ``model.metadata``
     holds the metadata JSON beside the file when present. For a ``.mge``, a file whose layout
     failed its probe here is refused (:class:`~megzoo.inference.LayoutUnavailableError`); the
-    other arguments are Lite's, as for :func:`compile`."""
+    other arguments are Lite's, as for :func:`compile` (``options``: other backends')."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such model file: {path}")
-    kind = model_file_kind(path)  # ValueError for anything else
+    _check_known(options, "load")
+    backend = backend_for_file_kind(model_file_kind(path, registered_file_kinds()))  # ValueError for other files
     meta = read_metadata(path)
-    if kind == "onnx":
-        given = {"algo": algo, "profile_batch": profile_batch, "cache_dir": cache_dir, "split_batch": split_batch,
-                 "micro_batch": micro_batch}
-        resolve_backend("onnxruntime", given, what="they are for .mge files")
-        compiled = OrtCompiledModel(onnx_file=path, threads=threads, max_shapes=1,
-                                    split_batch=bool((meta or {}).get("int8")))
-        compiled.int8 = bool((meta or {}).get("int8"))
-    else:
-        compiled = CompiledModel(mge_file=path, threads=threads, algo=algo, profile_batch=profile_batch,
-                                 cache_dir=cache_dir, split_batch=split_batch, max_shapes=1, micro_batch=micro_batch)
+    given = dict(algo=algo, profile_batch=profile_batch, cache_dir=cache_dir, split_batch=split_batch,
+                 micro_batch=micro_batch, **options)
+    _resolve(backend.name, given, what="they are for {files} files")
+    compiled = backend.load(path, threads, {k: v for k, v in given.items() if k in backend.options}, meta)
     compiled.metadata = meta
     compiled.output_names = list((meta or {}).get("output_names") or [])
     shape = (meta or {}).get("input_shape")
     if shape:
         compiled._runner_for(tuple(shape))
     return compiled
+
