@@ -143,7 +143,8 @@ def test_drop_path_drops_whole_samples_at_the_stated_rates():
     drop.eval()
     assert np.array_equal(drop(x).numpy(), x.numpy())
     model = megzoo.resnet18(num_classes=4, drop_path_rate=0.2)
-    rates = [b.drop_path.rate if b.drop_path is not None else 0.0 for i in range(4) for b in getattr(model, f"layer{i + 1}")]
+    rates = [b.drop_path.rate if b.drop_path is not None else 0.0
+             for i in range(4) for b in getattr(model, f"layer{i + 1}")]
     np.testing.assert_allclose(rates, 0.2 * np.arange(8) / 7)
     assert set(model.state_dict()) == set(megzoo.resnet18(num_classes=4).state_dict())  # no new weights
     with pytest.raises(ValueError, match="drop_path_rate"):

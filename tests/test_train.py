@@ -100,7 +100,9 @@ def test_checkpoint_round_trip_and_resume_is_exact(shapes, tmp_path):
     resumed = Trainer(_config(shapes, tmp_path / "cut", workers=1), module=_tiny())
     assert resumed.epoch == 2 and resumed.step == first.step and resumed.history == first.history
     _assert_same(_params(resumed.model), _params(first.model))
-    moments = lambda opt: [opt._state[p]["momentum_buffer"].numpy() for g in opt.param_groups for p in g["params"]]
+    def moments(opt):
+        return [opt._state[p]["momentum_buffer"].numpy() for g in opt.param_groups for p in g["params"]]
+
     for a, b in zip(moments(resumed.optimizer), moments(first.optimizer)):
         np.testing.assert_array_equal(a, b)
     resumed.fit()
