@@ -385,7 +385,8 @@ def test_qat_checkpoint_reloads_as_the_int8_model(tmp_path, capsys):
     state = megengine.load(str(best))
     state["head.fc.weight"] = np.full(state["head.fc.weight"].shape, np.nan, np.float32)
     megengine.save(state, str(best))
-    with pytest.raises(WeightsError, match=rf"^weights from {best}: tensor 'head.fc.weight' has 1536 non-finite values "):
+    with pytest.raises(WeightsError,
+                       match=rf"^weights from {best}: tensor 'head.fc.weight' has 1536 non-finite values "):
         load_qat_checkpoint(best)
 
 
@@ -429,14 +430,31 @@ def test_cli_int8_needs_calibration_or_a_qat_checkpoint(tmp_path, capsys):
         megzoo.Classifier("resnet18", False, int8=True)
 
 
+def test_int8_export_takes_explicit_arguments_and_refuses_a_float_model_without_images(tmp_path):
+    """The library side of ``megzoo export --int8`` (megzoo.quantization.export_int8): no argparse in sight."""
+    from megzoo.quantization import Int8Export, MissingCalibrationError
+
+    with pytest.raises(MissingCalibrationError, match=r"^an int8 export of a float model needs calibration images "
+                                                      r"\(calibration=DIR, e.g. the training folder\), or a "
+                                                      r"quantization-aware \(QAT\) checkpoint$"):
+        Int8Export((1, 3, SIZE, SIZE), checkpoint="resnet18")
+    assert issubclass(MissingCalibrationError, ValueError)  # the CLI's error path, as before
+    int8 = Int8Export([2, 3, SIZE, SIZE], calibration=str(tmp_path), static_batch=True)
+    assert (int8.input_shape, int8.observer, int8.max_images, int8.qat_checkpoint) == ((2, 3, SIZE, SIZE), "minmax",
+                                                                                      512, False)
+    # a fake-quantized model has no fp32 form to agree with: nothing is compiled or read
+    assert int8.agreement(prepare_qat(_bottleneck_net()), tmp_path / "missing.onnx") is None
+
+
 def test_cli_eval_int8_runs_the_quantized_model(tmp_path, capsys):
     from megzoo.cli import main
 
     data = _shapes(tmp_path / "data", n=4)
     weights = tmp_path / "r18_3.pkl"
     megengine.save({k: np.array(v) for k, v in megzoo.resnet18(num_classes=3).state_dict().items()}, str(weights))
-    code = main(["eval", "--model", "resnet18", "--weights", str(weights), "--num-classes", "3", "--data", str(data / "val"),
-                 "--int8", "--calibration", str(data / "train"), "--no-progress", "--json"])
+    code = main(["eval", "--model", "resnet18", "--weights", str(weights), "--num-classes", "3",
+                 "--data", str(data / "val"), "--int8", "--calibration", str(data / "train"), "--no-progress",
+                 "--json"])
     printed = capsys.readouterr()
     assert code == 0, printed.err
     result = json.loads(printed.out)

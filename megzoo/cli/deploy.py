@@ -2,7 +2,8 @@
 and ``megzoo benchmark`` (eager vs the compiled backends: images/s, latency, peak memory, % of peak).
 
 Argument parsing and printing only: models come from :mod:`megzoo.model_source`, the export
-from :mod:`megzoo.inference.export`, the benchmark from :mod:`megzoo.benchmark`."""
+from :mod:`megzoo.inference.export` (with ``--int8``, the int8 model from
+:mod:`megzoo.quantization.export_int8`), the benchmark from :mod:`megzoo.benchmark`."""
 import json
 import sys
 import time
@@ -13,8 +14,7 @@ from . import options
 
 
 def register(subparsers) -> None:
-    from ..quantization.ptq import OBSERVERS
-
+    """Add ``megzoo export`` and ``megzoo benchmark`` to ``subparsers``."""
     p = subparsers.add_parser(
         "export", help="write a .mge for MegEngine Lite or an .onnx (+ OUTPUT.json metadata), checked against eager",
         description="Write a model (registered, a checkpoint, or any MegEngine module a function of your own returns) "
@@ -23,6 +23,28 @@ def register(subparsers) -> None:
                     "its metadata in OUTPUT.json. The written file is run (by Lite, or by ONNX Runtime at two batch "
                     "sizes) and compared with eager MegEngine on a random batch and a real image; above --tolerance "
                     "the figures are printed, nothing is written and the command exits 1.")
+    _export_file_arguments(p)
+    _export_weights_arguments(p)
+    _export_graph_arguments(p)
+    _export_int8_arguments(p)
+    _export_check_arguments(p)
+    p.set_defaults(handler=cmd_export)
+
+    p = subparsers.add_parser(
+        "benchmark", help="images/s, latency, peak memory: eager vs the Lite and ONNX Runtime backends",
+        description="Measure eager MegEngine and megzoo's two compiled backends side by side: optimised (the "
+                    "traced, fused graph run by MegEngine Lite with profiled kernels) and onnxruntime (the model "
+                    "exported to ONNX, run by ONNX Runtime inside a megzoo process). Each configuration runs in a "
+                    "fresh process; the fp32 limit of the machine is measured first with a compiled FMA loop. "
+                    "Figures are unreliable while other work loads the machine (check `uptime`).")
+    _benchmark_what_arguments(p)
+    _benchmark_run_arguments(p)
+    _benchmark_report_arguments(p)
+    p.set_defaults(handler=cmd_benchmark)
+
+
+def _export_file_arguments(p) -> None:
+    """``megzoo export``: the model exported and the file written (its format)."""
     p.add_argument("model", metavar="NAME|CHECKPOINT|FILE.py:FUNCTION",
                    help="registered model name (e.g. resnet50), a state-dict checkpoint (.pkl/.pth; the "
                         "architecture from --arch or the file name), or any MegEngine module: FILE.py:FUNCTION, "
@@ -36,17 +58,27 @@ def register(subparsers) -> None:
                    help="ONNX opset (default 17; 13 to 21)")
     p.add_argument("--static-batch", action="store_true",
                    help="ONNX: fix the batch axis to N of --input-shape (default: a symbolic batch axis 'N')")
+
+
+def _export_weights_arguments(p) -> None:
+    """``megzoo export``: the model's weights and classes."""
     p.add_argument("--weights", metavar="TAG|FILE", default=None,
                    help="weights for NAME: a tag (megzoo info NAME lists them), 'default', or a checkpoint path "
                         "(default: none, random initialisation); for FILE.py:FUNCTION a state-dict file "
                         "(megengine.save(model.state_dict())) with exactly the module's keys and shapes (default: "
                         "the module as FUNCTION returns it)")
-    p.add_argument("--arch", metavar="NAME", help="architecture of a state-dict CHECKPOINT (default: from its file name)")
+    p.add_argument("--arch", metavar="NAME",
+                   help="architecture of a state-dict CHECKPOINT (default: from its file name)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="CHECKPOINT (or the --weights FILE of FILE.py:FUNCTION) is a pickled whole module "
                         "(megengine.save(model)) you trust: unpickle it with megengine.load, which runs any code the "
                         "file carries. Without it only state dicts are read, by an allow-list reader that runs nothing")
-    p.add_argument("--num-classes", type=options.num_classes, default=None, help="classifier outputs (default: the model's)")
+    p.add_argument("--num-classes", type=options.num_classes, default=None,
+                   help="classifier outputs (default: the model's)")
+
+
+def _export_graph_arguments(p) -> None:
+    """``megzoo export``: the input shape and the graph's optimisations and layout."""
     p.add_argument("--input-shape", default="1,3,224,224", metavar="N,C,H,W",
                    help="input shape the graph is made for (default 1,3,224,224); the batch stays dynamic "
                         "unless --static-batch")
@@ -57,6 +89,12 @@ def register(subparsers) -> None:
                    help="internal convolution layout: auto (nchw88 on x86 with AVX2 where it passes its probe on "
                         "this machine, else nchw), nchw (portable), nchw88 (x86), nchw44 (ARM); input and output stay "
                         "NCHW. A layout that failed its probe here is refused (.mge only)")
+
+
+def _export_int8_arguments(p) -> None:
+    """``megzoo export``: ``--int8`` and its calibration."""
+    from ..quantization.ptq import OBSERVERS
+
     p.add_argument("--int8", action="store_true",
                    help="write the model quantized to int8 (an int8 QDQ .onnx, or an int8 NCHW .mge), calibrated on "
                         "--calibration DIR, or a `megzoo train --qat` checkpoint as it is; checked against the eager "
@@ -67,6 +105,10 @@ def register(subparsers) -> None:
                    help="--int8: calibration images used at most, spread over the folder (default 512)")
     p.add_argument("--observer", choices=tuple(OBSERVERS), default=None,
                    help="--int8: how activation ranges are set (default minmax, measured: docs/quantization.md)")
+
+
+def _export_check_arguments(p) -> None:
+    """``megzoo export``: the parity check."""
     p.add_argument("--tolerance", type=options.tolerance, default=None,
                    help="parity tolerance: max |exported - eager| / max |eager| (default 1e-4); with --int8, max "
                         "|exported - eager int8| in int8 output steps (default 2)")
@@ -74,18 +116,14 @@ def register(subparsers) -> None:
                    help="real image for the parity check (default: docs/sample.jpg if present, else a generated one)")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the parity check")
     p.add_argument("--threads", type=int, default=None, help="threads for the parity run (default: all usable CPUs)")
-    p.set_defaults(handler=cmd_export)
 
-    p = subparsers.add_parser(
-        "benchmark", help="images/s, latency, peak memory: eager vs the Lite and ONNX Runtime backends",
-        description="Measure eager MegEngine and megzoo's two compiled backends side by side: optimised (the "
-                    "traced, fused graph run by MegEngine Lite with profiled kernels) and onnxruntime (the model "
-                    "exported to ONNX, run by ONNX Runtime inside a megzoo process). Each configuration runs in a "
-                    "fresh process; the fp32 limit of the machine is measured first with a compiled FMA loop. "
-                    "Figures are unreliable while other work loads the machine (check `uptime`).")
+
+def _benchmark_what_arguments(p) -> None:
+    """``megzoo benchmark``: the models, batch sizes, threads, input size and paths measured."""
     p.add_argument("--models", default="resnet18,resnet50,vgg16", help="comma-separated model names")
     p.add_argument("--batch", default="1,16", help="comma-separated batch sizes (default 1,16)")
-    p.add_argument("--threads", type=int, default=None, help="threads of the optimised path (default: all usable CPUs)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads of the optimised path (default: all usable CPUs)")
     p.add_argument("--input-size", type=options.input_size, default=224, metavar="PX",
                    help="input side in pixels (default 224; at most 1024)")
     p.add_argument("--modes", default="eager,optimised,onnxruntime",
@@ -94,6 +132,10 @@ def register(subparsers) -> None:
                         "thread back), onnxruntime_int8 and lite_int8 (the model quantized to int8 on random "
                         "calibration batches, then run by ONNX Runtime / MegEngine Lite); "
                         "default eager,optimised,onnxruntime")
+
+
+def _benchmark_run_arguments(p) -> None:
+    """``megzoo benchmark``: how each configuration runs (repeats, time budget, Lite's kernels and layout)."""
     p.add_argument("--repeats", type=int, default=20, help="timed runs at most (median reported; default 20)")
     p.add_argument("--min-repeats", type=int, default=3, help="timed runs at least (default 3)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
@@ -109,6 +151,10 @@ def register(subparsers) -> None:
                         "NCHW layout, so one kernel profile serves every batch size; else whole shares)")
     p.add_argument("--cold", action="store_true",
                    help="also measure the first compile with an empty algorithm cache (slow)")
+
+
+def _benchmark_report_arguments(p) -> None:
+    """``megzoo benchmark``: the machine's peak, the time allowed and the output."""
     p.add_argument("--peak-gflops", type=float, default=None,
                    help="fp32 peak of the machine in GFLOP/s (default: measured with a compiled FMA loop, else "
                         "cores x FLOP/cycle x clock)")
@@ -116,7 +162,6 @@ def register(subparsers) -> None:
                    help="skip the FMA-loop measurement (the %% column then uses the estimate)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per configuration (default 1800)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.set_defaults(handler=cmd_benchmark)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -166,14 +211,37 @@ def _default_image() -> Optional[Path]:
 
 
 def cmd_export(args) -> int:
-    from ..inference import ParityError, check_input_shape, export, metadata_path, resolve_layout
-    from ..inference.export import INT8_TOLERANCE_STEPS, export_format
-    from ..inference.graph_onnx import UnsupportedOperatorError
-    from ..model_source import is_function_source, model_from_source
-    from . import CLIError
-    from .paths import check_output, naming_output
+    """``megzoo export``: check the arguments, build (and with --int8 quantize) the model, export, print."""
+    from ..inference.export import INT8_TOLERANCE_STEPS
 
     shape = _parse_shape(args.input_shape)
+    fmt = _check_export_arguments(args)
+    int8 = _int8_export(args, shape) if args.int8 else None
+    model, meta = _export_model(args, shape, int8)
+    image = Path(args.image) if args.image else _default_image()
+    t0 = time.perf_counter()
+    float_model, parity_inputs = model, None
+    if int8 is not None:
+        model, parity_inputs = int8.quantized(model)
+    # unset: export's default for the model (output steps for any int8 one, a FILE.py:FUNCTION's too)
+    tolerance = args.tolerance if args.tolerance is not None else (INT8_TOLERANCE_STEPS if int8 is not None else None)
+    report = _write_export(args, model, meta, fmt, shape, image, tolerance, parity_inputs)
+    if report is None:
+        return 1
+    _print_written(report, fmt, args.fuse, time.perf_counter() - t0)
+    _print_parity(report, report.parity["tolerance"] if report.parity else tolerance)
+    if int8 is not None:
+        _print_agreement(int8, float_model, report.path, args.threads)
+    return 0
+
+
+def _check_export_arguments(args) -> str:
+    """Refuse what cannot be exported before the model is built; the format (``"mge"``/``"onnx"``)."""
+    from ..inference import metadata_path, resolve_layout
+    from ..inference.export import export_format
+    from ..model_source import is_function_source
+    from .paths import check_output
+
     fmt = export_format(args.output, args.format)
     check_output(args.output)  # before the model is built, exported and checked
     check_output(metadata_path(args.output))
@@ -192,42 +260,84 @@ def cmd_export(args) -> int:
               file=sys.stderr)
     if args.calibration is not None and not args.int8:
         raise ValueError("--calibration is for --int8 exports")
-    int8 = _Int8Export(args, shape) if args.int8 else None
+    return fmt
+
+
+def _int8_export(args, shape):
+    """The arguments of ``--int8`` mapped to :class:`~megzoo.quantization.Int8Export`."""
+    from ..quantization import Int8Export, MissingCalibrationError
+
+    try:
+        return Int8Export(shape, checkpoint=args.weights or args.model, calibration=args.calibration,
+                          observer=args.observer, max_images=args.calibration_images, static_batch=args.static_batch,
+                          log=_say)
+    except MissingCalibrationError:
+        raise ValueError("--int8 needs --calibration DIR (calibration images, e.g. the training folder), "
+                         "or a `megzoo train --qat` checkpoint (its best.pkl) as the weights") from None
+
+
+def _say(message: str) -> None:
+    """A progress line on stderr."""
+    print(message, file=sys.stderr)
+
+
+def _export_model(args, shape, int8):
+    """(the model to export, its metadata): a QAT checkpoint's int8 model, else the model source's;
+    its channels and minimum size checked against ``shape`` (N, C, H, W) before any calibration."""
+    from ..inference import check_input_shape
+    from ..model_source import model_from_source
+
     if int8 is not None and int8.qat_checkpoint:
-        model, meta = int8.qat_model()
+        model, meta = int8.qat_model(None if args.model == int8.checkpoint else args.model, args.num_classes)
     else:
         model, meta = model_from_source(args.model, weights=args.weights, arch=args.arch,
                                         num_classes=args.num_classes, trust_pickle=args.trust_pickle)
     if isinstance(getattr(model, "in_channels", None), int) and shape[1] != model.in_channels:
         raise ValueError(f"--input-shape has {shape[1]} channels but the model takes {model.in_channels}")
     check_input_shape(model, shape)  # the model's minimum size, before calibrating (export checks it too)
-    image = Path(args.image) if args.image else _default_image()
-    t0 = time.perf_counter()
-    float_model, parity_inputs = model, None
-    if int8 is not None:
-        model, parity_inputs = int8.quantized(model)
-    # unset: export's default for the model (output steps for any int8 one, a FILE.py:FUNCTION's too)
-    tolerance = args.tolerance if args.tolerance is not None else (INT8_TOLERANCE_STEPS if int8 else None)
+    return model, meta
+
+
+def _write_export(args, model, meta, fmt, shape, image, tolerance, parity_inputs):
+    """:func:`megzoo.inference.export` with the arguments; None (and the figures printed) when the
+    parity check failed and nothing was written."""
+    from ..inference import ParityError, export
+    from ..inference.graph_onnx import UnsupportedOperatorError
+    from . import CLIError
+    from .paths import naming_output
+
+    if fmt == "onnx":
+        format_options = dict(opset=args.opset, dynamic_batch=not args.static_batch)
+    else:
+        format_options = dict(layout=args.layout)
     try:
-        options = dict(opset=args.opset, dynamic_batch=not args.static_batch) if fmt == "onnx" else dict(layout=args.layout)
         with naming_output(args.output):
-            report = export(model, args.output, shape, format=fmt, fuse=args.fuse, metadata=meta, check=args.check,
-                            tolerance=tolerance, image=image, threads=args.threads, parity_inputs=parity_inputs,
-                            **options)
+            return export(model, args.output, shape, format=fmt, fuse=args.fuse, metadata=meta, check=args.check,
+                          tolerance=tolerance, image=image, threads=args.threads, parity_inputs=parity_inputs,
+                          **format_options)
     except UnsupportedOperatorError as exc:  # an operator ONNX has no mapping for: nothing was written
         raise CLIError(str(exc)) from None
     except ParityError as exc:
         print(f"megzoo export: error: {exc}", file=sys.stderr)
         print(f"megzoo export: {args.output} not written", file=sys.stderr)
-        return 1
+        return None
+
+
+def _print_written(report, fmt: str, fuse: bool, seconds: float) -> None:
+    """One line: the file written, its size, graph, input and outputs, and the time taken."""
     size = report.path.stat().st_size
     meta = report.metadata
-    kind = (f"ONNX opset {meta['opset']}, batch {'dynamic' if meta['dynamic_batch'] else 'static'}" if fmt == "onnx"
-            else f"layout {meta['layout']}")
-    print(f"wrote {report.path} ({size / 2**20:.1f} MiB, {'fused' if args.fuse else 'not fused'}, {kind}, "
+    if fmt == "onnx":
+        kind = f"ONNX opset {meta['opset']}, batch {'dynamic' if meta['dynamic_batch'] else 'static'}"
+    else:
+        kind = f"layout {meta['layout']}"
+    print(f"wrote {report.path} ({size / 2**20:.1f} MiB, {'fused' if fuse else 'not fused'}, {kind}, "
           f"input {meta['input_name']} {'x'.join(str(v) for v in meta['input_shape'])} {meta['color_order']}, "
-          f"outputs {', '.join(meta['output_names'])}) and {report.metadata_path.name} in {time.perf_counter() - t0:.1f} s")
-    tolerance = report.parity["tolerance"] if report.parity else tolerance
+          f"outputs {', '.join(meta['output_names'])}) and {report.metadata_path.name} in {seconds:.1f} s")
+
+
+def _print_parity(report, tolerance) -> None:
+    """The parity figures of each input (in int8 output steps for an int8 model), or that it was skipped."""
     if report.parity and "step" in next(iter(report.parity["inputs"].values()), {}):
         print(f"parity vs the eager int8 model (tolerance {tolerance:g} output step{'' if tolerance == 1 else 's'}; "
               "one step = the most one quantization step of the last int8 tensor moves the top logit):")
@@ -237,92 +347,23 @@ def cmd_export(args) -> int:
     elif report.parity:
         print(f"parity vs eager (tolerance {tolerance:g}, max |diff| / max |logit|):")
         for name, r in report.parity["inputs"].items():
-            print(f"  {name:<34} max abs diff {r['max_abs']:.3g}  logit scale {r['scale']:.3g}  relative {r['rel']:.3g}  ok")
+            print(f"  {name:<34} max abs diff {r['max_abs']:.3g}  logit scale {r['scale']:.3g}  "
+                  f"relative {r['rel']:.3g}  ok")
     else:
         print("parity check skipped (--no-check)")
-    if int8 is not None:
-        int8.print_agreement(float_model, report.path, args.threads)
-    return 0
 
 
-class _Int8Export:
-    """The int8 side of ``megzoo export --int8``: a QAT checkpoint or a calibration, the parity
-    inputs (calibration images), the top-1 agreement with the fp32 model."""
-
-    AGREEMENT_IMAGES = 256
-
-    def __init__(self, args, shape):
-        from ..quantization import is_qat_checkpoint
-
-        self.args, self.shape = args, shape
-        self.checkpoint = args.weights or args.model
-        self.qat_checkpoint = is_qat_checkpoint(self.checkpoint)
-        if not self.qat_checkpoint and args.calibration is None:
-            raise ValueError("--int8 needs --calibration DIR (calibration images, e.g. the training folder), "
-                             "or a `megzoo train --qat` checkpoint (its best.pkl) as the weights")
-
-    def _preprocess(self, model):
-        from ..weights.sidecar import read_weights_metadata
-        from ..transforms import resolve_preprocess
-
-        saved = (read_weights_metadata(self.checkpoint) or {}).get("preprocess")
-        size = self.shape[2]
-        spec = saved if saved else model
-        pre = resolve_preprocess(spec)
-        return resolve_preprocess(spec, input_size=size, resize_size=pre.resize_size if pre.input_size == size else None)
-
-    def qat_model(self):
-        from ..quantization import load_qat_checkpoint
-
-        model = load_qat_checkpoint(self.checkpoint, None if self.args.model == self.checkpoint else self.args.model,
-                                    self.args.num_classes)
-        from ..model_source import sidecar_metadata
-
-        return model, {"model": model.model_name, "weights": str(Path(self.checkpoint).resolve()),
-                       **sidecar_metadata(self.checkpoint)}
-
-    def quantized(self, model):
-        """(the int8 model, parity inputs: a batch of calibration images when there are some)."""
-        from ..quantization import DEFAULT_OBSERVER, quantize
-
-        self.preprocess = self._preprocess(model)
-        if self.qat_checkpoint:  # already int8; calibration images (if any) only check it
-            return model, (self._parity_batch() if self.args.calibration is not None else None)
-        observer = self.args.observer or DEFAULT_OBSERVER
-        t0 = time.perf_counter()
-        q = quantize(model, self.args.calibration, observer=observer, max_images=self.args.calibration_images,
-                     preprocess=self.preprocess)
-        calib = q.quantization["calibration"]
-        print(f"calibrated on {calib['images']} images of {calib['source']} ({observer} observer) in "
-              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        return q, self._parity_batch()
-
-    def _parity_batch(self):
-        from ..quantization import calibration_batches
-
-        batch = next(iter(calibration_batches(self.args.calibration, self.preprocess, batch_size=8, max_images=8)))
-        return {"calibration images": batch}
-
-    def print_agreement(self, float_model, path, threads):
-        """Top-1 agreement of the written int8 file with the fp32 model, on calibration images."""
-        from ..inference import compile as compile_model, load
-        from ..quantization import calibration_batches, top1_agreement
-
-        if self.args.calibration is None:
-            return
-        if getattr(float_model, "precision", "float32") != "float32":
-            print("top-1 agreement with an fp32 model not measured: a QAT checkpoint has no fp32 form here "
-                  "(megzoo eval --weights best.pkl --int8 measures its accuracy)")
-            return
-        fp32 = compile_model(float_model, threads=threads)
-        written = load(path, threads=threads)
-        batch_size = self.shape[0] if self.args.static_batch else 32
-        batches = calibration_batches(self.args.calibration, self.preprocess, batch_size=batch_size,
-                                      max_images=self.AGREEMENT_IMAGES)
-        if self.args.static_batch:  # the file takes its one batch size: full batches only
-            batches = (b for b in batches if len(b) == batch_size)
-        same, n = top1_agreement(fp32, written, batches)
-        print(f"top-1 agreement of {Path(path).name} with the fp32 model: {100 * same:.1f}% of {n} calibration images")
+def _print_agreement(int8, float_model, path: Path, threads) -> None:
+    """The top-1 agreement of the written int8 file with the fp32 model, on calibration images."""
+    if int8.calibration is None:
+        return
+    found = int8.agreement(float_model, path, threads)
+    if found is None:
+        print("top-1 agreement with an fp32 model not measured: a QAT checkpoint has no fp32 form here "
+              "(megzoo eval --weights best.pkl --int8 measures its accuracy)")
+        return
+    same, n = found
+    print(f"top-1 agreement of {path.name} with the fp32 model: {100 * same:.1f}% of {n} calibration images")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -164,6 +164,146 @@ def export_format(path: PathLike, format: Optional[str] = None) -> str:
     return format
 
 
+@dataclass
+class _Plan:
+    """One export's checked settings: ``fmt`` (``"mge"``/``"onnx"``), ``shape`` (N, C, H, W), whether
+    the model is ``int8``, and the format's own: ``layout`` (.mge) or ``opset`` (.onnx)."""
+
+    fmt: str
+    shape: Tuple[int, ...]
+    int8: bool
+    fuse: bool
+    dynamic_batch: bool
+    layout: Optional[str] = None
+    opset: Optional[int] = None
+
+    @property
+    def check_batches(self) -> List[int]:
+        """The batch sizes the parity check runs: two for a dynamic-batch ONNX file."""
+        n = self.shape[0]
+        return [n] + ([_second_batch(n)] if self.fmt == "onnx" and self.dynamic_batch else [])
+
+
+def _onnx_opset(opset: Optional[int], layout: str, check: bool) -> int:
+    """The checked opset of an ``.onnx`` export; refuses a layout, and a check ONNX Runtime cannot run."""
+    from .graph_onnx import DEFAULT_OPSET, check_opset
+    from .ort import onnxruntime_version
+
+    opset = check_opset(DEFAULT_OPSET if opset is None else opset)
+    if layout != "auto":
+        raise ValueError("layout applies to .mge files only (ONNX Runtime chooses its own kernels)")
+    if check and onnxruntime_version() is None:
+        raise RuntimeError("the parity check of an .onnx export runs the file with ONNX Runtime, which is not "
+                           "installed: pip install 'onnxruntime>=1.20', or export without the check "
+                           "(check=False, --no-check), or export a .mge")
+    return opset
+
+
+def _mge_layout(model, layout: str, fuse: bool, opset: Optional[int], dynamic_batch: bool, int8: bool) -> str:
+    """The layout of a ``.mge`` export (NCHW for int8, else the probed fit of ``layout``); refuses
+    the ONNX-only arguments."""
+    if opset is not None:
+        raise ValueError("opset applies to .onnx files only")
+    if not dynamic_batch:
+        raise ValueError("a .mge always takes any batch size; dynamic_batch=False applies to .onnx files")
+    if int8 and layout not in ("auto", "nchw"):
+        raise ValueError(f"layout {layout!r} has no int8 kernels in MegEngine 1.13: an int8 .mge is NCHW")
+    return "nchw" if int8 else fit_layout(model, resolve_layout(layout, fuse), layout)
+
+
+def _plan(model, path: Path, input_shape: Sequence[int], format: Optional[str], fuse: bool, layout: str,
+          check: bool, opset: Optional[int], dynamic_batch: bool) -> _Plan:
+    """Resolve the format and the input shape and check the format's arguments, before any work."""
+    int8 = is_int8_model(model)
+    fmt = export_format(path, format)
+    shape = check_input_shape(model, input_shape)  # one check for .mge and .onnx, before any work
+    plan = _Plan(fmt, shape, int8, fuse, dynamic_batch)
+    if fmt == "onnx":
+        plan.opset = _onnx_opset(opset, layout, check)
+    else:
+        plan.layout = _mge_layout(model, layout, fuse, opset, dynamic_batch, int8)
+    return plan
+
+
+def _metadata(model, plan: _Plan, extra: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The metadata written beside the file (``extra`` last, so it overrides)."""
+    meta: Dict[str, Any] = {
+        "format": "megzoo-onnx/1" if plan.fmt == "onnx" else "megzoo-mge/1",
+        "model": getattr(model, "model_name", type(model).__name__),
+        "input_name": INPUT_NAME,
+        "input_shape": list(plan.shape),
+        "input_layout": "NCHW",
+        "dynamic_batch": bool(plan.dynamic_batch),
+        "dtype": "float32",
+        "color_order": "BGR",
+        "pixel_range": [0, 255],
+        "mean": list(MEAN_BGR),
+        "std": list(STD_BGR),
+        "class_names": None,
+        "fused": bool(plan.fuse),
+        "megengine_version": megengine_version(),
+        "megzoo_version": __version__,
+    }
+    if plan.fmt == "onnx":
+        from .ort import onnxruntime_version
+
+        meta.update(opset=plan.opset, batch_axis="N" if plan.dynamic_batch else None,
+                    onnxruntime_version=onnxruntime_version())
+    else:
+        meta["layout"] = plan.layout
+    if plan.int8:
+        meta["int8"] = True
+        meta["quantization"] = dict(getattr(model, "quantization", {}) or {})
+    meta.update(extra or {})
+    return meta
+
+
+def _write_mge(model, plan: _Plan, staged: Path, meta: Dict[str, Any]):
+    """Trace the model and dump it for Lite to ``staged``; the output names go into ``meta``."""
+    meta["output_names"] = trace_and_dump(model, plan.shape, staged, fuse=plan.fuse, layout=plan.layout)
+
+
+def _check_inputs(plan: _Plan, image: Optional[PathLike], meta: Dict[str, Any], seed: int,
+                  parity_inputs: Optional[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+    """The parity check's named batches: random and real (:func:`_parity_inputs`), the random ones
+    replaced by ``parity_inputs`` when given (cut to the batch size of a static-batch ONNX file)."""
+    inputs = _parity_inputs(plan.shape, plan.check_batches, image, meta, seed)
+    if parity_inputs:
+        static = plan.fmt == "onnx" and not plan.dynamic_batch
+        given = {k: _fit_batch(v, plan.shape[0]) if static else v for k, v in parity_inputs.items()}
+        inputs = {**{k: v for k, v in inputs.items() if not k.startswith("random")}, **given}
+    return inputs
+
+
+def _run_onnx(plan: _Plan, staged: Path, threads: Optional[int]):
+    """The staged ``.onnx`` loaded in ONNX Runtime (an int8 file runs image by image)."""
+    return OrtCompiledModel(onnx_file=staged, threads=threads, max_shapes=len(plan.check_batches) + 4,
+                            split_batch=plan.int8)
+
+
+def _run_mge(plan: _Plan, staged: Path, threads: Optional[int], algo: str):
+    """The staged ``.mge`` loaded in Lite, in the layout it was written for."""
+    return CompiledModel(mge_file=staged, threads=threads, algo=algo, max_shapes=1, layout=plan.layout)
+
+
+def _record_parity(report: ExportReport, tolerance: float, staged: Path, proto):
+    """Put the parity figures into the metadata and, for ONNX, into the staged file's own props."""
+    meta = report.metadata
+    meta["parity"] = {"tolerance": tolerance, "max_rel": report.parity["max_rel"], "inputs": report.parity["inputs"]}
+    if proto is not None:  # the checked figure goes into the file's own metadata too
+        _set_props(proto, meta, parity=report.parity["max_rel"])
+        staged.write_bytes(proto.SerializeToString())
+
+
+def _publish(staged: Path, report: ExportReport):
+    """Rename the checked file into place and write its metadata (the old metadata removed first:
+    a graph at the path never sits beside another graph's metadata)."""
+    report.metadata_path.unlink(missing_ok=True)
+    fsync_path(staged)  # durable before it takes the name
+    os.replace(staged, report.path)
+    atomic_write_text(report.metadata_path, json.dumps(report.metadata, indent=2) + "\n")
+
+
 def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224), *, format: Optional[str] = None,
            fuse: bool = True, layout: str = "auto", metadata: Optional[Dict[str, Any]] = None, check: bool = True,
            tolerance: Optional[float] = None, image: Optional[PathLike] = None, threads: Optional[int] = None,
@@ -200,98 +340,33 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
     preprocessed batch, e.g. calibration images) replace the generated check inputs; the real
     image is still added."""
     require_megengine_thread("megzoo.inference.export", "export in the main thread")
-    int8 = is_int8_model(model)
-    if tolerance is None:
-        tolerance = INT8_TOLERANCE_STEPS if int8 else DEFAULT_TOLERANCE
     path = Path(path)
-    fmt = export_format(path, format)
-    shape = check_input_shape(model, input_shape)  # one check for .mge and .onnx, before any work
-    if fmt == "onnx":
-        from .graph_onnx import DEFAULT_OPSET, check_opset
-        from .ort import onnxruntime_version
-
-        opset = check_opset(DEFAULT_OPSET if opset is None else opset)
-        if layout != "auto":
-            raise ValueError("layout applies to .mge files only (ONNX Runtime chooses its own kernels)")
-        if check and onnxruntime_version() is None:
-            raise RuntimeError("the parity check of an .onnx export runs the file with ONNX Runtime, which is not "
-                               "installed: pip install 'onnxruntime>=1.20', or export without the check "
-                               "(check=False, --no-check), or export a .mge")
-    else:
-        if opset is not None:
-            raise ValueError("opset applies to .onnx files only")
-        if not dynamic_batch:
-            raise ValueError("a .mge always takes any batch size; dynamic_batch=False applies to .onnx files")
-        if int8 and layout not in ("auto", "nchw"):
-            raise ValueError(f"layout {layout!r} has no int8 kernels in MegEngine 1.13: an int8 .mge is NCHW")
-        layout = "nchw" if int8 else fit_layout(model, resolve_layout(layout, fuse), layout)
+    plan = _plan(model, path, input_shape, format, fuse, layout, check, opset, dynamic_batch)
+    if tolerance is None:
+        tolerance = INT8_TOLERANCE_STEPS if plan.int8 else DEFAULT_TOLERANCE
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta: Dict[str, Any] = {
-        "format": "megzoo-onnx/1" if fmt == "onnx" else "megzoo-mge/1",
-        "model": getattr(model, "model_name", type(model).__name__),
-        "input_name": INPUT_NAME,
-        "input_shape": list(shape),
-        "input_layout": "NCHW",
-        "dynamic_batch": bool(dynamic_batch),
-        "dtype": "float32",
-        "color_order": "BGR",
-        "pixel_range": [0, 255],
-        "mean": list(MEAN_BGR),
-        "std": list(STD_BGR),
-        "class_names": None,
-        "fused": bool(fuse),
-        "megengine_version": megengine_version(),
-        "megzoo_version": __version__,
-    }
-    if fmt == "onnx":
-        from .ort import onnxruntime_version
-
-        meta.update(opset=opset, batch_axis="N" if dynamic_batch else None, onnxruntime_version=onnxruntime_version())
-    else:
-        meta["layout"] = layout
-    if int8:
-        meta["int8"] = True
-        meta["quantization"] = dict(getattr(model, "quantization", {}) or {})
-    meta.update(metadata or {})
-    seconds: Dict[str, float] = {}
+    meta = _metadata(model, plan, metadata)
     # written beside the target and renamed into place once checked: never a half-written or
     # unchecked file at ``path``; a killed export's staged files (not locked any more) are removed
     remove_stale_temporaries(path.parent, (path.name, metadata_path(path).name))
-    report = ExportReport(path, metadata_path(path), meta, None, seconds)
+    report = ExportReport(path, metadata_path(path), meta, None, {})
     with staging_file(path) as staged:  # .NAME.PID.RANDOM.tmp, locked while the export runs
         t0 = time.perf_counter()
         proto = None
-        if fmt == "onnx":
-            proto = _write_onnx(model, shape, staged, meta, opset, dynamic_batch, fuse)
+        if plan.fmt == "onnx":
+            proto = _write_onnx(model, plan.shape, staged, meta, plan.opset, plan.dynamic_batch, plan.fuse)
         else:
-            meta["output_names"] = trace_and_dump(model, shape, staged, fuse=fuse, layout=layout)
-        seconds["dump"] = time.perf_counter() - t0
+            _write_mge(model, plan, staged, meta)
+        report.seconds["dump"] = time.perf_counter() - t0
         if check:
             t0 = time.perf_counter()
-            batches = [shape[0]] + ([_second_batch(shape[0])] if fmt == "onnx" and dynamic_batch else [])
-            inputs = _parity_inputs(shape, batches, image, meta, seed)
-            if parity_inputs:
-                given = {k: _fit_batch(v, shape[0]) if fmt == "onnx" and not dynamic_batch else v
-                         for k, v in parity_inputs.items()}
-                inputs = {**{k: v for k, v in inputs.items() if not k.startswith("random")}, **given}
-            if fmt == "onnx":
-                compiled = OrtCompiledModel(onnx_file=staged, threads=threads, max_shapes=len(batches) + 4,
-                                            split_batch=int8)
-            else:
-                compiled = CompiledModel(mge_file=staged, threads=threads, algo=algo, max_shapes=1, layout=layout)
+            inputs = _check_inputs(plan, image, meta, seed, parity_inputs)
+            compiled = _run_onnx(plan, staged, threads) if plan.fmt == "onnx" else _run_mge(plan, staged, threads, algo)
             compiled.output_names = meta["output_names"]
             report.parity = check_parity(model, compiled, inputs, tolerance)
-            seconds["parity"] = time.perf_counter() - t0
-            meta["parity"] = {"tolerance": tolerance, "max_rel": report.parity["max_rel"],
-                              "inputs": report.parity["inputs"]}
-            if proto is not None:  # the checked figure goes into the file's own metadata too
-                _set_props(proto, meta, parity=report.parity["max_rel"])
-                staged.write_bytes(proto.SerializeToString())
-        # the metadata first: a graph at ``path`` never sits beside another graph's metadata
-        report.metadata_path.unlink(missing_ok=True)
-        fsync_path(staged)  # durable before it takes the name
-        os.replace(staged, path)
-        atomic_write_text(report.metadata_path, json.dumps(meta, indent=2) + "\n")
+            report.seconds["parity"] = time.perf_counter() - t0
+            _record_parity(report, tolerance, staged, proto)
+        _publish(staged, report)
     return report
 
 
