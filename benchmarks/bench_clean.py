@@ -109,8 +109,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     work = args.work or tempfile.mkdtemp(prefix="megzoo-bench-clean-")
-    print(f"load average {os.getloadavg()[0]:.2f}; {args.folds} folds x {args.epochs} epochs, ResNet-18 at {args.size} px,"
-          f" {args.noise:.0%} noise; work in {work}", flush=True)
+    print(f"load average {os.getloadavg()[0]:.2f}; {args.folds} folds x {args.epochs} epochs, "
+          f"ResNet-18 at {args.size} px, {args.noise:.0%} noise; work in {work}", flush=True)
     runs = [(int(s), False) for s in args.seeds.split(",") if s.strip()]
     if args.class_conditional:
         runs.append((runs[0][0] if runs else 0, True))

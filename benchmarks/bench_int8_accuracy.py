@@ -118,9 +118,14 @@ def main() -> int:
                             max_images=args.calibration_images, progress=False)
         seconds = time.perf_counter() - t0
         compiled = megzoo.compile(q)
-        for runtime, fn in (("onnxruntime", compiled), ("megengine eager", lambda x: q(megengine.tensor(x, device=q.quant_device())).numpy())):
+
+        def eager(x, q=q):
+            return q(megengine.tensor(x, device=q.quant_device())).numpy()
+
+        for runtime, fn in (("onnxruntime", compiled), ("megengine eager", eager)):
             pred = predictions(fn, batches)
-            rows.append({"method": "ptq", "observer": observer, "runtime": runtime, "top1": float((pred == labels).mean()),
+            rows.append({"method": "ptq", "observer": observer, "runtime": runtime,
+                         "top1": float((pred == labels).mean()),
                          "agreement": float((pred == ref).mean()), "seconds": round(seconds, 1)})
     if args.ort_static:
         t0 = time.perf_counter()

@@ -115,7 +115,8 @@ def main(argv=None):
                 files = {"old": old / f"{name}_{precision}.onnx", "new": new / f"{name}_{precision}.onnx"}
                 for batch in batches:
                     runners = {k: OrtRunner(str(f), threads, split_batch=precision == "int8") for k, f in files.items()}
-                    x = np.random.RandomState(batch).standard_normal((batch, 3, args.size, args.size)).astype(np.float32)
+                    shape = (batch, 3, args.size, args.size)
+                    x = np.random.RandomState(batch).standard_normal(shape).astype(np.float32)
                     outputs = {k: r.run(x)[0] for k, r in runners.items()}
                     rates = time_rounds(runners, x, args.rounds, args.seconds)
                     row = {"model": name, "precision": precision, "batch": batch, "threads": threads,

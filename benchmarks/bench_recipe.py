@@ -73,7 +73,8 @@ def run(name: str, seed: int, data: str, work: str, args) -> dict:
     ema = extra.pop("ema", False)
     if ema:
         extra.update(ema_decay=args.ema_decay, ema_steps=1)
-    config = TrainConfig(recipe=recipe, model="resnet18", data=data, output=os.path.join(work, f"row{list(ROWS).index(name)}-seed{seed}"),
+    output = os.path.join(work, f"row{list(ROWS).index(name)}-seed{seed}")
+    config = TrainConfig(recipe=recipe, model="resnet18", data=data, output=output,
                          input_size=32, hflip=0.0, crop_scale=(0.35, 1.0), epochs=args.epochs, batch_size=32,
                          warmup_epochs=1.0, workers=0, eval_every=10 ** 6, progress=False, plot=False, seed=seed,
                          **extra)
@@ -122,7 +123,8 @@ def main(argv=None) -> int:
         runs.extend(rows)
         tops = [100 * r["top1"] for r in rows]
         print(f"{name:<58} {statistics.mean(tops):>9.2f}% {min(tops):>6.2f}-{max(tops):<6.2f} "
-              f"{' '.join(f'{t:.2f}' for t in tops):>24} {statistics.mean(r['seconds'] for r in rows):>6.0f}", flush=True)
+              f"{' '.join(f'{t:.2f}' for t in tops):>24} {statistics.mean(r['seconds'] for r in rows):>6.0f}",
+              flush=True)
         if args.json:
             with open(args.json, "w", encoding="utf-8") as f:
                 json.dump(runs, f, indent=2)

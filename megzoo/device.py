@@ -24,8 +24,8 @@ import sys
 import threading
 from typing import Dict, Iterator, List, Optional, Tuple
 
-__all__ = ["DEVICE_NAMES", "select_device", "quiet_device", "using_device", "cuda_available", "quiet_stderr", "is_cpu_device",
-           "move_tensors", "poller_yields", "poller_threads", "poller_policy", "can_undo_idle_policy",
+__all__ = ["DEVICE_NAMES", "select_device", "quiet_device", "using_device", "cuda_available", "quiet_stderr",
+           "is_cpu_device", "move_tensors", "poller_yields", "poller_threads", "poller_policy", "can_undo_idle_policy",
            "POLLER_THREAD_NAME"]
 
 _ALIASES = {"cpu": "cpux", "gpu": "gpux", "cuda": "gpux"}

@@ -417,4 +417,3 @@ def server_context(cert_file, key_file) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(str(cert_file), str(key_file))
     return context
-

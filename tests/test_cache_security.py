@@ -389,13 +389,16 @@ def test_an_algo_cache_folder_planted_in_a_shared_home_is_refused(tmp_path, monk
         call = backends.best_backend
     elif what == "layout probe":  # a planted verdict would run kernels that crash this machine
         plant_record(layouts.probe_record_path(), {"verdicts": {"nchw88": {"ok": True, "reason": "planted"}}})
-        call = lambda: layouts.layout_verdict("nchw88")  # noqa: E731
+
+        def call():
+            return layouts.layout_verdict("nchw88")
     else:  # MegEngine would read (and write) its kernel choices in the planted folder
         import megengine.module as M
 
         from megzoo.inference import CompiledModel
 
-        call = lambda: CompiledModel(M.Conv2d(3, 4, 3), input_shape=(1, 3, 8, 8), layout="nchw")  # noqa: E731
+        def call():
+            return CompiledModel(M.Conv2d(3, 4, 3), input_shape=(1, 3, 8, 8), layout="nchw")
     error = attempt(call)
     assert type(error).__name__ == "UnsafeCacheError"
     assert str(error) == ALGO_REFUSAL.format(algo)

@@ -27,7 +27,8 @@ def test_watchdog_names_the_hung_test_dumps_stacks_and_kills(tmp_path):
         "pytest_configure, pytest_runtest_logstart = hooks.pytest_configure, hooks.pytest_runtest_logstart\n")
     env = dict(os.environ, MEGZOO_CI_LIMIT_S="8", MEGZOO_CI_GRACE_S="3")
     start = time.perf_counter()
-    proc = subprocess.run(["bash", str(REPO / ".ci" / "run"), str(suite), f"--rootdir={suite}", "-p", "no:cacheprovider",
+    proc = subprocess.run(["bash", str(REPO / ".ci" / "run"), str(suite), f"--rootdir={suite}",
+                           "-p", "no:cacheprovider",
                            "-o", "timeout=0",
                            "-o", "faulthandler_timeout=0"],
                           capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=240,

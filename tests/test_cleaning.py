@@ -159,7 +159,8 @@ def test_image_health_finds_each_problem_and_nothing_on_clean_images(messy):
     flags = health_flags(health)
     name = {images.relative(i): i for i in range(len(images))}
     problems = {images.relative(i): health.problem[i] for i in range(len(images)) if health.problem[i]}
-    assert problems == {"train/blue/zero.png": "zero-byte file", "train/blue/text.jpg": "not an image OpenCV can decode",
+    assert problems == {"train/blue/zero.png": "zero-byte file",
+                        "train/blue/text.jpg": "not an image OpenCV can decode",
                         "train/green/cut.jpg": "truncated JPEG (no end-of-image marker)"}
     flagged = {kind: sorted(images.relative(i) for i in np.flatnonzero(v)) for kind, v in flags.items()}
     assert flagged == {"unreadable": ["train/blue/text.jpg", "train/blue/zero.png", "train/green/cut.jpg"],
@@ -303,8 +304,9 @@ def test_a_class_with_no_readable_image_is_reported_not_fatal(messy, tmp_path):
     assert result.labels.suggested[np.flatnonzero(result.labels.is_issue)].tolist() == [0]  # blue, in all classes
     probs[images.paths.index(os.path.join(images.root, "train", "red", "1.png"))] = np.nan
     np.save(tmp_path / "p2.npy", probs)
-    with pytest.raises(CleaningInputError, match=r"--pred-probs has no probabilities \(NaN\) for 1 readable image\(s\), "
-                                                 r"the first train/red/1.png: give a row for every readable image"):
+    with pytest.raises(CleaningInputError, match=r"--pred-probs has no probabilities \(NaN\) for 1 readable "
+                                                 r"image\(s\), the first train/red/1.png: give a row for every "
+                                                 r"readable image"):
         find_label_issues(str(messy), method="given", pred_probs=str(tmp_path / "p2.npy"), progress=False)
 
 
@@ -323,14 +325,16 @@ def test_bad_input_is_named_with_the_fix(messy, tmp_path):
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object))
     with pytest.raises(CleaningInputError, match="is not a plain .npy array of probabilities"):
         find_label_issues(str(messy), method="given", pred_probs=str(tmp_path / "objects.npy"), progress=False)
-    with pytest.raises(CleaningInputError, match=r"class 'blue' has 11 usable image\(s\), fewer than the 12 folds "
-                                                 r"\(every fold holds out images of every class\): lower --folds to 11"):
+    with pytest.raises(CleaningInputError, match=r"class 'blue' has 11 usable image\(s\), fewer than the 12 "
+                                                 r"folds \(every fold holds out images of every class\): lower "
+                                                 r"--folds to 11"):
         find_label_issues(str(messy), method="kfold", folds=12, progress=False)
-    with pytest.raises(CleaningInputError, match=r"class 'c' has 1 usable image\(s\), fewer than the 2 folds \(every "
-                                                 r"fold holds out images of every class\): add at least 1 image\(s\) to "
-                                                 r"it \(2 folds need 2 images of every class\)$"):
+    with pytest.raises(CleaningInputError, match=r"class 'c' has 1 usable image\(s\), fewer than the 2 folds "
+                                                 r"\(every fold holds out images of every class\): add at least 1 "
+                                                 r"image\(s\) to it \(2 folds need 2 images of every class\)$"):
         stratified_folds(np.array([0, 0, 1, 1, 2]), 2, 0, ["a", "b", "c"])
-    with pytest.raises(CleaningInputError, match=r"exclude_flags dupe unknown: choose from unreadable, label, duplicate, near_duplicate"):
+    with pytest.raises(CleaningInputError, match=r"exclude_flags dupe unknown: choose from unreadable, label, "
+                                                 r"duplicate, near_duplicate"):
         find_label_issues(str(messy), method="given", pred_probs=str(tmp_path / "x.npy"), exclude_flags=["dupe"])
 
 
@@ -441,8 +445,8 @@ def test_train_exclude_leaves_out_the_listed_images(messy, tmp_path, capsys):
 def test_an_unreadable_training_image_is_named_and_replaced(messy, tmp_path, capsys):
     from megzoo.train.data import ImageSamples
 
-    train = ImageSamples([(str(messy / "train" / "blue" / "zero.png"), 0), (str(messy / "train" / "blue" / "0.png"), 0)],
-                         replace_unreadable=True)
+    blue = messy / "train" / "blue"
+    train = ImageSamples([(str(blue / "zero.png"), 0), (str(blue / "0.png"), 0)], replace_unreadable=True)
     image, label = train[0]
     np.testing.assert_array_equal(image, cv2.imread(str(messy / "train" / "blue" / "0.png")))
     train[0]

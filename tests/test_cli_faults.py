@@ -107,7 +107,8 @@ def test_predict_refuses_sizes_in_best_json_above_the_bounds(work, tmp_path, cap
 
 def test_sizes_of_a_preprocessing_record_and_of_training_are_bounded():
     with pytest.raises(ValueError, match=r"^input_size 2000 is larger than megzoo's bound of 1024 px"):
-        megzoo.Classifier("resnet18", weights=False, num_classes=2, preprocess={"input_size": 2000, "resize_size": 2000})
+        megzoo.Classifier("resnet18", weights=False, num_classes=2,
+                          preprocess={"input_size": 2000, "resize_size": 2000})
     with pytest.raises(ValueError, match=r"^resize_size 4096 is larger than megzoo's bound of 2048 px"):
         megzoo.eval_transform(input_size=224, resize_size=4096)
     with pytest.raises(ValueError, match=r"^eval_size 1500 is larger than megzoo's bound of 1024 px"):
@@ -219,7 +220,8 @@ def _commands(work: Path, out: Path):
 def test_a_read_only_output_is_one_error_line_before_the_work(work, tmp_path, capsys, command):
     with tmpfs(tmp_path / "ro", read_only=True) as ro:
         assert main(_commands(work, ro)[command]) == 2
-        assert _last_line(capsys.readouterr().err) == f"megzoo {command}: error: Read-only file system: {ro} {EROFS_FIX}"
+        expected = f"megzoo {command}: error: Read-only file system: {ro} {EROFS_FIX}"
+        assert _last_line(capsys.readouterr().err) == expected
 
 
 @pytest.mark.parametrize("argv", [

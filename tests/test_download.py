@@ -643,7 +643,9 @@ def test_a_write_error_names_the_file_and_leaves_nothing(server):
 def test_file_server_ranges_and_head(server):
     import requests
 
-    get = lambda rng: requests.get(server.url(PATH), headers={"Range": rng} if rng else {}, timeout=5)  # noqa: E731
+    def get(rng):
+        return requests.get(server.url(PATH), headers={"Range": rng} if rng else {}, timeout=5)
+
     assert get("bytes=10-19").content == DATA[10:20]
     response = get("bytes=-100")
     assert response.status_code == 206 and response.content == DATA[-100:]

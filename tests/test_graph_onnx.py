@@ -151,5 +151,6 @@ def test_an_operator_without_a_mapping_is_refused_naming_it_and_the_module():
 
     with pytest.raises(UnsupportedOperatorError, match=r"^cannot convert MegEngine operator Cumsum \(making .*\) to "
                                                        r"ONNX: no mapping for this operator; megzoo.compile\(\.\.\., "
-                                                       r"backend='lite'\) and the \.mge export run any MegEngine graph$"):
+                                                       r"backend='lite'\) and the \.mge export run any MegEngine "
+                                                       r"graph$"):
         module_to_onnx(Odd(), (1, 3, 8, 8))

@@ -245,4 +245,3 @@ def test_lock_folder_in_a_shared_folder_locks_another_users_lock_file(public_tmp
     assert lock.read_text() == written  # not the other user's to write
     with host.lock_folder(folder):
         assert lock.read_text() == f"{os.getpid()}\n"
-

@@ -69,7 +69,8 @@ def test_linear():
     assert_uniform(linear.bias.numpy(), bound, std_tolerance=0.1)
 
 
-@pytest.mark.parametrize("norm", [M.BatchNorm2d(64), M.BatchNorm1d(64), M.GroupNorm(8, 64), M.LayerNorm(64), M.InstanceNorm(64)])
+@pytest.mark.parametrize("norm", [M.BatchNorm2d(64), M.BatchNorm1d(64), M.GroupNorm(8, 64), M.LayerNorm(64),
+                                  M.InstanceNorm(64)])
 def test_norm_weight_one_bias_zero(norm):
     fill(norm, 7.0)
     stats = {k: v.copy() for k, v in norm.state_dict().items() if "running" in k}

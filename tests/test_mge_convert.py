@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import test_graph_onnx as gallery  # noqa: E402  (the converter's user-style modules, one per operator group)
 
 TOLERANCE = 1e-4  # of the output scale, as export's parity check
-GALLERY = {"squeeze_excite": "SqueezeExcite", "inverted_residual": "InvertedResidual", "channel_shuffle": "ChannelShuffle",
-           "attention": "Attention", "neck": "Neck", "softmax_head": "SoftmaxHead"}
+GALLERY = {"squeeze_excite": "SqueezeExcite", "inverted_residual": "InvertedResidual",
+           "channel_shuffle": "ChannelShuffle", "attention": "Attention", "neck": "Neck", "softmax_head": "SoftmaxHead"}
 
 
 def _kinds(path) -> set:

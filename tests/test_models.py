@@ -243,7 +243,8 @@ def test_convert_basecls_keeps_existing_bias():
     bias = np.full((1, 8, 1, 1), 0.5, np.float32)
     converted = convert_basecls_state_dict({"s1.b1.0.weight": weight, "s1.b1.0.bias": bias})
     assert converted["s1.b1.0.bias"] is bias
-    converted = convert_basecls_state_dict({"s1.b1.0.weight": weight, "head.classifier.0.weight": np.ones((4, 2), np.float32)})
+    converted = convert_basecls_state_dict({"s1.b1.0.weight": weight,
+                                            "head.classifier.0.weight": np.ones((4, 2), np.float32)})
     assert sorted(converted) == ["head.classifier.0.weight", "s1.b1.0.bias", "s1.b1.0.weight"]
     assert converted["s1.b1.0.bias"].shape == (1, 8, 1, 1) and not converted["s1.b1.0.bias"].any()
 
@@ -348,7 +349,8 @@ def test_out_indices_out_of_range(out_indices):
 
 @pytest.mark.parametrize("out_indices", [(1, 1), (4, -1), ()])
 def test_out_indices_repeated_or_empty(out_indices):
-    with pytest.raises(ValueError, match=rf"^out_indices must be non-empty and without repeats, got {re_escape(out_indices)}$"):
+    with pytest.raises(ValueError,
+                       match=rf"^out_indices must be non-empty and without repeats, got {re_escape(out_indices)}$"):
         megzoo.resnet18(features_only=True, out_indices=out_indices)
 
 

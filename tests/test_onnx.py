@@ -206,7 +206,8 @@ def test_an_unmapped_operator_is_refused_naming_it_and_its_module():
 def test_auto_falls_back_to_lite_only_when_the_converter_refuses():
     model = Wrap(M.Conv2d(4, 4, 3, padding=1), Cumulative())
     assert compile(model, input_shape=(1, 4, 8, 8)).backend == "lite"  # auto: Lite runs any graph
-    with pytest.raises(UnsupportedModuleError, match=r"cannot convert MegEngine operator Cumsum \(making body.1.Cumsum\)"):
+    with pytest.raises(UnsupportedModuleError,
+                       match=r"cannot convert MegEngine operator Cumsum \(making body.1.Cumsum\)"):
         compile(model, input_shape=(1, 4, 8, 8), backend="onnxruntime")
     # a conv subclass that also applies ReLU converts: the graph, not the module kind, is read
     fused = Wrap(M.ConvRelu2d(4, 4, 3, padding=1), M.BatchNorm2d(4))
@@ -214,7 +215,8 @@ def test_auto_falls_back_to_lite_only_when_the_converter_refuses():
 
 
 def test_shape_problems_are_named_as_such():
-    with pytest.raises(ValueError, match=r"resnet18 expects 3 input channels \(N, 3, H, W\), got shape \(1, 1, 32, 32\)"):
+    with pytest.raises(ValueError,
+                       match=r"resnet18 expects 3 input channels \(N, 3, H, W\), got shape \(1, 1, 32, 32\)"):
         build_onnx(megzoo.resnet18(), (1, 1, 32, 32))
     with pytest.raises(ValueError, match="vgg11 needs inputs of at least 32x32 pixels, got 16x16"):
         build_onnx(megzoo.vgg11(num_classes=10), (1, 3, 16, 16))
@@ -280,7 +282,10 @@ def test_export_onnx_writes_checked_file_metadata_and_props(tmp_path):
     meta = json.loads((tmp_path / "r18.onnx.json").read_text())
     assert meta["format"] == "megzoo-onnx/1" and meta["opset"] == 17 and meta["dynamic_batch"] is True
     assert meta["batch_axis"] == "N" and meta["input_shape"] == [2, 3, 64, 64] and meta["output_names"] == ["output"]
-    dims = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa: E731
+
+    def dims(v):
+        return [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+
     assert [(v.name, dims(v)) for v in proto.graph.input] == [("data", ["N", 3, 64, 64])]
     assert [(v.name, dims(v)) for v in proto.graph.output] == [("output", ["N", 10])]
     props = {p.key: p.value for p in proto.metadata_props}
@@ -429,7 +434,10 @@ def test_poller_yields_while_compiled_models_run(monkeypatch):
     assert len(tids) == 1
     with open(f"/proc/self/task/{tids[0]}/comm") as f:
         assert f.read().strip() == POLLER_THREAD_NAME
-    policy = lambda: os.sched_getscheduler(tids[0])  # noqa: E731
+
+    def policy():
+        return os.sched_getscheduler(tids[0])
+
     assert policy() == os.SCHED_OTHER
     lowest = os.SCHED_IDLE if os.geteuid() == 0 else os.SCHED_BATCH  # root may undo SCHED_IDLE (CI runs as root)
     with poller_yields() as changed:

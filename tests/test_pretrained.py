@@ -59,7 +59,8 @@ def test_pretrained_true_downloads_verifies_caches_and_records_the_hash(served, 
     assert cached.read_bytes() == served.files[MGE_PATH]
     import hashlib
 
-    assert (cached.parent / (MGE_FILE + ".sha256")).read_text().split()[0] == hashlib.sha256(cached.read_bytes()).hexdigest()
+    recorded = (cached.parent / (MGE_FILE + ".sha256")).read_text().split()[0]
+    assert recorded == hashlib.sha256(cached.read_bytes()).hexdigest()
     assert model.load_report.source == "resnet18.megengine" and model.load_report.file == str(cached)
     # second build: from the cache, no new request
     megzoo.resnet18(pretrained=True, progress=False)
@@ -149,7 +150,8 @@ def test_url_and_torchvision_hash_prefix(served, tmp_path):
     served.add("/tv/" + w.filename, body)
     os.environ["MEGZOO_MIRRORS"] += f";https://download.pytorch.org/models/={served.url('/tv/')}"
     assert not hashlib.sha256(body).hexdigest().startswith(w.sha256_prefix)
-    with pytest.raises(ChecksumError, match=rf"sha256 is {hashlib.sha256(body).hexdigest()}, expected {w.sha256_prefix}"):
+    actual = hashlib.sha256(body).hexdigest()
+    with pytest.raises(ChecksumError, match=rf"sha256 is {actual}, expected {w.sha256_prefix}"):
         megzoo.resnet18(pretrained="tv_in1k", progress=False)
     assert not (tmp_path / "home" / "weights" / w.filename).exists()
 

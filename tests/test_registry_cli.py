@@ -69,7 +69,8 @@ def test_cli_list(capsys):
 def test_cli_list_pattern_json(capsys):
     assert main(["list", "vgg*", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [row["name"] for row in rows] == ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"]
+    assert [row["name"] for row in rows] == ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19",
+                                             "vgg19_bn"]
     assert rows[0] == {"name": "vgg11", "family": "vgg", "params": 132_863_336, "gmacs": 7.609}
     assert all(row == {"name": e.name, "family": e.family, "params": e.params, "gmacs": e.gmacs}
                for row, e in zip(rows, (get_model_entry(r["name"]) for r in rows)))

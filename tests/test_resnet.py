@@ -397,7 +397,8 @@ def test_freeze_options_and_errors():
     assert {id(p) for p in model.trainable_parameters()} == {
         id(p) for p in (model.conv1.weight, model.bn1.weight, model.bn1.bias, model.fc.weight, model.fc.bias)}
     for bad in (5, -1, 1.0):
-        with pytest.raises(ValueError, match=rf"^num_stages must be an int in \[0, 4\] for resnet18, got {re_escape(bad)}$"):
+        with pytest.raises(ValueError,
+                           match=rf"^num_stages must be an int in \[0, 4\] for resnet18, got {re_escape(bad)}$"):
             model.freeze(bad)
 
 
@@ -430,7 +431,8 @@ def test_unknown_norm_layer(value):
 def test_bad_layers_block_and_drop_rate():
     with pytest.raises(ValueError, match=r"^layers must be 4 positive ints \(blocks per stage\), got \(2, 2, 2\)$"):
         ResNet("basic", (2, 2, 2))
-    with pytest.raises(ValueError, match=r"^block must be 'basic', 'bottleneck', BasicBlock or Bottleneck, got 'dense'$"):
+    with pytest.raises(ValueError,
+                       match=r"^block must be 'basic', 'bottleneck', BasicBlock or Bottleneck, got 'dense'$"):
         ResNet("dense", (2, 2, 2, 2))
     with pytest.raises(ValueError, match=r"^drop_rate must be in \[0, 1\), got 1\.0$"):
         megzoo.resnet18(drop_rate=1.0)

@@ -2,7 +2,8 @@
 
 Layers, lowest first (a module may import its own layer and the ones below, never above):
 
-0. host helpers: ``_version``, ``host``, ``device``, ``layers``, ``init``, ``images``, ``metrics``, ``data``, ``summary``;
+0. host helpers: ``_version``, ``host``, ``device``, ``layers``, ``init``, ``images``, ``metrics``, ``data``,
+   ``summary``;
 1. ``weights`` (catalogue, downloads, safe reading, generic loading: no model knowledge);
 2. ``models`` and ``registry`` (families own their checkpoint conversions);
 3. the library: ``inference``, ``transforms``, ``predict``, ``evaluate``, ``train``, ``benchmark``,
@@ -108,7 +109,7 @@ def test_runtime_loads_alone_by_path(tmp_path, module, runner):
     import sys
 
     code = ("import importlib.util, sys\n"
-            f"spec = importlib.util.spec_from_file_location('alone', {str(PACKAGE / 'inference' / (module + '.py'))!r})\n"
+            f"spec = importlib.util.spec_from_file_location('alone', {str(PACKAGE / 'inference' / f'{module}.py')!r})\n"
             "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
             "print(sorted(n for n in sys.modules if n == 'megzoo' or n.startswith(('megzoo.', 'megengine'))))\n"
             f"print(m.{runner}.__name__)\n")

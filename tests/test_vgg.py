@@ -102,7 +102,8 @@ def test_logits_at_any_input_size(vgg11, size, final):
 
 def test_input_smaller_than_32_px_is_refused(vgg11):
     for shape in ((1, 3, 31, 64), (1, 3, 64, 16)):
-        with pytest.raises(ValueError, match=rf"^vgg11 needs inputs of at least 32x32 pixels, got {shape[2]}x{shape[3]}$"):
+        with pytest.raises(ValueError,
+                           match=rf"^vgg11 needs inputs of at least 32x32 pixels, got {shape[2]}x{shape[3]}$"):
             vgg11(mge.tensor(np.zeros(shape, np.float32)))
     assert vgg11(images(1, 32)).shape == (1, 1000)
 
@@ -139,7 +140,8 @@ def test_in_channels_and_num_classes(tiny_bn, tiny_plain):
     np.testing.assert_array_equal(out, tiny_plain.forward_head(tiny_plain.forward_features(x), pre_logits=True).numpy())
     hidden = np.maximum(0, torch_adaptive_avg_pool(tiny_plain.forward_features(x).numpy(), 7, 7).reshape(2, -1)
                         @ tiny_plain.head.classifier[0].weight.numpy().T + tiny_plain.head.classifier[0].bias.numpy())
-    hidden = np.maximum(0, hidden @ tiny_plain.head.classifier[3].weight.numpy().T + tiny_plain.head.classifier[3].bias.numpy())
+    second = tiny_plain.head.classifier[3]
+    hidden = np.maximum(0, hidden @ second.weight.numpy().T + second.bias.numpy())
     np.testing.assert_allclose(out, hidden, rtol=1e-4, atol=1e-4 * np.abs(hidden).max())
 
 

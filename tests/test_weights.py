@@ -104,7 +104,8 @@ def test_resolve_pretrained_values(tmp_path):
     f.write_bytes(b"x")
     assert resolve_weights("resnet50", str(f)) == f
     assert resolve_weights("resnet50", f) == f
-    with pytest.raises(WeightsError, match=r"unknown weight tag 'v3' for resnet50; available tags: megengine, tv_in1k, tv2_in1k"):
+    with pytest.raises(WeightsError,
+                       match=r"unknown weight tag 'v3' for resnet50; available tags: megengine, tv_in1k, tv2_in1k"):
         resolve_weights("resnet50", "v3")
     with pytest.raises(FileNotFoundError, match=r"weight file not found: .*missing\.pkl"):
         resolve_weights("resnet50", str(tmp_path / "missing.pkl"))
@@ -168,7 +169,8 @@ def test_in_channels_adapts_the_first_conv(tmp_path, in_channels):
 def test_checkpoint_of_another_architecture_is_rejected_with_details(tmp_path):
     path = tmp_path / "r34.pkl"
     megengine.save(_random_state_dict(megzoo.resnet34()), str(path))
-    with pytest.raises(ArchitectureMismatchError, match=r"weights from .*r34\.pkl do not fit resnet18: 80 unexpected keys \(first: layer1.2.bn1.bias"):
+    with pytest.raises(ArchitectureMismatchError, match=r"weights from .*r34\.pkl do not fit resnet18: 80 unexpected "
+                                                        r"keys \(first: layer1.2.bn1.bias"):
         megzoo.resnet18(pretrained=str(path))
 
 

@@ -84,7 +84,8 @@ def check_pred_probs(pred_probs, n: int, classes: Sequence[str], what: str = "pr
     sums = np.where(skipped, 1.0, p.sum(axis=1))
     bad = np.flatnonzero(np.abs(sums - 1) > 1e-3)
     if len(bad):
-        raise CleaningInputError(f"{what}: {len(bad)} row(s) do not sum to 1 (row {bad[0]} sums to {sums[bad[0]]:.4g}); "
+        raise CleaningInputError(f"{what}: {len(bad)} row(s) do not sum to 1 "
+                                 f"(row {bad[0]} sums to {sums[bad[0]]:.4g}); "
                                  "give probabilities (softmax of the logits), not logits")
     return p / sums[:, None]
 
@@ -119,7 +120,8 @@ def label_issues(labels, pred_probs, class_names: Optional[Sequence[str]] = None
                      "label_quality": float(r["Label Quality Score"])}
                     for _, r in per_class.sort_values("Class Index").iterrows()],
         "confused_pairs": [{"classes": [str(r["Class Name A"]), str(r["Class Name B"])],
-                            "images": int(r["Num Overlapping Examples"]), "joint_probability": float(r["Joint Probability"])}
+                            "images": int(r["Num Overlapping Examples"]),
+                            "joint_probability": float(r["Joint Probability"])}
                            for _, r in pairs.head(10).iterrows() if int(r["Num Overlapping Examples"]) > 0],
     }
     return LabelIssues(np.asarray(is_issue, dtype=bool), np.asarray(quality, dtype=np.float64),
@@ -135,10 +137,10 @@ def near_duplicates(features: np.ndarray, threshold: float = NEAR_DUPLICATE_COSI
                     exclude: Sequence[Tuple[int, int]] = (), thumbnails: Optional[np.ndarray] = None,
                     pixel_threshold: float = NEAR_DUPLICATE_PIXELS) -> List[Tuple[int, int, float]]:
     """Pairs ``(i, j, cosine)`` (i < j) of rows of ``features`` (N, D) whose centred features
-    (the mean feature subtracted) are at least ``threshold`` similar, each ``j`` paired with its most similar earlier ``i``; with ``thumbnails`` (N, P:
-    zero-mean unit-norm pixels), only pairs that also correlate ``pixel_threshold`` in pixels.
-    Pairs in ``exclude`` (exact duplicates, already reported) are left out. Memory: blocks of
-    1024 rows."""
+    (the mean feature subtracted) are at least ``threshold`` similar, each ``j`` paired with its
+    most similar earlier ``i``; with ``thumbnails`` (N, P: zero-mean unit-norm pixels), only pairs
+    that also correlate ``pixel_threshold`` in pixels. Pairs in ``exclude`` (exact duplicates,
+    already reported) are left out. Memory: blocks of 1024 rows."""
     f = np.asarray(features, dtype=np.float32)
     f = f - f.mean(axis=0)  # centred: post-ReLU features share a large common direction
     f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)

@@ -151,8 +151,8 @@ def kfold_pred_probs(files: Sequence[str], labels: np.ndarray, classes: Sequence
     for k in tqdm(range(folds), desc="folds", unit="fold", file=sys.stderr, disable=not progress):
         held = np.flatnonzero(assignment == k)
         kept = np.flatnonzero(assignment != k)
-        data = FolderData(ImageSamples([(files[i], int(labels[i])) for i in kept], replace_unreadable=True), None, list(classes),
-                          f"{len(kept)} images of folds != {k}", None)
+        samples = ImageSamples([(files[i], int(labels[i])) for i in kept], replace_unreadable=True)
+        data = FolderData(samples, None, list(classes), f"{len(kept)} images of folds != {k}", None)
         config = TrainConfig(model=settings.model, num_classes=len(classes), pretrained=settings.pretrained,
                              input_size=settings.input_size, resize_size=settings.input_size,
                              crop_scale=tuple(settings.crop_scale), hflip=settings.hflip, epochs=settings.epochs,

@@ -75,8 +75,10 @@ def cmd_clean(args) -> int:
     for pair in s["health"]["confused_pairs"][:3]:  # folder and file names are shown escaped (docs/cli.md)
         print(printable(f"  most confused: {pair['classes'][0]} <-> {pair['classes'][1]} ({pair['images']} images)"))
     for row in [r for r in result.rows if r["is_label_issue"]][:5]:
-        print(printable(f"  {row['path']}: given {row['given']}, suggested {row['suggested']} (p {row['p_suggested']})"))
+        print(printable(f"  {row['path']}: given {row['given']}, suggested {row['suggested']} "
+                        f"(p {row['p_suggested']})"))
     for name, path in result.files.items():
         print(printable(f"wrote {path}"))
-    print(printable(f"next: megzoo train --data {args.data} --exclude {result.files.get('exclude.txt', 'exclude.txt')} ..."))
+    exclude = result.files.get("exclude.txt", "exclude.txt")
+    print(printable(f"next: megzoo train --data {args.data} --exclude {exclude} ..."))
     return 0

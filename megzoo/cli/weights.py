@@ -55,7 +55,8 @@ def register(subparsers) -> None:
         description="Re-check the cache: a file is compared with the sha256 (or prefix) its publisher gives, else "
                     "with the sha256 recorded on download. ok: it matches; BAD: it does not and was removed; "
                     "unchecked: there is nothing to compare it with; PROBLEM: an unreadable record, a file another "
-                    "user could have written, or a BAD file that cannot be removed here (kept). Exit status 1 when a file is BAD or has a PROBLEM.")
+                    "user could have written, or a BAD file that cannot be removed here (kept). Exit status 1 when a "
+                    "file is BAD or has a PROBLEM.")
     p.set_defaults(handler=cmd_verify)
 
 

@@ -13,8 +13,8 @@ import numpy as np
 from ..device import move_tensors, quiet_stderr, using_device
 from .threads import require_megengine_thread
 
-__all__ = ["INPUT_NAME", "LAYOUTS", "TRACE_DEVICE", "DEFAULT_TOLERANCE", "trace_and_dump", "output_names", "read_layout",
-           "check_input_shape", "flatten_outputs"]
+__all__ = ["INPUT_NAME", "LAYOUTS", "TRACE_DEVICE", "DEFAULT_TOLERANCE", "trace_and_dump", "output_names",
+           "read_layout", "check_input_shape", "flatten_outputs"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -178,8 +178,8 @@ def run_probe(layout: str, timeout: Optional[float] = None) -> Dict[str, object]
                   for n in (1, 3)]
     worst = max(errors)
     ok = bool(worst < DEFAULT_TOLERANCE)
-    return {"ok": ok, "seconds": round(seconds, 2),
-            "reason": f"max relative error {worst:.3g}" + ("" if ok else " (outputs wrong; tolerance 1e-4)")}  # = DEFAULT_TOLERANCE
+    wrong = "" if ok else " (outputs wrong; tolerance 1e-4)"  # 1e-4 = DEFAULT_TOLERANCE
+    return {"ok": ok, "seconds": round(seconds, 2), "reason": f"max relative error {worst:.3g}{wrong}"}
 
 
 def _read_record(path: Path) -> Dict[str, dict]:
@@ -224,12 +224,13 @@ def require_layout(layout: str, asked_by: str = "") -> str:
     info = cpu_info()
     where = f"{info['model_name']}, CPU family {info['family'] or '?'} model {info['model'] or '?'}"
     source = f" ({asked_by}={layout})" if asked_by else ""
+    busy = ", or if the machine was busy when the probe timed out"
     raise LayoutUnavailableError(
         f"the {layout} convolution layout{source} failed its probe on this machine ({where}, MegEngine "
         f"{megengine_version()}): {verdict['reason']}. Its kernels would crash or hang this process, so megzoo "
         f"will not run them. Use layout='auto' or 'nchw' (--layout auto|nchw on the command line"
         f"{', or unset MEGZOO_LAYOUT' if asked_by == 'MEGZOO_LAYOUT' else ''}); to probe again (e.g. after "
-        f"upgrading MegEngine{', or if the machine was busy when the probe timed out' if 'hang' in str(verdict['reason']) else ''}), "
+        f"upgrading MegEngine{busy if 'hang' in str(verdict['reason']) else ''}), "
         f"delete {probe_record_path()}")
 
 
@@ -297,4 +298,3 @@ def resolve_layout(layout: str, fuse: bool = True) -> str:
     if layout != "nchw" and not fuse:
         raise ValueError(f"layout {layout!r} needs the graph optimisations (fuse=True)")
     return require_layout(layout)
-

@@ -248,7 +248,8 @@ class ZooModel(M.Module):
         levels = self._all_levels()
         stages = [i for i, level in enumerate(levels) if not level.is_stem]
         if not isinstance(num_stages, int) or not 0 <= num_stages <= len(stages):
-            raise ValueError(f"num_stages must be an int in [0, {len(stages)}] for {self.model_name}, got {num_stages!r}")
+            raise ValueError(f"num_stages must be an int in [0, {len(stages)}] for {self.model_name}, "
+                             f"got {num_stages!r}")
         chosen = [i for i, level in enumerate(levels) if level.is_stem and stem] + stages[:num_stages]
         self._frozen_levels = tuple(sorted(set(self._frozen_levels) | set(chosen)))
         for module in self._level_modules(chosen):

@@ -50,7 +50,8 @@ def fuse_conv(conv: M.Conv2d, norm: Optional[M.Module] = None, relu: bool = Fals
     computes ``relu(norm(conv(x)))`` as before. ``where`` names the module in errors."""
     where = where or "a convolution"
     if type(conv) is not M.Conv2d:
-        raise QuantizationError(f"{where} ({type(conv).__name__}) cannot be quantized: only Conv2d has an int8 form here")
+        raise QuantizationError(f"{where} ({type(conv).__name__}) cannot be quantized: "
+                                "only Conv2d has an int8 form here")
     if getattr(conv, "padding_mode", "zeros") != "zeros":
         raise QuantizationError(f"{where}: only zero-padded convolutions are quantized (got {conv.padding_mode!r})")
     args = dict(in_channels=conv.in_channels, out_channels=conv.out_channels, kernel_size=pair(conv.kernel_size),
@@ -185,6 +186,7 @@ class QuantizableModel(M.Module):
             gm.backward(picked)
         grad = np.abs(feats.grad.numpy()).reshape(len(feats), -1).sum(axis=1)
         return float(step * grad.max())
+
 
 def precision_of(module: M.Module) -> str:
     """``"int8"`` if any submodule of ``module`` is a MegEngine quantized module, ``"qat"`` if

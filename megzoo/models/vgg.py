@@ -50,6 +50,7 @@ class VGGStage(M.Module):
             x = getattr(self, f"b{i + 1}")(x)
         return self.max_pool(x)
 
+
 class VGGHead(M.Module):
     """Adaptive 7x7 average pool, flatten, then Linear-ReLU-Dropout x2 and the final Linear:
     (N, C, H, W) -> (N, num_classes). With ``num_classes=0`` the final Linear is left out and the
@@ -76,6 +77,7 @@ class VGGHead(M.Module):
     def get_classifier(self) -> Optional[M.Linear]:
         """The final Linear, or None without one (``num_classes=0``)."""
         return self.classifier[6] if len(self.classifier) == 7 else None
+
 
 class VGG(ZooModel):
     """VGG. Input (N, in_channels, H, W) with H, W >= 32; output (N, num_classes).
@@ -199,8 +201,6 @@ def _vgg(name: str, depth: int, batch_norm: bool, pretrained, **kwargs) -> VGG:
     if batch_norm:
         kwargs.setdefault("norm_layer", "bn")
     return build_model(name, VGG, pretrained, depths=_DEPTHS[depth], **kwargs)
-
-
 
 
 @register_model(params=132_863_336, gmacs=7.609)

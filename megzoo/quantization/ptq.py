@@ -56,7 +56,8 @@ def as_quantizable(model) -> QuantizableModel:
 
 
 def quantize(model, calibration_data, *, observer: str = DEFAULT_OBSERVER, batch_size: int = 32,
-             max_images: Optional[int] = DEFAULT_MAX_IMAGES, preprocess=None, progress: bool = True) -> QuantizableModel:
+             max_images: Optional[int] = DEFAULT_MAX_IMAGES, preprocess=None,
+             progress: bool = True) -> QuantizableModel:
     """An int8 copy of ``model`` calibrated on ``calibration_data``.
 
     Args:

@@ -64,7 +64,8 @@ def resolve_weights(arch: str, pretrained) -> Union[Weights, str, Path]:
     if _is_url(pretrained):
         return pretrained
     check_url_scheme(pretrained)  # ftp://... : "unsupported URL scheme", not "file not found"
-    looks_like_path = os.sep in pretrained or pretrained.endswith((".pkl", ".pth", ".pt", ".mge")) or os.path.exists(pretrained)
+    looks_like_path = (os.sep in pretrained or pretrained.endswith((".pkl", ".pth", ".pt", ".mge"))
+                       or os.path.exists(pretrained))
     if looks_like_path:
         return _existing_path(Path(pretrained).expanduser())
     tags = ", ".join(w.tag for w in weights_for(arch)) or "none"

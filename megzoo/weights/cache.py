@@ -174,8 +174,9 @@ def verify_file(path: PathLike, sha256: Optional[str] = None, *, size: Optional[
     With neither a hash nor a sidecar the file cannot be checked: its sha256 is recorded in the
     sidecar (when ``record``) so that later uses are checked against it. ``size`` (bytes), when
     given, is checked too. A file that fails is removed with its sidecar and ChecksumError says
-    so (or that it was kept, and why, when it cannot be removed: ``ChecksumError.kept``). An unreadable sidecar (without ``sha256``) raises ChecksumError too but removes nothing.
-    A file or sidecar another user could have written raises UnsafeCacheError.
+    so (or that it was kept, and why, when it cannot be removed: ``ChecksumError.kept``). An
+    unreadable sidecar (without ``sha256``) raises ChecksumError too but removes nothing. A file
+    or sidecar another user could have written raises UnsafeCacheError.
     """
     path = Path(path)
     expected = normalize_sha256(sha256)
@@ -288,8 +289,9 @@ def verify_cache(cache_dir: Optional[PathLike] = None) -> List[VerifyResult]:
     Each file is checked against the hash the catalogue publishes for its name, else against its
     sidecar. Files that fail are removed (with their sidecar) and reported ``bad``; files with
     neither hash are ``unchecked``; files with an unreadable sidecar, that another user could
-    have written, or that fail but cannot be removed here are kept and reported ``problem``. Raises UnsafeCacheError when ``cache_dir``
-    itself (or the cache root above the default one) could have been written by another user.
+    have written, or that fail but cannot be removed here are kept and reported ``problem``. Raises
+    UnsafeCacheError when ``cache_dir`` itself (or the cache root above the default one) could have
+    been written by another user.
     """
     directory = Path(cache_dir) if cache_dir is not None else weights_dir()
     if not cache_folders(cache_dir, create=False) or not directory.is_dir():

@@ -4,9 +4,9 @@
 each one's ONNX nodes. Before that, :func:`_fusions` finds what is written as one node: a
 convolution with the bias added after it and the inference BatchNorm that follows (folded in
 float64, as :class:`~megzoo.layers.FrozenBatchNorm2d` computes), a matrix product with its bias
-(``Gemm``), and a mean over both spatial axes (``GlobalAveragePool``). An operator without a mapping is refused before anything is written, naming
-the operator and the variable it makes (which carries the module path, e.g.
-``head.fc.MatrixMul``).
+(``Gemm``), and a mean over both spatial axes (``GlobalAveragePool``). An operator without a
+mapping is refused before anything is written, naming the operator and the variable it makes
+(which carries the module path, e.g. ``head.fc.MatrixMul``).
 """
 from typing import Dict, List, Optional, Sequence
 

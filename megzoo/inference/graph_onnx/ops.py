@@ -86,7 +86,8 @@ def convolution(conv, op):
             bias = bias * scale + shift
     last = chain[-1].outputs[-1]
     name = last.name
-    inputs = [x, conv.b.constant(weight, f"{op.outputs[0].name}.weight"), conv.b.constant(bias, f"{op.outputs[0].name}.bias")]
+    out = op.outputs[0].name
+    inputs = [x, conv.b.constant(weight, f"{out}.weight"), conv.b.constant(bias, f"{out}.bias")]
     y = conv.b.node("Conv", inputs, name, **attrs)
     conv.set(last, _bias_and_nonlinearity(conv, op, y, added, name))
 
@@ -161,8 +162,8 @@ def _gelu(conv, xs, name):
     half = conv.b.node("Mul", [x, conv.b.constant(np.float32(0.5), "half")], f"{name}/half")
     erf = conv.b.node("Erf", [conv.b.node("Mul", [x, conv.b.constant(np.float32(1 / math.sqrt(2)), "inv_sqrt2")],
                                           f"{name}/scaled")], f"{name}/erf")
-    return conv.b.node("Mul", [half, conv.b.node("Add", [erf, conv.b.constant(np.float32(1.0), "one")], f"{name}/1+erf")],
-                       name)
+    one_plus_erf = conv.b.node("Add", [erf, conv.b.constant(np.float32(1.0), "one")], f"{name}/1+erf")
+    return conv.b.node("Mul", [half, one_plus_erf], name)
 
 
 def _silu(conv, xs, name):
@@ -183,8 +184,8 @@ def _clip(conv, xs, name):
 
 
 def _relu6(conv, xs, name):
-    return conv.b.node("Clip", [xs[0], conv.b.constant(np.float32(0.0), "zero"), conv.b.constant(np.float32(6.0), "six")],
-                       name)
+    bounds = [conv.b.constant(np.float32(0.0), "zero"), conv.b.constant(np.float32(6.0), "six")]
+    return conv.b.node("Clip", [xs[0], *bounds], name)
 
 
 def _mul_add3(conv, xs, name):
@@ -334,7 +335,8 @@ def matrix_mul(conv, op):
             other = add.inputs[1] if add.inputs[0] is op.outputs[0] else add.inputs[0]
             inputs.append(conv.value(other))
             name = add.outputs[0].name
-        y = conv.b.node("Gemm", inputs, name, transA=int(bool(p.get("transposeA"))), transB=int(bool(p.get("transposeB"))))
+        y = conv.b.node("Gemm", inputs, name, transA=int(bool(p.get("transposeA"))),
+                        transB=int(bool(p.get("transposeB"))))
         conv.set(chain[-1].outputs[0], y)
         return
     if p.get("transposeA"):
@@ -344,7 +346,8 @@ def matrix_mul(conv, op):
     conv.set(op.outputs[0], conv.b.node("MatMul", [a, b], name))
     for add in chain[1:]:
         other = add.inputs[1] if add.inputs[0] is op.outputs[0] else add.inputs[0]
-        conv.set(add.outputs[0], conv.b.node("Add", [conv.value(op.outputs[0]), conv.value(other)], add.outputs[0].name))
+        y = conv.b.node("Add", [conv.value(op.outputs[0]), conv.value(other)], add.outputs[0].name)
+        conv.set(add.outputs[0], y)
 
 
 def _swap_last(conv, x: str, ndim: int, name: str) -> str:
@@ -388,7 +391,8 @@ def dimshuffle(conv, op):
     y = conv.b.node("Transpose", [x], op.outputs[0].name, dtype=conv.b.dtype(x), perm=kept)
     new = [i for i, p in enumerate(pattern) if p < 0]
     if new:
-        y = conv.b.axes_input_or_attr("Unsqueeze", [y], new, 13, f"{op.outputs[0].name}/new_axes", dtype=conv.b.dtype(x))
+        y = conv.b.axes_input_or_attr("Unsqueeze", [y], new, 13, f"{op.outputs[0].name}/new_axes",
+                                      dtype=conv.b.dtype(x))
     conv.set(op.outputs[0], y)
 
 
@@ -417,13 +421,15 @@ def subtensor(conv, op):
     indexed = []
 
     def given(present: bool, default) -> str:
-        return conv.b.as_int64(conv.value(next(rest)), name) if present else conv.b.constant(np.asarray([default]), "bound")
+        if present:
+            return conv.b.as_int64(conv.value(next(rest)), name)
+        return conv.b.constant(np.asarray([default]), "bound")
 
     for axis, has_begin, has_end, has_step, has_index in op.params["items"]:
         axis = int(axis)
         if has_index:
-            index = conv.b.node("Reshape", [given(True, 0), conv.b.constant(np.asarray([1]), "one1")], f"{name}/i{axis}",
-                                dtype=np.int64)
+            index = conv.b.node("Reshape", [given(True, 0), conv.b.constant(np.asarray([1]), "one1")],
+                                f"{name}/i{axis}", dtype=np.int64)
             y = conv.b.node("Gather", [y, index], f"{name}/index{axis}", dtype=dtype, axis=axis)
             indexed.append(axis)
             continue
@@ -550,7 +556,8 @@ _WHY = {
                       "file in MegEngine's v2 format, and traces F.softmax in primitive form)",
     "LayerNormForward": "its epsilon is not in the graph MegEngine 1.13's reader gives (megzoo reads it from a .mge "
                         "file in MegEngine's v2 format, and traces F.nn.layer_norm in primitive form)",
-    "RelayoutFormat": "a relayout to a blocked layout (NCHW88/NCHW44) that ONNX cannot express; export with layout 'nchw'",
+    "RelayoutFormat": "a relayout to a blocked layout (NCHW88/NCHW44) that ONNX cannot express; "
+                      "export with layout 'nchw'",
 }
 
 
