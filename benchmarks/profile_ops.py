@@ -11,7 +11,7 @@ warm run on a second network, the kernels chosen being read from MegEngine's deb
 per group, milliseconds on 1 and on N threads, the speed-up from the extra threads, and GFLOP/s
 on 1 thread (2 x MACs, MegEngine's own operation count). Only within-run ratios are meaningful:
 the development VM's speed drifts between runs. It answers "which operators do not use the second
-core", the question behind ResNet-50's batch-1 figure in docs/performance.md.
+core", the question behind ResNet-50's batch-1 figure in benchmarks/results/inference-history.md.
 """
 import argparse
 import collections

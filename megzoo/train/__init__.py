@@ -6,7 +6,9 @@
     result.best_top1, result.best_path          # best.pkl: plain state dict for pretrained=PATH
 
 Modules: :mod:`~megzoo.train.recipe` (the config, the named recipes, the learning-rate
-schedule), :mod:`~megzoo.train.trainer` (the loop), :mod:`~megzoo.train.optim` (parameter groups),
+schedule), :mod:`~megzoo.train.trainer` (the loop), :mod:`~megzoo.train.callbacks` (what runs around it: the CPU
+engine, EMA, checkpoints, the run record, the log), :mod:`~megzoo.train.optim` (parameter groups, the
+optimizers by name),
 :mod:`~megzoo.train.mixing` (mixup, cutmix, soft-target loss), :mod:`~megzoo.train.ema` (the
 weights' moving average), :mod:`~megzoo.train.data` (image folders through
 ``megengine.data``), :mod:`~megzoo.train.checkpoint` (atomic, safely loadable checkpoints),
@@ -16,12 +18,14 @@ convolutions and whole residual blocks on host arrays; one object, ``CpuEngine``
 """
 import importlib
 
-from .optim import param_groups
+from .callbacks import Callback
+from .optim import OPTIMIZERS, build_optimizer, param_groups
 from .recipe import RECIPES, REFERENCE_TOP1, TrainConfig, imagenet_recipe, learning_rate
 from .trainer import Trainer, TrainResult, setup_device, train
 
-__all__ = ["RECIPES", "REFERENCE_TOP1", "TrainConfig", "TrainResult", "Trainer", "fast_conv", "fused_blocks",
-           "imagenet_recipe", "learning_rate", "param_groups", "setup_device", "train"]
+__all__ = ["OPTIMIZERS", "RECIPES", "REFERENCE_TOP1", "Callback", "TrainConfig", "TrainResult", "Trainer",
+           "build_optimizer", "fast_conv", "fused_blocks", "imagenet_recipe", "learning_rate", "param_groups",
+           "setup_device", "train"]
 
 #: old names of the engine's modules, imported on first access (``megzoo.train`` imports without the engine)
 _ENGINE_MODULES = {"fast_conv": "conv", "fused_blocks": "blocks"}

@@ -53,10 +53,11 @@ def atomic_save(obj: Any, path: str) -> str:
 
 
 #: the config fields a resumed run may change: where the files are and how the run executes, not
-#: what it computes (every other field is the plan, which :func:`check_plan` holds to)
+#: what it computes (every other field is the plan, which :func:`check_plan` holds to), and its
+#: length: raising ``epochs`` continues a finished run, the schedule recomputed for the new length
 RUN_FIELDS = ("data", "train_dir", "val_dir", "output", "resume", "pretrained", "device", "cpu_threads", "workers",
               "eval_batch_size", "fast_conv", "fast_conv_forward", "fused_blocks", "dtr", "dtr_threshold",
-              "eval_every", "progress", "plot", "log_every")
+              "eval_every", "progress", "plot", "log_every", "epochs")
 
 
 def jsonable(value):

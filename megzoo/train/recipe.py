@@ -54,7 +54,7 @@ RECIPES = {
 #: tv2 tests at a higher resolution than it trains (FixRes) only from this training crop (px) up: a
 #: stride-32 network's last stage is then at least 4 cells wide. Below it the extra test pixels
 #: change that map's size (1x1 -> 2x2 at 32 px: a digits ResNet-18 falls from 90.8% to 16%, see
-#: docs/training.md), so the test crop stays at input_size and the resize alone keeps tv2's
+#: docs/training-recipes.md), so the test crop stays at input_size and the resize alone keeps tv2's
 #: object-size ratio 232/176 (the same digits model: 94.7%).
 FIXRES_MIN_INPUT = 128
 #: the recipe fields a recipe derives from the others (resolved in ``TrainConfig.__post_init__``)
@@ -81,7 +81,7 @@ class TrainConfig:
 
     recipe: str = field(default="megengine", metadata={"group": "recipe", "help": (
         "the defaults of the fields marked \"recipe\": megengine (MegEngine's reference ImageNet recipe) or tv2 "
-        "(torchvision's ResNet-50 V2 recipe: TrivialAugment, mixup, cutmix, EMA, ...; docs/training.md)")})
+        "(torchvision's ResNet-50 V2 recipe: TrivialAugment, mixup, cutmix, EMA, ...; docs/training-recipes.md)")})
     model: str = field(default="resnet50", metadata={"group": "model", "help": "registered model name (`megzoo list`)"})
     num_classes: Optional[int] = field(default=None, metadata={"group": "model", "help": (
         "classifier outputs (default: the number of class folders)")})

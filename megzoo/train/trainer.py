@@ -172,7 +172,7 @@ class Trainer:
             dtr.enable()
             if is_cpu_device(self.device) and self.main:
                 self.log("warning: DTR on a CPU device: in megzoo's measurements it made training several times "
-                         "slower and raised peak memory; it is meant for GPU memory (docs/training.md)")
+                         "slower and raised peak memory; it is meant for GPU memory (docs/training-speed.md)")
         megengine.random.seed(config.seed)
         np.random.seed(config.seed)
 
@@ -414,7 +414,7 @@ class Trainer:
         start = time.perf_counter()
         self._call("on_fit_start")
         # MegEngine's poller thread wakes thousands of times a second; on a CPU it would take cores from the
-        # BLAS convolutions (docs/training.md)
+        # BLAS convolutions (docs/training-speed.md)
         with poller_yields() if is_cpu_device(self.device) else contextlib.nullcontext():
             while self.epoch < stop:
                 self.run_epoch()

@@ -6,7 +6,7 @@ The trainer builds it from its config (:meth:`CpuEngine.from_config`), installs 
 convolutions with a BLAS backward (and forward) pass on host arrays, and residual blocks computed
 whole on channels-last host arrays for models that describe them (``host_plans()``, see
 :class:`megzoo.layers.ResidualPlan`). Outputs equal MegEngine's to float rounding; figures are in
-docs/training.md and benchmarks/results/.
+docs/training-speed.md and benchmarks/results/.
 """
 from contextlib import AbstractContextManager
 from dataclasses import dataclass

@@ -4,7 +4,7 @@
 
 Why: with only the convolutions on NumPy's BLAS (:mod:`.conv`), MegEngine 1.13's CPU BatchNorm,
 ReLU, pooling and add operators and their gradients took a large share of a ResNet training step
-(several times what PyTorch spends on them; docs/training.md), and
+(several times what PyTorch spends on them; docs/training-speed.md), and
 every convolution's output crossed from NumPy to a MegEngine tensor and back. Here a plan's data
 stays in channels-last NumPy arrays (:mod:`.kernels`) from its input to its output: for a whole
 ResNet body, one layout change in and one out.

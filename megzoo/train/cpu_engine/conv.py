@@ -2,7 +2,7 @@
 
 MegEngine 1.13's CPU kernel for the *weight* gradient of a convolution is many times slower than
 its forward pass and data gradient, which makes CPU training of a ResNet far slower than PyTorch's
-(figures: docs/training.md). The same gradient computed another way is much
+(figures: docs/training-speed.md). The same gradient computed another way is much
 faster and equal to within float rounding.
 
 :func:`enable` makes the ``Conv2d`` modules of a model run inside a

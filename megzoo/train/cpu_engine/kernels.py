@@ -9,7 +9,7 @@ data gradient ``dY @ F`` followed by col2im (at stride 1 on large maps, a convol
 runs of KW*C contiguous floats; a 1x1 convolution at stride 1 needs no copy at all. A patch matrix
 of more than 16 MB (ResNet's 3x3 convolutions on 56x56 to 14x14 maps at batch 16) is never formed
 whole: each core forms 2 MB blocks of it and multiplies each while it is in its L2 cache, with
-single-threaded BLAS (faster than the whole matrix with multi-threaded BLAS: docs/training.md).
+single-threaded BLAS (faster than the whole matrix with multi-threaded BLAS: docs/training-speed.md).
 BatchNorm, max pooling and the ReLU masks are loops compiled by Numba (:mod:`.loops`).
 
 Shapes: activations (N, H, W, C) float32 C-contiguous; convolution weights as MegEngine stores them,

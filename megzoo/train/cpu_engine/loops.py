@@ -2,7 +2,7 @@
 
 NumPy runs BatchNorm, max pooling and the residual ReLU as several passes over the whole array,
 and a pass whose other operand is a per-channel vector (C,) runs an inner loop only C long; these
-loops take about half of NumPy's time or less (figures: docs/training.md;
+loops take about half of NumPy's time or less (figures: docs/training-speed.md;
 ``benchmarks/profile_training.py``). Each makes one pass per step that needs one (the
 statistics, then the output) and visits each element once per pass; the max pool keeps the tap
 of each maximum (uint8) so that its backward pass is one scatter.

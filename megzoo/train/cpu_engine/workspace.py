@@ -3,7 +3,7 @@
 Why: a fresh NumPy array of more than a few MB is new memory from the kernel, which faults in and
 zeroes every page on first touch: more than the copy that then fills it, for every patch
 matrix, activation and gradient of every training step, a sizeable part of a ResNet step
-(``benchmarks/profile_training.py``; docs/training.md). The kernels
+(``benchmarks/profile_training.py``; docs/training-speed.md). The kernels
 (:mod:`.kernels`) take their outputs and temporaries from a :class:`Workspace` instead, and the
 block plans (:mod:`.blocks`) give them back once the backward pass is done with them, so
 the next step finds the same, already mapped memory.
