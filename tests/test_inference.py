@@ -335,7 +335,8 @@ def test_benchmark_int8_modes_quantize_compile_and_run():
     """onnxruntime_int8 and lite_int8: quantized on random batches, compiled, timed; optional modes."""
     from megzoo.benchmark import DEFAULT_MODES, MODES, format_table, run_benchmark
 
-    assert {"onnxruntime_int8", "lite_int8"} <= set(MODES) and not {"onnxruntime_int8", "lite_int8"} & set(DEFAULT_MODES)
+    int8_modes = {"onnxruntime_int8", "lite_int8"}
+    assert int8_modes <= set(MODES) and not int8_modes & set(DEFAULT_MODES)
     report = run_benchmark(["resnet18"], [2], threads=2, input_size=32, modes=("onnxruntime_int8", "lite_int8"),
                            repeats=2, min_repeats=1, warmup=0, time_budget=0, algo="heuristic", peak_gflops=100.0,
                            measure_peak=False, timeout=300)
@@ -344,7 +345,8 @@ def test_benchmark_int8_modes_quantize_compile_and_run():
     for row in rows:
         assert row["error"] is None and row["batch"] == 2 and row["threads"] == 2
         assert row["images_per_s"] > 0 and row["latency_p50_ms"] > 0 and row["peak_rss_mib"] > 0
-    assert [(q["mode"], q["precision"]) for q in report["int8"]] == [("onnxruntime_int8", "int8"), ("lite_int8", "int8")]
+    assert [(q["mode"], q["precision"]) for q in report["int8"]] == [("onnxruntime_int8", "int8"),
+                                                                     ("lite_int8", "int8")]
     assert all(q["quantize_s"] > 0 and q["compile_s"] > 0 and q["error"] is None for q in report["int8"])
     table = format_table(report)
     assert "onnxruntime_int8" in table and "lite_int8" in table and "quantize" in table
