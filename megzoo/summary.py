@@ -55,7 +55,8 @@ def model_summary(model: M.Module, input_size: Tuple[int, int] = (224, 224)) -> 
     info = {level.name: level for level in getattr(model, "feature_info", [])}
     lines.append(f"input        (1, {in_channels}, {input_size[0]}, {input_size[1]})")
     for name, value in feats.items():
-        lines.append(f"  {name:<10} {tuple(value.shape)}  stride {info[name].stride}" if name in info else f"  {name:<10} {tuple(value.shape)}")
+        stride = f"  stride {info[name].stride}" if name in info else ""
+        lines.append(f"  {name:<10} {tuple(value.shape)}{stride}")
     if not getattr(model, "features_only", False):
         lines.append(f"output       {tuple(model(x).shape)}")
     return "\n".join(lines)

@@ -143,6 +143,52 @@ def onnx_converter_speed() -> str:
     return "\n".join(rows)
 
 
+def every_model_table() -> str:
+    """docs/onnx-operators.md: convert_every_model.json, every registered model converted and run by
+    ONNX Runtime against eager MegEngine."""
+    data = results("convert_every_model.json")
+    rows = ["| model | parity, batch 1 | parity, batch 3 | seconds to convert | ONNX MB | nodes |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in data["rows"]:
+        rows.append(f"| {r['model']} | {r['parity_batch1']:.1e} | {r['parity_batch3']:.1e} | {r['convert_s']:.1f} | "
+                    f"{r['onnx_mb']:.0f} | {r['nodes']} |")
+    rows += ["", f"{data['size']} px inputs, random weights; parity: largest difference over the largest logit. "
+                 f"{data['date']}, load average {data['load_average'][0]:.1f} (the seconds ran beside other work)."]
+    return "\n".join(rows)
+
+
+def converter_before_after() -> str:
+    """benchmarks/results/inference-history.md: bench_inference_converter.json, bench_inference.py run in
+    the tree before the converter and after it, with PyTorch's best mode in each run."""
+    import statistics
+
+    data = results("bench_inference_converter.json")
+    cells = {}
+    for run in data["runs"]:
+        for s in run["summary"]:
+            c = cells.setdefault((s["model"], s["batch"]), {})
+            for key, value in (("fp32", s["megzoo_onnxruntime"]), ("int8", s["megzoo_int8"]),
+                               ("fp32_ratio", s["megzoo_onnxruntime"] / s["torch_best"]),
+                               ("int8_ratio", s["megzoo_int8"] / s["torch_int8_best"])):
+                c.setdefault((run["tree"], key), []).append(value)
+    med = statistics.median
+    rows = ["| model | batch | fp32 images/s, before / after | after / before | ÷ PyTorch fp32 best, before / after | "
+            "int8 images/s, before / after | after / before | ÷ PyTorch int8 best, before / after |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for (model, batch), c in sorted(cells.items()):
+        line = [model, str(batch)]
+        for key in ("fp32", "int8"):
+            b, a = med(c[("before", key)]), med(c[("after", key)])
+            rb, ra = med(c[("before", key + "_ratio")]), med(c[("after", key + "_ratio")])
+            line += [f"{b:.1f} / {a:.1f}", f"{a / b:.2f}", f"{rb:.2f} / {ra:.2f}"]
+        rows.append("| " + " | ".join(line) + " |")
+    loads = [run["load_average"]["before"][0] for run in data["runs"]]
+    rows += ["", f"{data['machine_name']}, {data['date']}: medians of {len(data['runs']) // 2} runs per tree (order "
+                 f"{', '.join(run['tree'] for run in data['runs'])}), PyTorch {data['torch']} measured in each run; "
+                 f"load average {min(loads):.1f}-{max(loads):.1f} at the starts."]
+    return "\n".join(rows)
+
+
 def results(name: str):
     """One benchmark's JSON from benchmarks/results/."""
     return json.loads((ROOT / "benchmarks/results" / name).read_text())
@@ -275,13 +321,14 @@ TABLES = {
                   "training-figure": training_speed_summary},
     "docs/models.md": {"models-table": models_table},
     "docs/weights.md": {"weights-table": weights_table},
-    "docs/onnx-operators.md": {"onnx-operators": onnx_operators_table},
+    "docs/onnx-operators.md": {"onnx-operators": onnx_operators_table, "every-model": every_model_table},
     "docs/performance.md": {"inference-speed": inference_table},
     "docs/training.md": {"digits-demo": demo_sentence},
     "docs/training-recipes.md": {"recipe-pieces": recipe_table},
     "docs/training-speed.md": {"training-speed-summary": training_speed_summary,
                                "cpu-training-speed": training_speed_table, "host-validation": validation_table},
-    "benchmarks/results/inference-history.md": {"onnx-converter-speed": onnx_converter_speed},
+    "benchmarks/results/inference-history.md": {"onnx-converter-speed": onnx_converter_speed,
+                                                "converter-before-after": converter_before_after},
 }
 
 

@@ -372,7 +372,8 @@ def test_backend_choice_auto_compiled_eager(colour_model):
     built = Classifier("resnet18", weights=False, preprocess=SMALL, backend="compiled", threads=1)
     assert str(next(iter(built.model.parameters())).device).startswith("cpux")
     assert built.logits(_uniform(RED)).shape == (1, 1000)
-    assert {str(t.device) for t in list(built.model.parameters()) + list(built.model.buffers())} == {"cpux:0"}  # moved back
+    tensors = list(built.model.parameters()) + list(built.model.buffers())
+    assert {str(t.device) for t in tensors} == {"cpux:0"}  # moved back
     with pytest.raises(ValueError, match=r"^backend must be one of auto, compiled, onnxruntime, lite, eager, "
                                          r"got 'tensorrt'$"):
         Classifier(colour_model, backend="tensorrt")

@@ -32,7 +32,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "benchmark", help="images/s, latency, peak memory: eager vs the Lite and ONNX Runtime backends",
-        description="Measure eager MegEngine and megzoo's two compiled backends side by side: optimised (the "
+        description="Measure eager MegEngine and megzoo's two compiled backends side by side: lite (the "
                     "traced, fused graph run by MegEngine Lite with profiled kernels) and onnxruntime (the model "
                     "exported to ONNX, run by ONNX Runtime inside a megzoo process). Each configuration runs in a "
                     "fresh process; the fp32 limit of the machine is measured first with a compiled FMA loop. "
@@ -123,15 +123,17 @@ def _benchmark_what_arguments(p) -> None:
     p.add_argument("--models", default="resnet18,resnet50,vgg16", help="comma-separated model names")
     p.add_argument("--batch", default="1,16", help="comma-separated batch sizes (default 1,16)")
     p.add_argument("--threads", type=int, default=None,
-                   help="threads of the optimised path (default: all usable CPUs)")
+                   help="threads of the compiled backends (default: all usable CPUs)")
     p.add_argument("--input-size", type=options.input_size, default=224, metavar="PX",
                    help="input side in pixels (default 224; at most 1024)")
-    p.add_argument("--modes", default="eager,optimised,onnxruntime",
-                   help="which paths to run, of eager, optimised (Lite), onnxruntime, ort_alone (the exported .onnx "
+    p.add_argument("--modes", default="eager,lite,onnxruntime",
+                   help="which paths to run, of eager, lite (MegEngine Lite; 'optimised', its old name, works too), "
+                        "onnxruntime, ort_alone (the exported .onnx "
                         "in a process without megzoo), onnxruntime_untamed (without keeping MegEngine's poller "
                         "thread back), onnxruntime_int8 and lite_int8 (the model quantized to int8 on random "
                         "calibration batches, then run by ONNX Runtime / MegEngine Lite); "
-                        "default eager,optimised,onnxruntime")
+                        "and the modes of any backend registered in megzoo.inference.backends; "
+                        "default eager,lite,onnxruntime")
 
 
 def _benchmark_run_arguments(p) -> None:
@@ -142,12 +144,12 @@ def _benchmark_run_arguments(p) -> None:
     p.add_argument("--time-budget", type=float, default=20.0, metavar="S",
                    help="stop adding timed runs past this many seconds per configuration (default 20)")
     p.add_argument("--algo", choices=("profile", "heuristic"), default="profile",
-                   help="kernel choice of the optimised path (default profile, cached in $MEGZOO_HOME/algo_cache)")
+                   help="kernel choice of the lite mode (default profile, cached in $MEGZOO_HOME/algo_cache)")
     p.add_argument("--layout", choices=("auto", "nchw", "nchw88"), default="auto",
-                   help="internal convolution layout of the optimised path (default auto: nchw88 on x86 with AVX2 "
+                   help="internal convolution layout of the lite mode (default auto: nchw88 on x86 with AVX2 "
                         "where it passes its probe here, else nchw); a layout that failed its probe is refused")
     p.add_argument("--micro-batch", type=_micro_batch, default="auto", metavar="auto|none|N",
-                   help="images each Lite network of the optimised path runs at a time (default auto: 1 with the "
+                   help="images each Lite network of the lite mode runs at a time (default auto: 1 with the "
                         "NCHW layout, so one kernel profile serves every batch size; else whole shares)")
     p.add_argument("--cold", action="store_true",
                    help="also measure the first compile with an empty algorithm cache (slow)")

@@ -131,10 +131,15 @@ def load_training_state(path: str) -> dict:
     return state
 
 
-def check_plan(saved: Dict[str, Any], config) -> None:
+def check_plan(saved: Dict[str, Any], config, path: str = "the checkpoint") -> None:
     """``ValueError`` naming the first plan field (a config field not in :data:`RUN_FIELDS`) whose
     value in ``config`` differs from the checkpoint's ``saved`` config; a field the checkpoint
-    predates counts as that field's default (resolved by the default recipe)."""
+    predates counts as that field's default (resolved by the default recipe). A float run and a
+    quantization-aware one (``qat``) are told apart first, in words: their weights differ in kind."""
+    if bool(saved.get("qat", False)) != bool(config.qat):
+        kind = "quantization-aware (qat)" if saved.get("qat") else "float (not qat)"
+        raise ValueError(f"{path} is a {kind} run, and this one is {'qat' if config.qat else 'not qat'}; "
+                         "use another output folder (--output) or start afresh (--no-resume / resume=False)")
     defaults = None
     for f in fields(config):
         if f.name in RUN_FIELDS:
@@ -160,7 +165,7 @@ def read_resume_state(config, path: str) -> Optional[dict]:
     if not config.resume or not os.path.isfile(path):
         return None
     state = load_training_state(path)
-    check_plan(state.get("config") or {}, config)
+    check_plan(state.get("config") or {}, config, path)
     return state
 
 

@@ -30,8 +30,8 @@ from ..data.folders import list_image_folder
 from ..images import ImageError, read_image
 from .workers import WorkerDataLoader  # workers that ignore Ctrl-C; the plasma store cleaned up
 
-__all__ = ["FolderData", "ImageSamples", "list_image_folder", "read_exclude_list", "find_folders", "build_folder_data", "train_loader", "eval_loader", "seed_epoch",
-           "epoch_seed"]
+__all__ = ["FolderData", "ImageSamples", "list_image_folder", "read_exclude_list", "find_folders", "build_folder_data",
+           "train_loader", "eval_loader", "seed_epoch", "epoch_seed"]
 
 
 class ImageSamples(Dataset):
