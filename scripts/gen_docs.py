@@ -189,6 +189,21 @@ def converter_before_after() -> str:
     return "\n".join(rows)
 
 
+def int8_accuracy_before_after() -> str:
+    """benchmarks/results/inference-history.md: bench_int8_accuracy_converter.json, the digits model's int8
+    accuracy with the per-block emitters and with the converter."""
+    data = results("bench_int8_accuracy_converter.json")
+    before, after = data["trees"]["before"], data["trees"]["after"]
+    rows = ["| method | observer | runtime | top-1 before | top-1 after | unchanged top-1, before / after |",
+            "| --- | --- | --- | ---: | ---: | ---: |"]
+    for b, a in zip(before, after):
+        same = "-" if b.get("agreement") is None else f"{100 * b['agreement']:.1f}% / {100 * a['agreement']:.1f}%"
+        rows.append(f"| {b['method']} | {b['observer'] or '-'} | {b['runtime']} | {100 * b['top1']:.2f}% | "
+                    f"{100 * a['top1']:.2f}% | {same} |")
+    rows += ["", f"{data['images']} held-out digits, {data['date']}."]
+    return "\n".join(rows)
+
+
 def results(name: str):
     """One benchmark's JSON from benchmarks/results/."""
     return json.loads((ROOT / "benchmarks/results" / name).read_text())
@@ -328,7 +343,8 @@ TABLES = {
     "docs/training-speed.md": {"training-speed-summary": training_speed_summary,
                                "cpu-training-speed": training_speed_table, "host-validation": validation_table},
     "benchmarks/results/inference-history.md": {"onnx-converter-speed": onnx_converter_speed,
-                                                "converter-before-after": converter_before_after},
+                                                "converter-before-after": converter_before_after,
+                                                "int8-accuracy-before-after": int8_accuracy_before_after},
 }
 
 
