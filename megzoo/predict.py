@@ -32,6 +32,7 @@ from .images import describe_source
 from .inference import backend_names
 from .inference import compile as compile_model
 from .inference.backends.registry import NameView
+from .inference.model_files import or_list
 from .inference.threads import MegEngineThreadError, on_megengine_thread, thread_message
 from .metrics import softmax
 from .registry import get_model
@@ -83,12 +84,6 @@ def compiled_runner(model, threads: Optional[int] = None, runtime: str = "auto",
 
     run.compiled = compiled  # type: ignore[attr-defined]
     return run
-
-
-def _either(names: Sequence[str]) -> str:
-    """``'a'``, ``'a' or 'b'``, ``'a', 'b' or 'c'``."""
-    quoted = [repr(n) for n in names]
-    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
 def _on_cpu(model) -> bool:
@@ -241,8 +236,8 @@ class Classifier:
         if (kind == "eager" or kind not in self._runners) and not on_megengine_thread():
             raise MegEngineThreadError(thread_message(
                 f"Classifier.predict {'running the model eagerly' if kind == 'eager' else 'compiling the model'}",
-                f"make the Classifier in the main thread with backend={_either(backend_names())} (compiled there "
-                "for its input size), then predict from any thread"))
+                f"make the Classifier in the main thread with backend={or_list([repr(n) for n in backend_names()])} "
+                "(compiled there for its input size), then predict from any thread"))
         if kind not in self._runners:
             if kind in COMPILED_BACKENDS:
                 runtime = "auto" if kind == "compiled" else kind

@@ -132,3 +132,46 @@ def test_what_is_not_the_plan_may_change_and_an_older_checkpoint_counts_as_the_d
     assert str(error.value) == ("cannot resume: layer_decay changed from None to 0.5 (the checkpoint's plan); "
                                 "start a new --output or pass the checkpoint's value")
     assert main([*args, "--no-resume", "--output", str(out.parent / "fresh"), "--epochs", "1"]) == 0
+
+
+class EpochCounter(Callback):
+    """Counts epochs at each epoch's end, in its state and in the epoch's record."""
+
+    def __init__(self):
+        self.epochs = 0
+
+    def on_epoch_end(self, trainer, record):
+        self.epochs += 1
+        record["counted"] = self.epochs
+
+    def state_dict(self):
+        return {"counted_epochs": self.epochs}
+
+
+def test_what_a_callback_does_at_an_epochs_end_is_in_that_epochs_files(shapes, tmp_path):
+    import json
+
+    from megzoo.train.checkpoint import load_training_state
+
+    trainer = Trainer(_config(shapes, tmp_path, epochs=2, steps_per_epoch=1), module=_tiny(),
+                      callbacks=[EpochCounter()])
+    trainer.fit(until_epoch=1)
+    trainer.close()
+    assert load_training_state(str(tmp_path / "last.pkl"))["counted_epochs"] == 1
+    assert json.loads((tmp_path / "history.json").read_text())["epochs"][-1]["counted"] == 1
+
+
+def test_raising_epochs_of_a_tv2_run_resumes_though_the_recipe_derives_ema_decay_from_them():
+    from dataclasses import replace
+
+    from megzoo.train import TrainConfig
+    from megzoo.train.checkpoint import jsonable
+
+    saved = TrainConfig(recipe="tv2", model="resnet18", epochs=10, batch_size=32)
+    longer = TrainConfig(recipe="tv2", model="resnet18", epochs=20, batch_size=32)
+    assert longer.ema_decay != saved.ema_decay
+    check_plan(jsonable(saved.as_dict()), longer)  # no error: the length, and what follows from it
+    with pytest.raises(ValueError) as error:
+        check_plan(jsonable(saved.as_dict()), replace(longer, lr=0.1))
+    assert str(error.value) == (f"cannot resume: lr changed from {saved.lr} to 0.1 (the checkpoint's plan); "
+                                "start a new --output or pass the checkpoint's value")

@@ -122,10 +122,15 @@ def test_release_empties_the_workspace_and_can_be_called_again():
     assert WORKSPACE.free_bytes == 0
 
 
-def test_the_old_module_names_of_megzoo_train_load_the_engines_modules():
+def test_the_old_module_names_and_paths_of_megzoo_train_load_the_engines_modules():
     import megzoo.train
 
     assert megzoo.train.fast_conv is conv and megzoo.train.fused_blocks is blocks
+    import megzoo.train.fast_conv as old_conv
+    import megzoo.train.workspace as old_workspace
+    from megzoo.train.fused_blocks import enable
+
+    assert old_conv is conv and enable is blocks.enable and old_workspace.WORKSPACE is WORKSPACE
     with pytest.raises(AttributeError, match="has no attribute 'host_kernels'"):
         megzoo.train.host_kernels  # noqa: B018
 

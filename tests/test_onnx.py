@@ -454,7 +454,7 @@ def test_poller_yields_while_compiled_models_run(monkeypatch):
     monkeypatch.undo()
     compiled = compile(megzoo.resnet18(num_classes=10), (1, 3, 32, 32), backend="onnxruntime")
     seen = []
-    runner = compiled._runner_for((1, 3, 32, 32))
+    runner = compiled.runner_for((1, 3, 32, 32))
     real_run = runner.run
     runner.run = lambda x: (seen.append(policy()), real_run(x))[1]
     compiled(np.zeros((1, 3, 32, 32), "float32"))

@@ -116,3 +116,28 @@ def test_megzoo_train_takes_the_optimizer_options():
         parser.parse_args(["train", "--optimizer", "adam"])
     help_text = " ".join(parser._subparsers._group_actions[0].choices["train"].format_help().split())
     assert "--optimizer {sgd,adamw}" in help_text and "optimizer:" in help_text
+
+
+def test_a_stage_listed_as_a_module_path_owns_the_parameters_under_it():
+    import megengine.module as M
+
+    from megzoo.models.base import FeatureLevel
+
+    class Staged(M.Module):
+        """Stages in a list (``stages.0``, ``stages.1``), as transformer families keep them."""
+
+        def __init__(self):
+            super().__init__()
+            self.stem = M.Conv2d(3, 4, 1)
+            self.stages = [M.Conv2d(4, 4, 1), M.Conv2d(4, 4, 1)]
+            self.head = M.Linear(4, 2)
+            self.feature_info = [FeatureLevel("stem", 4, 1, ("stem",), is_stem=True),
+                                 FeatureLevel("s1", 4, 1, ("stages.0",)), FeatureLevel("s2", 4, 1, ("stages.1",))]
+
+        def forward(self, x):
+            return x
+
+    model = Staged()
+    depths = {name: layer_depths(model)[id(p)] for name, p in model.named_parameters()}
+    assert depths == {"stem.weight": 0, "stem.bias": 0, "stages.0.weight": 1, "stages.0.bias": 1,
+                      "stages.1.weight": 2, "stages.1.bias": 2, "head.weight": 3, "head.bias": 3}

@@ -204,7 +204,7 @@ def test_static_batch_int8_onnx_loads_and_checks_on_its_batch(r18_int8, tmp_path
     report = export(r18_int8, path, (2, 3, SIZE, SIZE), dynamic_batch=False, parity_inputs={"calib": _rng_batch(8)})
     assert report.metadata["dynamic_batch"] is False and report.parity["max_rel"] <= 2.0
     loaded = load(path, threads=2)
-    assert loaded.int8 and not loaded._runner_for((2, 3, SIZE, SIZE)).split_batch  # one batch size: nothing to split
+    assert loaded.int8 and not loaded.runner_for((2, 3, SIZE, SIZE)).split_batch  # one batch size: nothing to split
     x = _rng_batch(2, seed=6)
     assert np.abs(loaded(x) - _run(r18_int8, x)).max() <= 2 * r18_int8.output_step(x)
     with pytest.raises(ValueError, match=r"a static-batch export: export again without --static-batch"):

@@ -272,7 +272,7 @@ def _break(monkeypatch, what):
 @pytest.fixture(scope="module")
 def one_epoch(shapes, tmp_path_factory):
     """``megzoo train`` arguments (2 epochs of 2 steps), and a run folder after their first epoch
-    (a run stopped there: resuming may not change the plan, epochs included)."""
+    (a run stopped there, as an interrupted run: resumed with the same arguments)."""
     import megengine
 
     from megzoo.cli import build_parser

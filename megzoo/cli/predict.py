@@ -54,10 +54,10 @@ def _model_options(p) -> None:
     from ..predict import AUTO_COMPILE_MIN_IMAGES, BACKENDS
 
     p.add_argument("--backend", choices=tuple(BACKENDS), default="auto",
-                   help=f"compiled: the fastest backend on this machine (measured once; several times eager after a "
-                        f"compile of a second or a few; docs/backends.md); {' / '.join(backend_names())}: that "
-                        f"runtime; eager: the model as it is; auto (default): compiled on the CPU for "
-                        f"{AUTO_COMPILE_MIN_IMAGES} images or more")
+                   help=f"compiled: the fastest backend on this machine (measured once; several times faster than "
+                        f"eager after a compile of a second or a few; docs/backends.md); "
+                        f"{' / '.join(backend_names())}: that runtime; eager: the model as it is; auto (default): "
+                        f"compiled on the CPU for {AUTO_COMPILE_MIN_IMAGES} images or more")
     p.add_argument("--threads", type=options.positive, default=None, metavar="N",
                    help="threads of the compiled backend (default: the CPUs this process may use)")
     p.add_argument("--int8", action="store_true",

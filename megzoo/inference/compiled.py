@@ -145,7 +145,7 @@ class LiteCompiledModel(CompiledModelBase):
         self._cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._graph_dir: Optional[tempfile.TemporaryDirectory] = None  # traced graphs (removed with the object)
         if self.input_shape is not None:
-            self._runner_for(self.input_shape)
+            self.runner_for(self.input_shape)
 
     # --- public -----------------------------------------------------------------------------
     @property

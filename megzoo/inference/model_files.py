@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple, Union
 
-__all__ = ["FileKind", "ONNX_FILE", "MGE_FILE", "model_file_kind", "describe_file", "accepted", "ACCEPTED"]
+__all__ = ["FileKind", "ONNX_FILE", "MGE_FILE", "model_file_kind", "describe_file", "accepted", "ACCEPTED", "or_list"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -118,10 +118,15 @@ MGE_FILE = FileKind("mge", "a MegEngine Lite .mge graph", _sniff_mge, (".mge",))
 _BUILT_IN = (ONNX_FILE, MGE_FILE)
 
 
+def or_list(words: Sequence[str]) -> str:
+    """``a``, ``a or b``, ``a, b or c``."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
 def accepted(kinds: Sequence[FileKind] = _BUILT_IN) -> str:
     """What load takes, as the refusal says it (:data:`ACCEPTED` for the built-in kinds)."""
     names = [k.description for k in kinds]
-    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+    listed = or_list(names)
     export = [k.name for k in kinds if k in _BUILT_IN]
     if not export:
         return f"load takes {listed}"

@@ -79,7 +79,7 @@ class OrtCompiledModel(CompiledModelBase):
         self.split_batch = self.int8 if split_batch is None else bool(split_batch)
         # compile_log's ``trace_dump_s`` is building the ONNX graph, ``load_s`` creating the session
         if self.input_shape is not None:
-            self._runner_for(self.input_shape)
+            self.runner_for(self.input_shape)
 
     def export(self, path: PathLike, input_shape: Optional[Sequence[int]] = None) -> Path:
         """Write the ONNX graph for ``input_shape`` (default: the compile shape) to ``path``

@@ -19,16 +19,16 @@ one hook on every callback, in list order, at these points (``trainer`` is the r
 * ``state_dict()`` / ``load_state_dict(state)``: the top-level entries the callback keeps in
   ``last.pkl``, and its restore on resume (returning a note for the "resumed from" line, or None).
 
-:func:`default_callbacks` gives the run's own, in this order: the CPU engine, the EMA, the
-checkpoints, the run record (config, history, curves) and the log; ``Trainer(config,
-callbacks=[...])`` appends more.
+:func:`default_callbacks` gives the order: the CPU engine, the EMA, then a user's
+(``Trainer(config, callbacks=[...])``), then the checkpoints, the run record (config, history,
+curves) and the log, so what a user's callback adds is in the files of the same epoch.
 """
 import contextlib
 import json
 import os
 import sys
 import time
-from typing import Callable, ContextManager, Dict, List, Optional
+from typing import Callable, ContextManager, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -92,11 +92,13 @@ class CpuEngineCallback(Callback):
 
     def __init__(self, config):
         try:
-            from .cpu_engine import CpuEngine
-        except ImportError:
+            from .cpu_engine import NOT_PREPARED, CpuEngine
+        except ModuleNotFoundError as error:  # the package is not there; an error inside it is raised
+            if not (error.name or "").startswith(f"{__package__}.cpu_engine"):
+                raise
             self.engine, self.reason = None, NOT_INSTALLED
         else:
-            self.engine, self.reason = CpuEngine.from_config(config), "not prepared"
+            self.engine, self.reason = CpuEngine.from_config(config), NOT_PREPARED
 
     @property
     def running(self) -> bool:
@@ -354,6 +356,9 @@ def _excluded_note(data) -> str:
             f"{ex['file']})")
 
 
-def default_callbacks(config) -> List[Callback]:
-    """The run's own callbacks, in the order they are called."""
-    return [CpuEngineCallback(config), EmaCallback(config), Checkpoints(config), History(), Log(config)]
+def default_callbacks(config, extra: Sequence[Callback] = ()) -> List[Callback]:
+    """The run's callbacks in the order they are called: the run's own that compute (the CPU
+    engine, the EMA), then ``extra`` (a user's), then those that write (checkpoints, the run
+    record, the log), so what a user's callback adds to an epoch's record or keeps in its state
+    is in that epoch's files."""
+    return [CpuEngineCallback(config), EmaCallback(config), *extra, Checkpoints(config), History(), Log(config)]

@@ -24,7 +24,7 @@ import os
 import random
 from collections import OrderedDict
 from dataclasses import fields
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -141,8 +141,11 @@ def check_plan(saved: Dict[str, Any], config, path: str = "the checkpoint") -> N
         raise ValueError(f"{path} is a {kind} run, and this one is {'qat' if config.qat else 'not qat'}; "
                          "use another output folder (--output) or start afresh (--no-resume / resume=False)")
     defaults = None
+    skipped = set(RUN_FIELDS)
+    if saved.get("epochs") != config.epochs:  # a longer run: what the recipe derives from its length follows it
+        skipped |= set(epochs_derived(config.recipe))
     for f in fields(config):
-        if f.name in RUN_FIELDS:
+        if f.name in skipped:
             continue
         if f.name in saved:
             old = saved[f.name]
@@ -153,6 +156,13 @@ def check_plan(saved: Dict[str, Any], config, path: str = "the checkpoint") -> N
         if jsonable(old) != jsonable(new):
             raise ValueError(f"cannot resume: {f.name} changed from {_shown(old)} to {_shown(new)} (the checkpoint's "
                              "plan); start a new --output or pass the checkpoint's value")
+
+
+def epochs_derived(recipe: str) -> Tuple[str, ...]:
+    """The fields ``recipe`` derives from ``epochs`` (tv2: ``ema_decay``), which follow a raised ``epochs``."""
+    from .recipe import RECIPE_RULES
+
+    return tuple(name for name, rule in RECIPE_RULES.get(recipe, {}).items() if "epochs" in rule)
 
 
 def _shown(value) -> str:

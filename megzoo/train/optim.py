@@ -29,7 +29,8 @@ def layer_depths(model) -> Dict[int, int]:
     ``feature_info`` (megzoo models): the stem is depth 0, the i-th stage (1-based) depth i (a
     model without a stem level, e.g. VGG, starts at stage 1 = depth 1), and every parameter in no
     stage (the head) the deepest, D = last stage + 1. A parameter's stage is read from its name:
-    ``layer2.0.conv1.weight`` is in ResNet's stage ``layer2`` (depth 2 of D = 5)."""
+    ``layer2.0.conv1.weight`` is in ResNet's stage ``layer2`` (depth 2 of D = 5); a stage listed as
+    a module path (``stages.0``) owns the parameters under it."""
     levels = list(getattr(model, "feature_info", None) or [])
     if not levels:
         raise ValueError(f"layer_decay needs a model that lists its stages (feature_info, as megzoo models do); "
@@ -37,7 +38,12 @@ def layer_depths(model) -> Dict[int, int]:
     first = 0 if levels[0].is_stem else 1
     owner = {name: first + i for i, level in enumerate(levels) for name in level.modules}
     head = first + len(levels)
-    return {id(p): owner.get(name.split(".")[0], head) for name, p in model.named_parameters()}
+
+    def depth(parameter: str) -> int:  # the longest listed module path the parameter is in
+        parts = parameter.split(".")
+        return next((owner[p] for p in (".".join(parts[:k]) for k in range(len(parts) - 1, 0, -1)) if p in owner), head)
+
+    return {id(p): depth(name) for name, p in model.named_parameters()}
 
 
 def param_groups(model, config: TrainConfig, params=None) -> List[dict]:
@@ -110,7 +116,7 @@ def build_optimizer(params_or_groups, config: TrainConfig, lr: Optional[float] =
 
 @contextlib.contextmanager
 def inplace_update():
-    """MegEngine's in-place SGD update (``MEGENGINE_INPLACE_UPDATE=1``: the same arithmetic in
+    """MegEngine's in-place optimizer update (``MEGENGINE_INPLACE_UPDATE=1``: the same arithmetic in
     fused in-place operators, fewer passes over the parameters) unless the user chose otherwise."""
     if "MEGENGINE_INPLACE_UPDATE" in os.environ:
         yield

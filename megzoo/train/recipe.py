@@ -189,9 +189,9 @@ class TrainConfig:
         "rounding) or native (MegEngine's operator, bit for bit); evaluation always uses MegEngine's operator")})
     fused_blocks: bool = field(default=True, metadata={"group": "cpu engine", "help": (
         "CPU training with the blas forward: each residual block (and the stem) computed whole in NumPy on "
-        "channels-last arrays, BatchNorm, ReLU, pooling and adds included (ResNet-50 step 2.3x faster at 224 px; "
-        "equal to float rounding), and the validation's eval-mode forward too (ResNet-50 3.4x faster at 224 px); "
-        "off: per convolution, validation on MegEngine's operators")})
+        "channels-last arrays, BatchNorm, ReLU, pooling and adds included (equal to float rounding; figures in "
+        "docs/training-speed.md), and the validation's eval-mode forward too; off: per convolution, validation on "
+        "MegEngine's operators")})
     cpu_threads: Optional[int] = field(default=None, metadata={"group": "run", "help": (
         "CPU threads (a multithread comp node; default: all usable cores)")})
     dtr: bool = field(default=False, metadata={"group": "run", "help": (

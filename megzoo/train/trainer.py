@@ -98,7 +98,8 @@ class Trainer:
     config would build; a custom module needs ``forward(x) -> logits`` and may provide
     ``trainable_parameters()`` and ``get_classifier()`` (as megzoo models do); ``config.model``
     then only names it. ``callbacks`` (:class:`~megzoo.train.callbacks.Callback`) are called after
-    the run's own (:func:`~megzoo.train.callbacks.default_callbacks`).
+    the engine and the EMA and before the checkpoints, run record and log
+    (:func:`~megzoo.train.callbacks.default_callbacks`).
     """
     def __init__(self, config: TrainConfig, module=None, data: Optional[FolderData] = None,
                  callbacks: Sequence[Callback] = ()):
@@ -106,7 +107,7 @@ class Trainer:
         self.rank, self.world = rank(), world_size()
         self.main = self.rank == 0
         self.output = os.path.abspath(config.output)
-        self.callbacks: List[Callback] = default_callbacks(config) + list(callbacks)
+        self.callbacks: List[Callback] = default_callbacks(config, callbacks)
         self._lock = open_output(self, module, (ckpt.LAST, ckpt.BEST, ckpt.BEST_META, HISTORY, CONFIG, CURVES))
         last = os.path.join(self.output, ckpt.LAST)
         self.resume_state = ckpt.read_resume_state(config, last)  # refuses a changed plan

@@ -36,7 +36,7 @@ from ..graph_onnx import DEFAULT_OPSET
 from ..layouts import probe_record_path
 from ..model_files import model_file_kind
 from ..threads import require_megengine_thread
-from .base import (Backend, BackendUnavailableError, BenchMode, CompiledModelBase, CompileInfo,
+from .base import (COMMON_OPTIONS, Backend, BackendUnavailableError, BenchMode, CompiledModelBase, CompileInfo,
                    read_metadata)
 from .lite import LITE_OPTIONS, LiteBackend
 from .onnxruntime import OnnxRuntimeBackend
@@ -252,13 +252,14 @@ def _resolve(backend: str, options: Optional[Dict[str, Any]], what: str) -> Tupl
 
 
 def resolve_backend(backend: str, options: Optional[Dict[str, Any]] = None,
-                    what: str = "backend='{backend}'") -> str:
+                    what: str = "backend='{backend}'", *, lite_options: Optional[Dict[str, Any]] = None) -> str:
     """The registered backend that runs a request for ``backend`` (a name or ``"auto"``, module
     docstring) with the backend-specific ``options`` given (any set to other than its default
     means its backend under ``"auto"``, and is refused for another). ``what``: how the refusal
     says to ask for the options' backend (``{backend}``: its name, ``{files}``: its file kinds).
-    BackendUnavailableError when the backend cannot run here."""
-    return _resolve(backend, options, what)[0]
+    BackendUnavailableError when the backend cannot run here. ``lite_options``: the old name of
+    ``options``."""
+    return _resolve(backend, options if lite_options is None else lite_options, what)[0]
 
 
 def _check_known(options: Dict[str, Any], function: str) -> None:
@@ -315,7 +316,7 @@ def compile(model, input_shape: Optional[Sequence[int]] = None, threads: Optiona
     if backend == "auto" and not _requests(given) and not os.environ.get("MEGZOO_BACKEND", "").strip():
         backend = _preferred(model) or backend
     name, measured = _resolve(backend, given, what="pass backend='{backend}'")
-    common = dict(fuse=fuse, dynamic_batch=dynamic_batch, max_shapes=max_shapes)
+    common = dict(zip(COMMON_OPTIONS, (fuse, dynamic_batch, max_shapes)))
     chosen = get_backend(name)
     try:
         return _compile_with(chosen, model, input_shape, threads, common, given)
@@ -351,6 +352,6 @@ def load(path: PathLike, threads: Optional[int] = None, *, algo: str = "profile"
     compiled.output_names = list((meta or {}).get("output_names") or [])
     shape = (meta or {}).get("input_shape")
     if shape:
-        compiled._runner_for(tuple(shape))
+        compiled.runner_for(tuple(shape))
     return compiled
 

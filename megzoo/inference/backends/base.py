@@ -138,7 +138,7 @@ class CompiledModelBase:
         if x.ndim < 1 or x.shape[0] < 1:
             raise ValueError(f"input must have a non-empty batch axis, got shape {x.shape}")
         with self._lock:
-            runner = self._runner_for(x.shape)  # compiling runs MegEngine eagerly: the poller keeps its policy
+            runner = self.runner_for(x.shape)  # compiling runs MegEngine eagerly: the poller keeps its policy
             if self.run_under_lock:
                 with poller_yields():  # MegEngine's poller thread must not take the runtime's cores
                     outputs = runner.run(x)
@@ -154,7 +154,10 @@ class CompiledModelBase:
     def _key(self, shape: tuple) -> tuple:
         return tuple(shape[1:]) if self.dynamic_batch else tuple(shape)
 
-    def _runner_for(self, shape: tuple):
+    def runner_for(self, shape: tuple):
+        """The runtime's runner for inputs of ``shape`` (N, C, H, W): the cached one (the last
+        ``max_shapes`` kept), else built now (:meth:`_build`); a model loaded from a file has only
+        the shape it was made for (ValueError for another)."""
         key = self._key(shape)
         runner = self._runners.get(key)
         if runner is not None:

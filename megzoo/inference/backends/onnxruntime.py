@@ -110,7 +110,7 @@ def _ort_worker(cfg: dict, x, out: dict):
         compiled.export(cfg["onnx_path"], x.shape)
     if out["poller_yields"]:
         return lambda: compiled(x)
-    runner = compiled._runner_for(x.shape)
+    runner = compiled.runner_for(x.shape)
     return lambda: runner.run(x)
 
 

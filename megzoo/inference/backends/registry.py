@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Callable, Dict, Iterator, List, Tuple
 
 from ..model_files import FileKind
-from .base import Backend, BenchMode
+from .base import COMMON_OPTIONS, Backend, BenchMode
 
 __all__ = ["register_backend", "unregister_backend", "get_backend", "backend_names", "registered_backends",
            "option_owners", "registered_file_kinds", "backend_for_file_kind", "bench_modes", "NameView"]
@@ -55,17 +55,21 @@ class NameView(Sequence):
 
 
 def register_backend(backend: Backend) -> Backend:
-    """Make ``backend`` a choice everywhere; returns it. ValueError for a name, option or
-    benchmark mode another registered backend has, or a reserved name."""
+    """Make ``backend`` a choice everywhere; returns it. ValueError for a name, option, file kind
+    or benchmark mode another registered backend has, an option every backend takes, or a
+    reserved name."""
     name = backend.name
     if not name or not name.isidentifier() or name in RESERVED:
         raise ValueError(f"a backend needs a name of letters, digits and _ other than {', '.join(RESERVED)}; "
                          f"got {name!r}")
     if name in _backends:
         raise ValueError(f"a backend named {name!r} is registered already ({_backends[name]!r})")
-    taken = sorted(set(backend.options) & set(option_owners()))
+    taken = sorted(set(backend.options) & (set(option_owners()) | set(COMMON_OPTIONS)))
     if taken:
         raise ValueError(f"backend {name!r}: options {', '.join(taken)} belong to another backend")
+    kinds = sorted({k.name for k in backend.file_kinds} & {k.name for k in registered_file_kinds()})
+    if kinds:
+        raise ValueError(f"backend {name!r}: {', '.join(kinds)} files are loaded by another backend")
     modes = {n for m in bench_modes() for n in (m.name, *m.aliases)} | {"eager"}
     clash = sorted({n for m in backend.bench_modes() for n in (m.name, *m.aliases)} & modes)
     if clash:
@@ -108,8 +112,11 @@ def registered_file_kinds() -> Tuple[FileKind, ...]:
 
 
 def backend_for_file_kind(kind: str) -> Backend:
-    """The backend that loads files of the kind named ``kind``."""
-    return next(b for b in _backends.values() if any(k.name == kind for k in b.file_kinds))
+    """The backend that loads files of the kind named ``kind`` (ValueError: none does)."""
+    for backend in _backends.values():
+        if any(k.name == kind for k in backend.file_kinds):
+            return backend
+    raise ValueError(f"no registered backend loads {kind} files")
 
 
 def bench_modes() -> List[BenchMode]:

@@ -16,7 +16,7 @@ from . import blocks, conv
 from .conv import FORWARDS, METHODS
 from .workspace import WORKSPACE
 
-__all__ = ["FORWARDS", "METHODS", "NO_CONVOLUTIONS", "OFF", "QAT", "CpuEngine", "CpuEngineOptions"]
+__all__ = ["FORWARDS", "METHODS", "NO_CONVOLUTIONS", "NOT_PREPARED", "OFF", "QAT", "CpuEngine", "CpuEngineOptions"]
 
 #: the reasons :meth:`CpuEngine.prepare` declines (besides "not a CPU device: DEVICE")
 OFF = "off"
