@@ -6,12 +6,12 @@
     result.best_top1, result.best_path          # best.pkl: plain state dict for pretrained=PATH
 
 Modules: :mod:`~megzoo.train.recipe` (the config, the named recipes, the learning-rate
-schedule), :mod:`~megzoo.train.trainer` (the loop), :mod:`~megzoo.train.callbacks` (what runs around it: the CPU
-engine, EMA, checkpoints, the run record, the log), :mod:`~megzoo.train.optim` (parameter groups, the
-optimizers by name),
-:mod:`~megzoo.train.mixing` (mixup, cutmix, soft-target loss), :mod:`~megzoo.train.ema` (the
-weights' moving average), :mod:`~megzoo.train.data` (image folders through
-``megengine.data``), :mod:`~megzoo.train.checkpoint` (atomic, safely loadable checkpoints),
+schedule), :mod:`~megzoo.train.trainer` (the loop), :mod:`~megzoo.train.model_setup` (the model a
+run trains), :mod:`~megzoo.train.callbacks` (what runs around the loop: the CPU engine, EMA,
+checkpoints, the run record, the log), :mod:`~megzoo.train.optim` (parameter groups, the
+optimizers by name), :mod:`~megzoo.train.mixing` (mixup, cutmix, soft-target loss), :mod:`~megzoo.train.ema` (the
+weights' moving average), :mod:`~megzoo.train.data` (image folders, transforms and loaders
+through ``megengine.data``), :mod:`~megzoo.train.checkpoint` (atomic, safely loadable checkpoints),
 :mod:`~megzoo.train.distributed` (several GPUs), :mod:`~megzoo.train.cpu_engine` (the CPU training engine:
 convolutions and whole residual blocks on host arrays; one object, ``CpuEngine``), :mod:`~megzoo.train.plot`
 (curves). The command line is ``megzoo train``; see docs/training.md.

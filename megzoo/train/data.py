@@ -19,7 +19,7 @@ import json
 import os
 import random
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -28,10 +28,13 @@ from megengine.data.dataset import Dataset
 
 from ..data.folders import list_image_folder
 from ..images import ImageError, read_image
+from ..transforms import Preprocess, eval_transform, resolve_preprocess, train_transform
+from .mixing import BatchMixer
 from .workers import WorkerDataLoader  # workers that ignore Ctrl-C; the plasma store cleaned up
 
 __all__ = ["FolderData", "ImageSamples", "list_image_folder", "read_exclude_list", "find_folders", "build_folder_data",
-           "train_loader", "eval_loader", "seed_epoch", "epoch_seed"]
+           "train_loader", "eval_loader", "seed_epoch", "epoch_seed", "TrainingPipeline", "training_preprocess",
+           "training_pipeline"]
 
 
 class ImageSamples(Dataset):
@@ -244,3 +247,47 @@ def seed_epoch(loader: Optional[DataLoader], seed: int, epoch: int, rank: int = 
     np.random.seed(local)
     random.seed(local)
     megengine.random.seed(local)
+
+
+@dataclass
+class TrainingPipeline:
+    """What feeds a run: the transforms, the batch mixer and the loaders."""
+    train_transform: object
+    eval_transform: object
+    mixer: BatchMixer
+    train_loader: DataLoader
+    val_loader: Optional[DataLoader]
+    steps_per_epoch: int  #: training steps of one epoch (``config.steps_per_epoch`` caps it)
+
+
+def training_preprocess(config, model, state: Optional[dict] = None) -> Preprocess:
+    """The weights' normalisation at the configured evaluation sizes: the one a resumed run
+    (``state``, a training state) started with, else ``model``'s (a megzoo model's, else ImageNet's)."""
+    if state is not None and state.get("preprocess"):
+        saved = dict(state["preprocess"])
+        record = resolve_preprocess({**saved, "mean": tuple(saved["mean"]), "std": tuple(saved["std"])})
+    else:
+        record = resolve_preprocess(model if hasattr(model, "model_name") else None)
+    return replace(record, input_size=config.eval_size, resize_size=config.eval_resize)
+
+
+def training_pipeline(config, data: FolderData, p: Preprocess, num_classes: int, world: int = 1,
+                      rank: int = 0) -> TrainingPipeline:
+    """The training transform (crop, flip, jitter, policy augmentation, erasing), mixup/cutmix,
+    the evaluation transform of ``p`` and the loaders of ``data`` for process ``rank`` of ``world``."""
+    from ..augment import policy_transform
+
+    train = train_transform(config.input_size, scale=config.crop_scale, hflip=config.hflip,
+                            color_jitter=config.color_jitter, mean=p.mean, std=p.std, color_order=p.color_order,
+                            interpolation=p.interpolation, augment=policy_transform(config.augment, config.randaugment),
+                            random_erasing=config.random_erasing)
+    evaluate = eval_transform(p)
+    loader = train_loader(data.train, train, config.batch_size, config.workers, world, rank)
+    val = None
+    if data.val is not None and len(data.val) > 0:
+        val = eval_loader(data.val, evaluate, config.eval_batch_size, config.workers, world, rank)
+    steps = len(loader.sampler)
+    if config.steps_per_epoch:
+        steps = min(steps, config.steps_per_epoch)
+    mixer = BatchMixer(num_classes, config.mixup, config.cutmix, config.label_smoothing)
+    return TrainingPipeline(train, evaluate, mixer, loader, val, steps)

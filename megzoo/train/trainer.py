@@ -5,8 +5,9 @@ One process (CPU or one GPU) or several GPUs (``config.gpus``, through
 
 1. pick the device (on CPU, MegEngine's ``multithread`` device with one thread per core) and
    seed everything from ``config.seed``;
-2. read the image folders (:mod:`megzoo.train.data`), build the model (``pretrained=`` weights,
-   new ``num_classes``), freeze the stem and the first stages if asked;
+2. read the image folders and build the transforms and loaders (:mod:`megzoo.train.data`), build
+   the model (:mod:`megzoo.train.model_setup`: ``pretrained=`` weights, new ``num_classes``, the
+   QAT form, the stem and the first stages frozen if asked);
 3. the optimizer ``config.optimizer`` names (:func:`megzoo.train.optim.build_optimizer`) over
    parameter groups (backbone / head learning rate, optional weight-decay exemption of BatchNorm
    and bias parameters, optional layer-wise decay), a ``GradManager`` attached to the trainable
@@ -34,18 +35,17 @@ import megengine.optimizer as optim
 import numpy as np
 from megengine.autodiff import GradManager
 
-from ..device import is_cpu_device, move_tensors, poller_yields, select_device
+from ..device import is_cpu_device, poller_yields, select_device
 from ..host import lock_folder, usable_cpus
 from ..metrics import log_softmax, topk_correct
-from ..registry import get_model
-from ..transforms import eval_transform, resolve_preprocess, train_transform
 from . import checkpoint as ckpt
 from .callbacks import (CONFIG, CURVES, HISTORY, LOG, Callback, Checkpoints, CpuEngineCallback, EmaCallback,
                         default_callbacks, describe_run, log_line)
-from .data import FolderData, build_folder_data, eval_loader, seed_epoch, train_loader
+from .data import FolderData, build_folder_data, seed_epoch, training_pipeline, training_preprocess
 from .distributed import all_reduce_sum, allreduce_callback, broadcast_module, launch, rank, world_size
 from .guards import check_loss, check_weights, open_output
-from .mixing import BatchMixer, soft_cross_entropy
+from .mixing import soft_cross_entropy
+from .model_setup import move_module, training_model
 from .optim import build_optimizer, inplace_update, param_groups
 from .recipe import TrainConfig, learning_rate
 
@@ -83,12 +83,6 @@ def setup_device(device: Optional[str] = None, cpu_threads: Optional[int] = None
         name = f"multithread{threads}:0" if threads > 1 else "cpu0"
         megengine.set_default_device(name)
     return name
-
-
-def move_module(module, device: Optional[str] = None) -> int:
-    """Put ``module``'s parameters and buffers on ``device`` (default: MegEngine's current default
-    device) in place (the same Parameter objects); returns how many were moved."""
-    return len(move_tensors(list(module.parameters()) + list(module.buffers()), device))
 
 
 class Trainer:
@@ -188,22 +182,10 @@ class Trainer:
             raise ValueError(f"the data has {len(self.classes)} classes but num_classes={self.num_classes}")
 
     def _setup_model(self, module) -> None:
-        """The model (given or built) on the device, frozen stages, the same initial weights on
+        """The model (:func:`~megzoo.train.model_setup.training_model`), the same initial weights on
         every process; then the callbacks' ``on_model`` (the CPU engine, the EMA)."""
-        config = self.config
-        self.model = module if module is not None else self._build_model()
-        if config.qat:
-            from ..quantization import prepare_qat
-
-            if config.freeze_stages is not None:
-                raise ValueError("freeze_stages does not combine with qat "
-                                 "(the fused int8 form has no stages to freeze)")
-            self.model = prepare_qat(self.model)  # fused and fake-quantized (a copy of the float model)
-        move_module(self.model)  # a module built before the device was chosen
-        if config.freeze_stages is not None:
-            if not hasattr(self.model, "freeze"):
-                raise ValueError("freeze_stages needs a megzoo model (with .freeze())")
-            self.model.freeze(config.freeze_stages)
+        self.model = training_model(self.config, module, self.num_classes, self.resume_state is not None,
+                                    self.log if self.main else None)
         broadcast_module(self.model)
         self._call("on_model")
 
@@ -217,62 +199,12 @@ class Trainer:
         self.optimizer = build_optimizer(self.groups, config, lr=config.lr * self.world)
 
     def _setup_loaders(self) -> None:
-        """Preprocessing (the weights' normalisation), transforms and the data loaders."""
-        config = self.config
-        self.preprocess = self._preprocess(self.resume_state)
-        p = self.preprocess
-        from ..augment import policy_transform
-
-        self.train_transform = train_transform(config.input_size, scale=config.crop_scale, hflip=config.hflip,
-                                               color_jitter=config.color_jitter, mean=p.mean, std=p.std,
-                                               color_order=p.color_order, interpolation=p.interpolation,
-                                               augment=policy_transform(config.augment, config.randaugment),
-                                               random_erasing=config.random_erasing)
-        self.mixer = BatchMixer(self.num_classes, config.mixup, config.cutmix, config.label_smoothing)
-        self.eval_transform = eval_transform(p)
-        self.train_loader = train_loader(self.data.train, self.train_transform, config.batch_size, config.workers,
-                                         self.world, self.rank)
-        self.val_loader = None
-        if self.data.val is not None and len(self.data.val) > 0:
-            self.val_loader = eval_loader(self.data.val, self.eval_transform, config.eval_batch_size,
-                                          config.workers, self.world, self.rank)
-        self.steps_per_epoch = len(self.train_loader.sampler)
-        if config.steps_per_epoch:
-            self.steps_per_epoch = min(self.steps_per_epoch, config.steps_per_epoch)
-
-    def _build_model(self):
-        config = self.config
-        pretrained = config.pretrained
-        if self.resume_state is not None or pretrained in (None, False, ""):
-            pretrained = False  # resuming: the checkpoint's weights replace anything loaded here
-        kwargs = dict(config.model_kwargs)
-        if config.drop_path > 0:
-            if config.qat:
-                raise ValueError("drop_path does not combine with qat (the fused int8 blocks have no residual branch "
-                                 "to drop); fine-tune the int8 form without it")
-            kwargs["drop_path_rate"] = config.drop_path
-        try:
-            model = get_model(config.model, pretrained=pretrained, num_classes=self.num_classes, **kwargs)
-        except TypeError as error:
-            if "drop_path_rate" not in str(error):
-                raise
-            raise ValueError(f"drop_path (stochastic depth) needs a model with residual blocks (the resnet, resnext "
-                             f"and wide_resnet families); {config.model} has none: leave drop_path at 0") from None
-        report = getattr(model, "load_report", None)
-        if report is not None and self.main:
-            self.log(str(report).splitlines()[0])
-        return model
-
-    def _preprocess(self, state: Optional[dict]):
-        """The weights' normalisation (a resumed run keeps the one it started with), at the
-        configured sizes."""
-
-        if state is not None and state.get("preprocess"):
-            saved = dict(state["preprocess"])
-            record = resolve_preprocess({**saved, "mean": tuple(saved["mean"]), "std": tuple(saved["std"])})
-        else:
-            record = resolve_preprocess(self.model if hasattr(self.model, "model_name") else None)
-        return replace(record, input_size=self.config.eval_size, resize_size=self.config.eval_resize)
+        """Preprocessing (the weights' normalisation), transforms, mixing and the data loaders."""
+        self.preprocess = training_preprocess(self.config, self.model, self.resume_state)
+        pipe = training_pipeline(self.config, self.data, self.preprocess, self.num_classes, self.world, self.rank)
+        self.train_transform, self.eval_transform, self.mixer = pipe.train_transform, pipe.eval_transform, pipe.mixer
+        self.train_loader, self.val_loader = pipe.train_loader, pipe.val_loader
+        self.steps_per_epoch = pipe.steps_per_epoch
 
     def _restore(self, state: dict, path: str) -> None:
         """Continue from a training state (its plan already checked): weights, optimizer, counters,
