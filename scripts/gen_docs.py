@@ -34,7 +34,7 @@ def weights_table() -> str:
             acc = ["n/a" if v is None else f"{v:.3f}" for v in (w.top1, w.top5)]
             name = f"`{w.name}`" + (" (default)" if i == 0 else "")
             rows.append(f"| {name} | {acc[0]} | {acc[1]} | {w.preprocess.resize_size} / {w.preprocess.input_size} "
-                        f"| {w.layout} | [{w.filename}]({w.urls[0]}) |")
+                        f"| {w.checkpoint_layout} | [{w.filename}]({w.urls[0]}) |")
     return "\n".join(rows)
 
 

@@ -31,12 +31,13 @@ def test_catalogue_defaults_are_the_official_megengine_and_basecls_files():
     }
     for arch, file in expected.items():
         w = catalog.default_weights(arch)
-        assert (w.tag, w.layout, w.urls) == ("megengine", "megengine",
-                                            ("https://data.megengine.org.cn/models/weights/" + file,))
+        assert (w.tag, w.checkpoint_layout, w.layout, w.urls) == (
+            "megengine", "megengine", "megengine", ("https://data.megengine.org.cn/models/weights/" + file,))
+        assert w.as_dict()["checkpoint_layout"] == w.as_dict()["layout"] == "megengine"
     for arch in ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"):
         w = catalog.default_weights(arch)
         assert w.urls == (f"https://data.megengine.org.cn/research/basecls/models/vgg/{arch}/{arch}.pkl",)
-        assert (w.tag, w.layout, w.top1, w.top5) == ("basecls", "basecls", None, None)
+        assert (w.tag, w.checkpoint_layout, w.top1, w.top5) == ("basecls", "basecls", None, None)
     # torchvision only for Wide-ResNet
     assert catalog.default_weights("wide_resnet50_2").name == "wide_resnet50_2.tv_in1k"
 

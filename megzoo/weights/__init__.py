@@ -114,7 +114,7 @@ def load_pretrained(model, arch: str, pretrained, progress: bool = True) -> Load
     if isinstance(source, Path):
         return _load_file(model, source, str(source), None)
     label = source.name if isinstance(source, Weights) else source
-    layout = source.layout if isinstance(source, Weights) else None
+    layout = source.checkpoint_layout if isinstance(source, Weights) else None
     for attempt in (1, 2):
         path = fetch_weights(source, progress=progress)
         try:

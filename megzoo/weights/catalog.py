@@ -45,7 +45,9 @@ class Weights:
     arch: str  #: builder name, e.g. "resnet50"
     tag: str  #: e.g. "megengine", "tv2_in1k"
     urls: Tuple[str, ...]  #: where to fetch it, in order of preference
-    layout: str  #: "megengine" (native), "basecls" (VGG without conv bias) or "torchvision" (.pth)
+    #: how the file names and shapes its tensors: "megengine" (native), "basecls" (VGG without conv
+    #: bias) or "torchvision" (.pth); not a memory layout (those are megzoo.inference.layouts')
+    checkpoint_layout: str
     origin: str  #: publisher and repository
     license: str
     top1: Optional[float] = None  #: ImageNet-1k val top-1 %, as the publisher reports it
@@ -64,6 +66,11 @@ class Weights:
         return f"{self.arch}.{self.tag}"
 
     @property
+    def layout(self) -> str:
+        """The old name of :attr:`checkpoint_layout`."""
+        return self.checkpoint_layout
+
+    @property
     def filename(self) -> str:
         return self.urls[0].rsplit("/", 1)[-1]
 
@@ -71,6 +78,7 @@ class Weights:
         d = asdict(self)
         d["name"], d["filename"] = self.name, self.filename
         d["urls"] = list(self.urls)
+        d["layout"] = self.checkpoint_layout  # the old key
         return d
 
 
