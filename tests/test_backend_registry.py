@@ -153,7 +153,7 @@ def test_the_classifier_and_the_cli_offer_the_registered_backend(numpy_backend):
     np.testing.assert_allclose(clf.logits(images), eager, rtol=1e-4, atol=1e-4)
     args = build_parser().parse_args(["predict", "cat.jpg", "--backend", "numpy"])
     assert args.backend == "numpy"
-    assert BACKENDS == ("auto", "onnxruntime", "lite", "numpy")
+    assert BACKENDS == ("auto", "onnxruntime", "lite", "openvino", "numpy")
 
 
 def test_the_benchmark_offers_the_registered_backends_mode(numpy_backend):
@@ -167,23 +167,24 @@ def test_the_benchmark_offers_the_registered_backends_mode(numpy_backend):
 def test_unregistering_takes_the_backend_out_everywhere(capsys):
     register_backend(NumpyBackend())
     unregister_backend("numpy")
-    assert "numpy" not in BACKENDS and "numpy" not in benchmark.MODES and backend_names() == ("onnxruntime", "lite")
+    assert "numpy" not in BACKENDS and "numpy" not in benchmark.MODES
+    assert backend_names() == ("onnxruntime", "lite", "openvino")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["predict", "cat.jpg", "--backend", "numpy"])
-    assert "invalid choice: 'numpy' (choose from 'auto', 'compiled', 'onnxruntime', 'lite', 'eager')" in \
+    assert "invalid choice: 'numpy' (choose from 'auto', 'compiled', 'onnxruntime', 'lite', 'openvino', 'eager')" in \
         capsys.readouterr().err
 
 
 def test_an_unknown_backend_is_refused_by_name():
     model = Tiny()
-    message = "backend must be one of ('auto', 'onnxruntime', 'lite'), got 'tvm'"
+    message = "backend must be one of ('auto', 'onnxruntime', 'lite', 'openvino'), got 'tvm'"
     for call in (lambda: compile(model, backend="tvm"), lambda: get_backend("tvm")):
         with pytest.raises(ValueError) as info:
             call()
         assert str(info.value) == message
     with pytest.raises(ValueError) as info:
         megzoo.Classifier(model, backend="tvm")
-    assert str(info.value) == "backend must be one of auto, compiled, onnxruntime, lite, eager, got 'tvm'"
+    assert str(info.value) == "backend must be one of auto, compiled, onnxruntime, lite, openvino, eager, got 'tvm'"
 
 
 def test_an_unavailable_backend_says_why(monkeypatch):
@@ -212,7 +213,7 @@ def test_registration_refuses_a_taken_name_option_or_mode():
     with pytest.raises(ValueError) as info:
         register_backend(type("Layout", (NumpyBackend,), {"name": "layouts", "options": {"layout": "x"}})())
     assert str(info.value) == "backend 'layouts': options layout belong to another backend"
-    assert backend_names() == ("onnxruntime", "lite")
+    assert backend_names() == ("onnxruntime", "lite", "openvino")
 
 
 def test_every_backends_compiled_model_is_a_compiled_model_base(tmp_path):

@@ -374,7 +374,7 @@ def test_backend_choice_auto_compiled_eager(colour_model):
     assert built.logits(_uniform(RED)).shape == (1, 1000)
     tensors = list(built.model.parameters()) + list(built.model.buffers())
     assert {str(t.device) for t in tensors} == {"cpux:0"}  # moved back
-    with pytest.raises(ValueError, match=r"^backend must be one of auto, compiled, onnxruntime, lite, eager, "
+    with pytest.raises(ValueError, match=r"^backend must be one of auto, compiled, onnxruntime, lite, openvino, eager, "
                                          r"got 'tensorrt'$"):
         Classifier(colour_model, backend="tensorrt")
 

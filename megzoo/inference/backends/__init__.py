@@ -2,9 +2,10 @@
 
 :func:`compile` and :func:`load` (``megzoo.compile``, ``megzoo.inference.load``) hand the work to a
 registered backend (:mod:`~megzoo.inference.backends.registry`; the protocol and the compiled
-model they share: :mod:`~megzoo.inference.backends.base`). Two are built in, one module each:
-:mod:`~megzoo.inference.backends.onnxruntime` and :mod:`~megzoo.inference.backends.lite`; adding one
-is a module and a line below (docs/backends.md). Nothing here names a runtime.
+model they share: :mod:`~megzoo.inference.backends.base`). Three are built in, one module each:
+:mod:`~megzoo.inference.backends.onnxruntime`, :mod:`~megzoo.inference.backends.lite` and
+:mod:`~megzoo.inference.backends.openvino` (optional, never chosen by ``auto``); adding one is a
+module and a line below (docs/backends.md). Nothing here names a runtime.
 
 Choosing under ``backend="auto"``, first rule that applies:
 
@@ -34,14 +35,16 @@ from ...host import atomic_write_text, machine_record, machine_tag
 from ..cache_files import read_json, record_lock
 from ..graph_onnx import DEFAULT_OPSET
 from ..layouts import probe_record_path
-from ..model_files import model_file_kind
+from ..model_files import model_file_kind, or_list
 from ..threads import require_megengine_thread
 from .base import (COMMON_OPTIONS, Backend, BackendUnavailableError, BenchMode, CompiledModelBase, CompileInfo,
                    read_metadata)
 from .lite import LITE_OPTIONS, LiteBackend
 from .onnxruntime import OnnxRuntimeBackend
-from .registry import (NameView, backend_for_file_kind, backend_names, bench_modes, get_backend, option_owners,
-                       register_backend, registered_backends, registered_file_kinds, unregister_backend)
+from .openvino import OpenVinoBackend
+from .registry import (NameView, backend_for_file_kind, backend_names, backends_loading, bench_modes, get_backend,
+                       option_owners, register_backend, registered_backends, registered_file_kinds,
+                       unregister_backend)
 
 __all__ = ["BACKENDS", "compile", "load", "best_backend", "resolve_backend", "backend_record_path", "measure_backends",
            "BackendUnavailableError", "Backend", "BenchMode", "CompiledModelBase", "CompileInfo", "register_backend",
@@ -49,6 +52,7 @@ __all__ = ["BACKENDS", "compile", "load", "best_backend", "resolve_backend", "ba
 
 register_backend(OnnxRuntimeBackend())
 register_backend(LiteBackend())
+register_backend(OpenVinoBackend())
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -219,7 +223,7 @@ def _environment_requests() -> Dict[str, List[str]]:
 
 
 def _files(backend: Backend) -> str:
-    return " or ".join(f".{kind.name}" for kind in backend.file_kinds) or "its"
+    return " or ".join(f".{kind.name}" for kind in backend.file_kinds + backend.also_loads) or "its"
 
 
 def _resolve(backend: str, options: Optional[Dict[str, Any]], what: str) -> Tuple[str, bool]:
@@ -295,7 +299,9 @@ def compile(model, input_shape: Optional[Sequence[int]] = None, threads: Optiona
         backend: a registered backend (:data:`BACKENDS`): ``"onnxruntime"`` (the model exported to
             ONNX in memory, run by ONNX Runtime: :class:`~megzoo.inference.OrtCompiledModel`),
             ``"lite"`` (traced and run by MegEngine Lite: :class:`~megzoo.inference.CompiledModel`),
-            or ``"auto"``: the faster one on this machine, with the rules of the module docstring.
+            ``"openvino"`` (the ONNX graph run by OpenVINO, optional: ``precision="fp32"`` or
+            ``"bf16"``), or ``"auto"``: the faster of the first two here, with the rules of the
+            module docstring.
         fuse: fold BatchNorm into the convolutions (and, for Lite, fuse conv + bias + ReLU).
         dynamic_batch: one graph for every batch size; False compiles each full shape separately.
         max_shapes: how many compiled graphs to keep (least recently used dropped first).
@@ -327,7 +333,7 @@ def compile(model, input_shape: Optional[Sequence[int]] = None, threads: Optiona
     return _compile_with(get_backend(others[0]), model, input_shape, threads, common, given)
 
 
-def load(path: PathLike, threads: Optional[int] = None, *, algo: str = "profile",
+def load(path: PathLike, threads: Optional[int] = None, *, backend: str = "auto", algo: str = "profile",
          profile_batch: Optional[int] = None, cache_dir: Optional[PathLike] = None,
          split_batch: bool = True, micro_batch: Union[str, int, None] = "auto", **options):
     """Load an exported model (see :func:`megzoo.inference.export`) to run without megzoo's model
@@ -337,16 +343,34 @@ def load(path: PathLike, threads: Optional[int] = None, *, algo: str = "profile"
     change where the file allows it; the spatial size is the exported one. ``model.metadata``
     holds the metadata JSON beside the file when present. For a ``.mge``, a file whose layout
     failed its probe here is refused (:class:`~megzoo.inference.LayoutUnavailableError`); the
-    other arguments are Lite's, as for :func:`compile` (``options``: other backends')."""
+    other arguments are Lite's, as for :func:`compile` (``options``: other backends').
+
+    ``backend``: ``"auto"`` (default) is the file kind's own backend, or another backend that
+    loads the kind when one of its options is given (``precision="bf16"``: OpenVINO); a name
+    (``"openvino"`` for an ``.onnx``) chooses among the backends that load the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such model file: {path}")
     _check_known(options, "load")
-    backend = backend_for_file_kind(model_file_kind(path, registered_file_kinds()))  # ValueError for other files
-    meta = read_metadata(path)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    kind = model_file_kind(path, registered_file_kinds())  # ValueError for other files
+    loaders = backends_loading(kind)
     given = dict(algo=algo, profile_batch=profile_batch, cache_dir=cache_dir, split_batch=split_batch,
                  micro_batch=micro_batch, **options)
-    _resolve(backend.name, given, what="they are for {files} files")
+    if backend == "auto":
+        asked = [b for b in loaders if b.name in _requests(given)]
+        chosen = asked[0] if len(asked) == 1 else backend_for_file_kind(kind)
+    else:
+        chosen = get_backend(backend)
+        if chosen not in loaders:
+            names = or_list([repr(b.name) for b in loaders] + [repr("auto")])
+            raise ValueError(f"{path} is a .{kind} file, which backend={backend!r} does not load; backend={names} "
+                             "loads it")
+    backend = chosen
+    meta = read_metadata(path)
+    other_loader = any(name != backend.name and get_backend(name) in loaders for name in _requests(given))
+    _resolve(backend.name, given, what="pass backend='{backend}'" if other_loader else "they are for {files} files")
     compiled = backend.load(path, threads, {k: v for k, v in given.items() if k in backend.options}, meta)
     compiled.metadata = meta
     compiled.output_names = list((meta or {}).get("output_names") or [])

@@ -222,10 +222,12 @@ class Backend:
     ``options`` (the keywords of :func:`megzoo.compile` / :func:`~megzoo.inference.load` only it
     takes, with their defaults: another value means this backend); ``auto_candidate`` (measured
     for ``backend="auto"``); ``record_tag`` (its part of the auto record's name, with
-    :meth:`version`)."""
+    :meth:`version`); ``also_loads`` (file kinds another backend loads by default that this one
+    loads when :func:`~megzoo.inference.load` is given ``backend=`` its name)."""
 
     name: str = ""
     file_kinds: Tuple[FileKind, ...] = ()
+    also_loads: Tuple[FileKind, ...] = ()
     options: Mapping[str, Any] = {}
     auto_candidate: bool = True
     record_tag: str = ""
@@ -246,7 +248,7 @@ class Backend:
 
     def load(self, path: Path, threads: Optional[int], options: Dict[str, Any],
              metadata: Optional[Dict[str, Any]]) -> CompiledModelBase:
-        """The model file ``path`` (one of ``file_kinds``) ready to run; ``options``: this
+        """The model file ``path`` (one of ``file_kinds`` or ``also_loads``) ready to run; ``options``: this
         backend's options that :func:`~megzoo.inference.load` was given; ``metadata``: the JSON
         beside the file, or None."""
         raise NotImplementedError(f"the {self.name} backend loads no files")

@@ -12,7 +12,8 @@ from ..model_files import FileKind
 from .base import COMMON_OPTIONS, Backend, BenchMode
 
 __all__ = ["register_backend", "unregister_backend", "get_backend", "backend_names", "registered_backends",
-           "option_owners", "registered_file_kinds", "backend_for_file_kind", "bench_modes", "NameView"]
+           "option_owners", "registered_file_kinds", "backend_for_file_kind", "backends_loading", "bench_modes",
+           "NameView"]
 
 _backends: Dict[str, Backend] = {}
 #: names that are not backends but appear where a backend is chosen
@@ -117,6 +118,13 @@ def backend_for_file_kind(kind: str) -> Backend:
         if any(k.name == kind for k in backend.file_kinds):
             return backend
     raise ValueError(f"no registered backend loads {kind} files")
+
+
+def backends_loading(kind: str) -> List[Backend]:
+    """The backends that load files of the kind named ``kind``: its default loader first
+    (:func:`backend_for_file_kind`), then those that load it when asked by name (``also_loads``)."""
+    default = [b for b in _backends.values() if any(k.name == kind for k in b.file_kinds)]
+    return default + [b for b in _backends.values() if any(k.name == kind for k in b.also_loads)]
 
 
 def bench_modes() -> List[BenchMode]:

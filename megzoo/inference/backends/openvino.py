@@ -1,0 +1,248 @@
+"""The OpenVINO backend (``"openvino"``): a module converted to ONNX in memory and run by OpenVINO's CPU plugin,
+or an ``.onnx`` file run.
+
+The ONNX graph is megzoo's own (:func:`~megzoo.inference.ort_compiled.onnx_model`: fp32, or QDQ
+int8 for a model made by ``megzoo.quantize``), handed to ``openvino.Core().read_model`` as bytes
+(no file is written), compiled for ``"CPU"`` with ``INFERENCE_NUM_THREADS`` the compiled model's
+``threads`` and ``PERFORMANCE_HINT`` ``LATENCY`` (one stream: the threads work on one batch, as with
+the other backends). One compiled model per input (C, H, W), the batch axis dynamic
+(:class:`~megzoo.inference.CompiledModelBase`'s cache); once compiled for a shape it runs from any
+thread (each concurrent call takes its own infer request).
+
+Precision is never OpenVINO's silent choice: ``INFERENCE_PRECISION_HINT`` is always set, ``f32``
+by default (OpenVINO's own default is bf16 on CPUs with BF16). ``precision="bf16"`` (this backend's
+option) asks for bf16 and is refused, before any work, on a CPU without BF16.
+
+``openvino`` is an optional dependency (``pip install 'megzoo[openvino]'``), imported only when
+this backend runs. ``backend="auto"`` does not measure or choose it (``auto_candidate`` False):
+it runs when asked for by name, by ``MEGZOO_BACKEND=openvino``, or by its own option
+``precision="bf16"``. :func:`megzoo.inference.load` runs an ``.onnx`` with it when given
+``backend="openvino"`` (ONNX Runtime stays the default for ``.onnx`` files).
+"""
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from ...device import poller_yields
+from ...host import cpu_info
+from ..model_files import ONNX_FILE
+from ..threads import require_megengine_thread
+from .base import NEW_SIZE_HINT, Backend, BenchMode, CompiledModelBase, CompileInfo, is_int8
+
+__all__ = ["OpenVinoBackend", "OpenVinoCompiledModel", "OpenVinoRunner", "PRECISIONS", "openvino_version",
+           "bf16_supported", "check_precision"]
+
+NAME = "openvino"
+#: what ``precision=`` takes -> OpenVINO's ``INFERENCE_PRECISION_HINT``
+PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+#: the CPU flags (``/proc/cpuinfo``) of BF16 arithmetic, as the refusal names them
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+INSTALL = "pip install 'megzoo[openvino]'"
+
+_core = None
+_core_lock = threading.Lock()
+
+
+def openvino_version() -> Optional[str]:
+    """The installed OpenVINO's version without importing it, or None when it is missing."""
+    import importlib.util
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("openvino")
+    except PackageNotFoundError:
+        return "unknown" if importlib.util.find_spec("openvino") is not None else None
+
+
+def ov_core():
+    """The process's ``openvino.Core`` (made once)."""
+    global _core
+    with _core_lock:
+        if _core is None:
+            import openvino
+
+            _core = openvino.Core()
+        return _core
+
+
+def bf16_supported() -> bool:
+    """True when OpenVINO's CPU plugin runs bf16 here (its ``OPTIMIZATION_CAPABILITIES`` list BF16)."""
+    return "BF16" in ov_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def check_precision(precision) -> None:
+    """ValueError (one line, with the fix) for a precision other than :data:`PRECISIONS`, or bf16
+    on a CPU without BF16 arithmetic."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    if precision == "bf16" and not bf16_supported():
+        raise ValueError(f"precision='bf16' needs a CPU with BF16 arithmetic ({' or '.join(BF16_FLAGS)}); this "
+                         f"CPU ({cpu_info()['model_name']}) has none: use precision='fp32' (the default)")
+
+
+class OpenVinoRunner:
+    """An ONNX model compiled by OpenVINO for the CPU: ``run(x)`` with a float32 (N, C, H, W) array
+    returns the list of output arrays. ``model``: the serialized ONNX model (bytes) or a path;
+    ``threads``: ``INFERENCE_NUM_THREADS``; ``precision``: a key of :data:`PRECISIONS`. Calls may
+    come from several threads at once: each takes an idle infer request (made when none is idle)."""
+
+    def __init__(self, model: Union[bytes, Path], threads: int, precision: str = "fp32"):
+        core = ov_core()
+        ov_model = core.read_model(bytes(model) if isinstance(model, (bytes, bytearray)) else str(model))
+        if len(ov_model.inputs) != 1:
+            raise ValueError(f"expected a model with one input, this one has {len(ov_model.inputs)}")
+        shape = ov_model.inputs[0].get_partial_shape()
+        #: the input's dimensions; a str (``"N"``) is a dynamic one
+        self.input_shape: List[Union[int, str]] = [d.get_length() if d.is_static else "N" for d in shape]
+        self.threads = threads
+        self.precision = precision
+        #: the ``openvino.CompiledModel`` (its ``get_property`` reads back what OpenVINO runs with)
+        self.compiled_model = core.compile_model(ov_model, "CPU", {
+            "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": PRECISIONS[precision]})
+        self._outputs = list(self.compiled_model.outputs)
+        self._idle: list = []
+        self._lock = threading.Lock()
+
+    def run(self, x: np.ndarray) -> List[np.ndarray]:
+        """Outputs for the (N, C, H, W) batch ``x`` (converted to contiguous float32)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        with self._lock:
+            request = self._idle.pop() if self._idle else None
+        if request is None:
+            request = self.compiled_model.create_infer_request()
+        try:
+            result = request.infer({0: x}, share_inputs=True, share_outputs=False)  # outputs are copies
+            return [result[o] for o in self._outputs]
+        finally:
+            with self._lock:
+                self._idle.append(request)
+
+
+class OpenVinoCompiledModel(CompiledModelBase):
+    """A model compiled by OpenVINO; call it with a numpy (N, C, H, W) float32 batch (or a megengine
+    Tensor). Give a ``model`` to convert (:func:`megzoo.compile` with ``backend="openvino"``) or an
+    ``onnx_file`` to run (:func:`megzoo.inference.load` with ``backend="openvino"``).
+
+    ``threads``: OpenVINO's ``INFERENCE_NUM_THREADS`` (default: the CPUs this process may use);
+    ``precision``: ``"fp32"`` (default) or ``"bf16"`` (CPUs with BF16 only); ``fuse``,
+    ``dynamic_batch``, ``max_shapes`` as for the other backends. Threads: a ``model`` is compiled
+    in the main thread; calls work from any thread; a new (C, H, W) is traced, so its first call
+    must come from the main thread."""
+
+    backend = NAME
+    file_kind = "onnx"
+    run_under_lock = False  # each concurrent call has its own infer request
+
+    def __init__(self, model=None, *, onnx_file=None, input_shape: Optional[Sequence[int]] = None,
+                 threads: Optional[int] = None, fuse: bool = True, dynamic_batch: bool = True, max_shapes: int = 4,
+                 precision: str = "fp32"):
+        if (model is None) == (onnx_file is None):
+            raise ValueError("give a model to convert or an onnx_file to run, not both or neither")
+        check_precision(precision)
+        if model is not None:
+            require_megengine_thread("compiling a model for OpenVINO (megzoo.compile)")
+        self._init_cache(threads, max_shapes, dynamic_batch, onnx_file, input_shape)
+        self.model = model
+        self.onnx_file = self._source_file
+        self.fuse = fuse
+        self.precision = precision
+        #: an int8 graph (a quantized model, or a file whose metadata says int8)
+        self.int8 = is_int8(model) if model is not None else False
+        if self.input_shape is not None:
+            self.runner_for(self.input_shape)
+
+    def __repr__(self) -> str:
+        return (f"OpenVinoCompiledModel(threads={self.threads}, precision={self.precision!r}, int8={self.int8}, "
+                f"shapes={self.cached_shapes})")
+
+    def _check_call(self, runner: OpenVinoRunner, shape: tuple) -> None:
+        if self.onnx_file is not None:
+            self._check_file_shape(runner, shape)
+
+    def _check_file_shape(self, runner: OpenVinoRunner, shape: tuple) -> None:
+        fixed = [d if isinstance(d, int) else None for d in runner.input_shape]
+        if len(fixed) != len(shape) or any(f is not None and f != s for f, s in zip(fixed, shape)):
+            raise ValueError(f"{self.onnx_file} takes inputs of shape {runner.input_shape}; got {shape}")
+
+    def _build(self, shape: tuple) -> OpenVinoRunner:
+        t0 = time.perf_counter()
+        if self.onnx_file is not None:
+            source: Union[bytes, Path] = self.onnx_file
+            names = None
+        else:
+            from ..ort_compiled import onnx_model
+
+            require_megengine_thread(f"compiling input size {shape[1:]} for the {NAME} backend (tracing the model)",
+                                     NEW_SIZE_HINT)
+            proto = onnx_model(self.model, (1,) + shape[1:] if self.dynamic_batch else shape,
+                               dynamic_batch=self.dynamic_batch, fuse=self.fuse, check=False)
+            names = [o.name for o in proto.graph.output]
+            source = proto.SerializeToString()
+        built = time.perf_counter()
+        runner = OpenVinoRunner(source, self.threads, self.precision)
+        if self.onnx_file is not None:
+            self._check_file_shape(runner, shape)
+        loaded = time.perf_counter()
+        with poller_yields():
+            runner.run(np.zeros(shape, dtype=np.float32))  # the first inference allocates its buffers
+        ran = time.perf_counter()
+        if not self.output_names:
+            self.output_names = names or [sorted(o.get_names())[0] for o in runner.compiled_model.outputs]
+        self.compile_log.append(CompileInfo(shape, built - t0, loaded - built, ran - loaded, False, False))
+        if self.input_shape is None:
+            self.input_shape = shape
+        return runner
+
+
+class OpenVinoBackend(Backend):
+    """OpenVINO's CPU plugin: fp32 (default) or bf16, and megzoo's QDQ int8 graphs as they are."""
+
+    name = NAME
+    file_kinds = ()  # .onnx files are ONNX Runtime's by default ...
+    also_loads = (ONNX_FILE,)  # ... and OpenVINO's with load(..., backend="openvino")
+    options = {"precision": "fp32"}
+    auto_candidate = False  # auto neither measures nor picks it (docs/backends.md)
+    record_tag = "ov"
+
+    def available(self) -> Optional[str]:
+        if openvino_version() is None:
+            return f"needs OpenVINO, which is not installed: {INSTALL}"
+        return None
+
+    def version(self) -> Optional[str]:
+        return openvino_version()
+
+    def compile(self, model, input_shape, threads, options: Dict[str, Any]):
+        check_precision(options["precision"])  # before any tracing
+        return OpenVinoCompiledModel(model, input_shape=input_shape, threads=threads, **options)
+
+    def load(self, path: Path, threads, options: Dict[str, Any], metadata):
+        precision = options.get("precision", "fp32")
+        check_precision(precision)
+        compiled = OpenVinoCompiledModel(onnx_file=path, threads=threads, max_shapes=1, precision=precision)
+        compiled.int8 = bool((metadata or {}).get("int8"))
+        return compiled
+
+    def refuse_options(self, names, hint: str, running: str) -> str:
+        return f"{', '.join(names)} applies to the {NAME} backend only; {hint} (or leave it out for {running})"
+
+    def bench_modes(self):
+        return super().bench_modes() + (
+            BenchMode(NAME + "_int8", "the model quantized to int8 on random calibration batches, then run by "
+                                      "OpenVINO (its QDQ graph)", worker=_int8_worker, int8=True),)
+
+
+def _int8_worker(cfg: dict, x, out: dict):
+    """Benchmark worker: the model quantized, compiled for OpenVINO (megzoo's QDQ graph), timed."""
+    from ...bench_worker import build_model, quantize_for_bench
+    from . import compile as compile_model
+
+    qmodel = quantize_for_bench(build_model(cfg, warm=x), cfg, x.shape, out)
+    t0 = time.perf_counter()
+    compiled = compile_model(qmodel, x.shape, threads=cfg["threads"], backend=NAME)
+    out.update(compile_s=time.perf_counter() - t0, threads=cfg["threads"], precision=qmodel.precision)
+    return lambda: compiled(x)
