@@ -126,9 +126,14 @@ def test_classifier_predicts_from_a_thread_on_onnxruntime_and_refuses_eager_work
     auto = megzoo.Classifier(model, preprocess=small)  # auto runs 3 images eagerly
     with pytest.raises(RuntimeError) as info:
         _in_thread(lambda: auto.predict(images))
+    from megzoo.inference import backend_names
+
+    *first, last = [repr(n) for n in backend_names()]  # every registered runtime: 'onnxruntime', 'lite', ...
+    assert first[:2] == ["'onnxruntime'", "'lite'"]
     assert str(info.value) == (
         "Classifier.predict running the model eagerly " + THREAD_RULE + "make the Classifier in the main thread "
-        "with backend='onnxruntime' or 'lite' (compiled there for its input size), then predict from any thread")
+        f"with backend={', '.join(first)} or {last} (compiled there for its input size), then predict from any "
+        "thread")
 
 
 # --- item 16: one minimum-size check for .mge and .onnx ---------------------------------------------
