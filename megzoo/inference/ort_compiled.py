@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from ..device import poller_yields
-from .backends.base import NEW_SIZE_HINT, CompiledModelBase, CompileInfo, is_int8
+from .backends.base import NEW_SIZE_HINT, CompiledModelBase, CompileInfo
 from .graph_onnx import DEFAULT_OPSET, check_opset, module_to_onnx
 from .ort import OrtRunner
 from .threads import require_megengine_thread
@@ -64,18 +64,11 @@ class OrtCompiledModel(CompiledModelBase):
     def __init__(self, model=None, *, onnx_file: Optional[PathLike] = None, input_shape: Optional[Sequence[int]] = None,
                  threads: Optional[int] = None, fuse: bool = True, dynamic_batch: bool = True, max_shapes: int = 4,
                  opset: int = DEFAULT_OPSET, split_batch: Optional[bool] = None):
-        if (model is None) == (onnx_file is None):
-            raise ValueError("give a model to export or an onnx_file to run, not both or neither")
         check_opset(opset)
-        if model is not None:
-            require_megengine_thread("compiling a model for ONNX Runtime (megzoo.compile)")
-        self._init_cache(threads, max_shapes, dynamic_batch, onnx_file, input_shape)
-        self.model = model
-        self.onnx_file = self._source_file
-        self.fuse = fuse
+        self._init_onnx_source(model, onnx_file, "compiling a model for ONNX Runtime (megzoo.compile)",
+                               input_shape=input_shape, threads=threads, fuse=fuse, dynamic_batch=dynamic_batch,
+                               max_shapes=max_shapes)
         self.opset = opset
-        #: an int8 graph (a quantized model, or a file whose metadata says int8)
-        self.int8 = is_int8(model) if model is not None else False
         self.split_batch = self.int8 if split_batch is None else bool(split_batch)
         # compile_log's ``trace_dump_s`` is building the ONNX graph, ``load_s`` creating the session
         if self.input_shape is not None:

@@ -124,6 +124,24 @@ class CompiledModelBase:
         self.metadata: Optional[Dict[str, Any]] = None
         self.input_shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
 
+    def _init_onnx_source(self, model, onnx_file, compiling: str, *, input_shape, threads, fuse: bool,
+                          dynamic_batch: bool, max_shapes: int) -> None:
+        """The set-up of a backend that runs megzoo's ONNX: exactly one of a ``model`` to convert
+        (in MegEngine's thread; ``compiling`` names the work for the refusal) and an ``onnx_file``
+        to run, the shape cache, ``fuse`` and whether the graph is int8."""
+        if (model is None) == (onnx_file is None):
+            raise ValueError("give a model to convert or an onnx_file to run, not both or neither")
+        if model is not None:
+            from ..threads import require_megengine_thread
+
+            require_megengine_thread(compiling)
+        self._init_cache(threads, max_shapes, dynamic_batch, onnx_file, input_shape)
+        self.model = model
+        self.onnx_file = self._source_file
+        self.fuse = fuse
+        #: an int8 graph (a quantized model, or a file whose metadata says int8)
+        self.int8 = is_int8(model) if model is not None else False
+
     @property
     def cached_shapes(self) -> List[tuple]:
         """Keys of the compiled graphs kept, least recently used first: ``(C, H, W)`` with a

@@ -30,7 +30,7 @@ from ...device import poller_yields
 from ...host import cpu_info
 from ..model_files import ONNX_FILE
 from ..threads import require_megengine_thread
-from .base import NEW_SIZE_HINT, Backend, BenchMode, CompiledModelBase, CompileInfo, is_int8
+from .base import NEW_SIZE_HINT, Backend, BenchMode, CompiledModelBase, CompileInfo
 
 __all__ = ["OpenVinoBackend", "OpenVinoCompiledModel", "OpenVinoRunner", "PRECISIONS", "openvino_version",
            "bf16_supported", "check_precision"]
@@ -140,18 +140,11 @@ class OpenVinoCompiledModel(CompiledModelBase):
     def __init__(self, model=None, *, onnx_file=None, input_shape: Optional[Sequence[int]] = None,
                  threads: Optional[int] = None, fuse: bool = True, dynamic_batch: bool = True, max_shapes: int = 4,
                  precision: str = "fp32"):
-        if (model is None) == (onnx_file is None):
-            raise ValueError("give a model to convert or an onnx_file to run, not both or neither")
         check_precision(precision)
-        if model is not None:
-            require_megengine_thread("compiling a model for OpenVINO (megzoo.compile)")
-        self._init_cache(threads, max_shapes, dynamic_batch, onnx_file, input_shape)
-        self.model = model
-        self.onnx_file = self._source_file
-        self.fuse = fuse
+        self._init_onnx_source(model, onnx_file, "compiling a model for OpenVINO (megzoo.compile)",
+                               input_shape=input_shape, threads=threads, fuse=fuse, dynamic_batch=dynamic_batch,
+                               max_shapes=max_shapes)
         self.precision = precision
-        #: an int8 graph (a quantized model, or a file whose metadata says int8)
-        self.int8 = is_int8(model) if model is not None else False
         if self.input_shape is not None:
             self.runner_for(self.input_shape)
 
