@@ -77,6 +77,9 @@ def main(argv=None):
     p.add_argument("--int8", action="store_true",
                    help="also int8: megzoo's onnxruntime_int8 and lite_int8 (not with --no-lite) and, with "
                         "--torch-python, PyTorch's int8 and int8_jit")
+    p.add_argument("--openvino", action="store_true",
+                   help="also the openvino backend (fp32; with --int8 also openvino_int8: megzoo's QDQ graph run by "
+                        "OpenVINO); needs megzoo[openvino]")
     p.add_argument("--poller-check", action="store_true",
                    help="also time ONNX Runtime in a megzoo process without megzoo.device.poller_yields")
     p.add_argument("--layout", choices=("auto", "nchw", "nchw88"), default="auto",
@@ -108,6 +111,8 @@ def main(argv=None):
         "onnxruntime", "ort_alone") + (("onnxruntime_untamed",) if args.poller_check else ())
     if args.int8:
         modes += ("onnxruntime_int8",) + (() if args.no_lite else ("lite_int8",))
+    if args.openvino:
+        modes += ("openvino",) + (("openvino_int8",) if args.int8 else ())
     torch_modes = [m for m in args.torch_modes.split(",") if m] if args.torch_python else []
     if args.int8 and args.torch_python:
         torch_modes += [m for m in ("int8", "int8_jit") if m not in torch_modes]
@@ -182,6 +187,7 @@ def main(argv=None):
                 "torch_int8_best_mode": best_int8 and best_int8["mode"][6:],
                 "ratio_int8_vs_torch_int8_best": int8 and best_int8 and int8 / best_int8["images_per_s"],
                 "ratio_int8_vs_fp32": int8 and ips("onnxruntime") and int8 / ips("onnxruntime"),
+                "megzoo_openvino": ips("openvino"), "megzoo_openvino_int8": ips("openvino_int8"),
                 "peak_mib": {r["mode"]: round(r["peak_rss_mib"]) for r in sel},
             })
     report["summary"] = summary
@@ -206,6 +212,9 @@ def main(argv=None):
     if args.int8:
         header += ["megzoo int8 (ORT)", "megzoo Lite int8", "PyTorch int8 best (mode)",
                    "megzoo int8 / PyTorch int8 best", "int8 / fp32 (ORT)"]
+    if args.openvino:
+        header += ["OpenVINO fp32", "OpenVINO / ORT fp32"]
+        header += ["OpenVINO int8", "OpenVINO / ORT int8"] if args.int8 else []
     print(f"\nfp32 limit: {report['machine']['peak_gflops']} GFLOP/s ({report['machine']['isa']})")
     print("\n| " + " | ".join(header) + " |" if args.markdown else "\n" + "  ".join(header))
     if args.markdown:
@@ -223,6 +232,12 @@ def main(argv=None):
             cells += [fmt(s_["megzoo_int8"]), fmt(s_["megzoo_lite_int8"]),
                       f"{fmt(s_['torch_int8_best'])} ({s_['torch_int8_best_mode'] or '-'})",
                       fmt(s_["ratio_int8_vs_torch_int8_best"], ".2f"), fmt(s_["ratio_int8_vs_fp32"], ".2f")]
+        if args.openvino:
+            ov, ort = s_["megzoo_openvino"], s_["megzoo_onnxruntime"]
+            cells += [fmt(ov), fmt(ov and ort and ov / ort, ".2f")]
+            if args.int8:
+                ov8, ort8 = s_["megzoo_openvino_int8"], s_["megzoo_int8"]
+                cells += [fmt(ov8), fmt(ov8 and ort8 and ov8 / ort8, ".2f")]
         print("| " + " | ".join(cells) + " |" if args.markdown else "  ".join(cells))
     if args.int8 and args.json:
         print(f"\nint8 in {args.json}: rows onnxruntime_int8, lite_int8, torch_int8, torch_int8_jit; report['int8'] "
