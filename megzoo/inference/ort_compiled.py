@@ -98,15 +98,7 @@ class OrtCompiledModel(CompiledModelBase):
 
     # --- internals ----------------------------------------------------------------------------
     def _check_call(self, runner: OrtRunner, shape: tuple) -> None:
-        if self.onnx_file is not None:
-            self._check_file_shape(runner, shape)
-
-    def _check_file_shape(self, runner: OrtRunner, shape: tuple) -> None:
-        fixed = [d if isinstance(d, int) else None for d in runner.input_shape]
-        if len(fixed) != len(shape) or any(f is not None and f != s for f, s in zip(fixed, shape)):
-            static = "" if not isinstance(runner.input_shape[0], int) else (
-                " (a static-batch export: export again without --static-batch for any batch size)")
-            raise ValueError(f"{self.onnx_file} takes inputs of shape {runner.input_shape}{static}; got {shape}")
+        self._check_onnx_file_shape(runner, shape)
 
     def _build(self, shape: tuple) -> OrtRunner:
         t0 = time.perf_counter()
@@ -120,8 +112,7 @@ class OrtCompiledModel(CompiledModelBase):
             source = proto.SerializeToString()
         built = time.perf_counter()
         runner = OrtRunner(source, self.threads, split_batch=self.split_batch)
-        if self.onnx_file is not None:
-            self._check_file_shape(runner, shape)
+        self._check_onnx_file_shape(runner, shape)
         loaded = time.perf_counter()
         with poller_yields():
             runner.run(np.zeros(shape, dtype=np.float32))  # ONNX Runtime plans its memory at the first run

@@ -169,6 +169,18 @@ class CompiledModelBase:
     def _check_call(self, runner, shape: tuple) -> None:
         """Refuse ``shape`` for ``runner`` before running it (a backend may override)."""
 
+    def _check_onnx_file_shape(self, runner, shape: tuple) -> None:
+        """ValueError when the ``.onnx`` file this model runs (``self.onnx_file``; nothing to check
+        for a converted model) cannot take inputs of ``shape``: ``runner.input_shape`` holds the
+        file's dimensions, an int where fixed, a str where dynamic."""
+        if getattr(self, "onnx_file", None) is None:
+            return
+        fixed = [d if isinstance(d, int) else None for d in runner.input_shape]
+        if len(fixed) != len(shape) or any(f is not None and f != s for f, s in zip(fixed, shape)):
+            static = "" if not isinstance(runner.input_shape[0], int) else (
+                " (a static-batch export: export again without --static-batch for any batch size)")
+            raise ValueError(f"{self.onnx_file} takes inputs of shape {runner.input_shape}{static}; got {shape}")
+
     def _key(self, shape: tuple) -> tuple:
         return tuple(shape[1:]) if self.dynamic_batch else tuple(shape)
 

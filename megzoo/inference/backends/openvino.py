@@ -153,13 +153,7 @@ class OpenVinoCompiledModel(CompiledModelBase):
                 f"shapes={self.cached_shapes})")
 
     def _check_call(self, runner: OpenVinoRunner, shape: tuple) -> None:
-        if self.onnx_file is not None:
-            self._check_file_shape(runner, shape)
-
-    def _check_file_shape(self, runner: OpenVinoRunner, shape: tuple) -> None:
-        fixed = [d if isinstance(d, int) else None for d in runner.input_shape]
-        if len(fixed) != len(shape) or any(f is not None and f != s for f, s in zip(fixed, shape)):
-            raise ValueError(f"{self.onnx_file} takes inputs of shape {runner.input_shape}; got {shape}")
+        self._check_onnx_file_shape(runner, shape)
 
     def _build(self, shape: tuple) -> OpenVinoRunner:
         t0 = time.perf_counter()
@@ -177,8 +171,7 @@ class OpenVinoCompiledModel(CompiledModelBase):
             source = proto.SerializeToString()
         built = time.perf_counter()
         runner = OpenVinoRunner(source, self.threads, self.precision)
-        if self.onnx_file is not None:
-            self._check_file_shape(runner, shape)
+        self._check_onnx_file_shape(runner, shape)
         loaded = time.perf_counter()
         with poller_yields():
             runner.run(np.zeros(shape, dtype=np.float32))  # the first inference allocates its buffers
