@@ -7,8 +7,8 @@ the slow proof for all of them. For each name in ``megzoo.list_models()``: rando
 (``megengine.random.seed(0)``), converted with a dynamic batch at ``--size`` pixels through
 ``megzoo.inference.ort_compiled.onnx_model`` (the path ``compile`` and ``export`` use, the ONNX
 checker on), run by ONNX Runtime at batch 1 and 3 on random inputs and compared with the eager
-model: the largest absolute difference over the largest absolute logit (the parity measure of
-``megzoo.inference.export``). Prints one row per model (parity, seconds to convert, MB of ONNX)
+model with ``megzoo.inference.export.check_parity`` (the largest absolute difference over the
+largest absolute logit, export's measure). Prints one row per model (parity, seconds to convert, MB of ONNX)
 and exits 1 when a model fails to convert or misses ``--tolerance``.
 """
 import argparse
@@ -23,17 +23,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def relative_difference(got: np.ndarray, ref: np.ndarray) -> float:
-    """max |got - ref| / max |ref| (0 when both are 0)."""
-    scale = float(np.max(np.abs(ref)))
-    return float(np.max(np.abs(got - ref))) / scale if scale else float(np.max(np.abs(got)))
-
-
 def check_model(name: str, size: int, threads: int) -> dict:
     """Convert ``name`` and compare ONNX Runtime with eager MegEngine at batch 1 and 3."""
     import megengine
 
     import megzoo
+    from megzoo.inference.export import check_parity
     from megzoo.inference.ort import OrtRunner
     from megzoo.inference.ort_compiled import onnx_model
 
@@ -45,15 +40,11 @@ def check_model(name: str, size: int, threads: int) -> dict:
     data = proto.SerializeToString()
     seconds = time.perf_counter() - start
     runner = OrtRunner(data, threads=threads)
-    parity = {}
-    for batch in (1, 3):
-        x = np.random.RandomState(batch).standard_normal((batch, 3, size, size)).astype("float32")
-        (got,) = runner.run(x)
-        ref = model(megengine.tensor(x)).numpy()
-        if got.shape != ref.shape:
-            raise AssertionError(f"batch {batch}: ONNX Runtime gave {got.shape}, MegEngine {ref.shape}")
-        parity[batch] = relative_difference(got, ref)
+    inputs = {batch: np.random.RandomState(batch).standard_normal((batch, 3, size, size)).astype("float32")
+              for batch in (1, 3)}
+    report = check_parity(model, runner.run, inputs, tolerance=float("inf"))  # the rows report; nothing raised
     runner.close()
+    parity = {batch: r["rel"] for batch, r in report["inputs"].items()}
     return {"model": name, "parity_batch1": parity[1], "parity_batch3": parity[3], "convert_s": round(seconds, 2),
             "onnx_mb": round(len(data) / 1e6, 1), "nodes": len(proto.graph.node), "error": None}
 
