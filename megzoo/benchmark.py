@@ -22,11 +22,13 @@ from .inference.backends.registry import NameView
 from .registry import get_model_entry
 
 __all__ = ["RESULT_KEYS", "MODES", "DEFAULT_MODES", "modes", "mode_name", "modes_help", "run_benchmark",
-           "format_table", "cpu_peak_gflops", "measure_fma_peak", "run_worker", "parse_micro_batch", "BenchRun"]
+           "format_table", "cpu_peak_gflops", "measure_fma_peak", "measure_int8_peak", "run_worker",
+           "parse_micro_batch", "BenchRun"]
 
 #: keys of one row of ``megzoo benchmark --json`` (documented in docs/performance.md)
 RESULT_KEYS = ("model", "batch", "input_size", "threads", "mode", "images_per_s", "latency_p50_ms",
-               "latency_p90_ms", "peak_rss_mib", "gmacs", "gflops", "peak_fraction", "repeats", "error")
+               "latency_p90_ms", "peak_rss_mib", "gmacs", "gflops", "peak_fraction", "int8_fraction", "repeats",
+               "error")
 #: ``eager``: the model called eagerly (1 thread), the baseline every backend's modes are set against
 EAGER = BenchMode("eager", "the model called eagerly by MegEngine (1 thread)", default=True)
 
@@ -153,32 +155,148 @@ def measure_fma_peak(threads: int, repeats: int = 5, compiler: Optional[str] = N
     (``-O2 -march=native -pthread``) and run ``repeats`` times on ``threads`` threads (about 0.5 s
     each, at ~2 cores of AVX-512). ``{"gflops": best, "runs": [...], "lanes": vector width, "how": ...}``, or
     ``{"gflops": None, "error": ...}`` without a C compiler."""
+    try:  # about 0.5 s per run at 2 x 230 GFLOP/s
+        runs, (lanes, _) = _run_c_loop(FMA_LOOP_C, "FMA", threads, 300_000_000, repeats, compiler)
+    except _LoopError as exc:
+        return {"gflops": None, "error": str(exc)}
+    return {"gflops": max(runs), "runs": runs, "lanes": int(lanes), "threads": threads,
+            "how": f"{threads} threads x 12 independent {32 * int(lanes)}-bit FMA chains, best of {repeats}"}
+
+
+#: a register-resident int8 multiply-accumulate loop: ``threads`` threads x 12 independent s32
+#: accumulators, each step the instructions int8 kernels (oneDNN, MLAS, OpenVINO) use on this CPU
+#: (``-march=native``): ``vpdpbusd`` (u8 x s8 -> s32, 4 MACs per 32-bit lane) with AVX512-VNNI or
+#: AVX-VNNI, else ``vpmaddubsw`` (u8 x s8 -> s16 pairs) + ``vpmaddwd`` by ones (-> s32) + ``vpaddd``,
+#: 1 MAC per byte per step; prints G MAC/s, a checksum and the instruction. Each step is one asm
+#: statement that updates its accumulator (so it is neither hoisted nor dropped): GCC 12's
+#: intrinsics add register copies to ``vpdpbusd`` and spill accumulators on 16 ymm registers.
+INT8_LOOP_C = r"""
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#if defined(__AVX512VNNI__)
+typedef __m512i vec;
+#define BYTES 64
+#define NAME "vpdpbusd zmm"
+#define CHAIN(acc) __asm__("vpdpbusd %[w], %[x], %[a]" : [a] "+v"(acc) : [x] "v"(x), [w] "v"(w))
+#elif defined(__AVXVNNI__)
+typedef __m256i vec;
+#define BYTES 32
+#define NAME "vpdpbusd ymm (AVX-VNNI)"
+#define CHAIN(acc) __asm__("%{vex%} vpdpbusd %[w], %[x], %[a]" : [a] "+x"(acc) : [x] "x"(x), [w] "x"(w))
+#elif defined(__AVX512BW__) || defined(__AVX2__)
+#if defined(__AVX512BW__)
+typedef __m512i vec;
+#define BYTES 64
+#define NAME "vpmaddubsw+vpmaddwd zmm"
+#else
+typedef __m256i vec;
+#define BYTES 32
+#define NAME "vpmaddubsw+vpmaddwd ymm"
+#endif
+#define CHAIN(acc) __asm__("vpmaddubsw %[w], %[x], %[t]\n\tvpmaddwd %[one], %[t], %[t]\n\tvpaddd %[t], %[a], %[a]" \
+                           : [a] "+v"(acc), [t] "=&v"(t) : [x] "v"(x), [w] "v"(w), [one] "v"(one))
+#else
+#error "no AVX2 int8 instructions"
+#endif
+#if BYTES == 64
+#define SET1 _mm512_set1_epi32
+#define ADD _mm512_add_epi32
+#define SUM(v) _mm512_reduce_add_epi32(v)
+#else
+#define SET1 _mm256_set1_epi32
+#define ADD _mm256_add_epi32
+static int SUM(__m256i v) { int s[8]; _mm256_storeu_si256((__m256i *)s, v);
+    return s[0]+s[1]+s[2]+s[3]+s[4]+s[5]+s[6]+s[7]; }
+#endif
+static long iters;
+static void *work(void *out) {
+    vec x = SET1(0x7F017F01), w = SET1(0x01FF02FE), one = SET1(0x00010001), t;
+    vec a0 = SET1(1), a1 = SET1(2), a2 = SET1(3), a3 = SET1(4), a4 = SET1(5), a5 = SET1(6);
+    vec a6 = SET1(7), a7 = SET1(8), a8 = SET1(9), a9 = SET1(10), a10 = SET1(11), a11 = SET1(12);
+    (void)one; (void)t;
+    for (long i = 0; i < iters; i++) {
+        CHAIN(a0); CHAIN(a1); CHAIN(a2); CHAIN(a3); CHAIN(a4); CHAIN(a5);
+        CHAIN(a6); CHAIN(a7); CHAIN(a8); CHAIN(a9); CHAIN(a10); CHAIN(a11);
+    }
+    vec s = ADD(ADD(ADD(a0, a1), ADD(a2, a3)), ADD(ADD(a4, a5), ADD(a6, a7)));
+    s = ADD(s, ADD(ADD(a8, a9), ADD(a10, a11)));
+    *(int *)out = SUM(s);
+    return NULL;
+}
+int main(int argc, char **argv) {
+    int threads = atoi(argv[1]);
+    iters = atol(argv[2]);
+    pthread_t *t = malloc(sizeof(pthread_t) * threads);
+    int *out = malloc(sizeof(int) * threads);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int i = 0; i < threads; i++) pthread_create(&t[i], NULL, work, &out[i]);
+    for (int i = 0; i < threads; i++) pthread_join(t[i], NULL);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double s = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
+    printf("%.1f %d %s\n", 12.0 * BYTES * iters * threads / s / 1e9, out[0], NAME);
+    return 0;
+}
+"""
+
+
+def measure_int8_peak(threads: int, repeats: int = 5, compiler: Optional[str] = None,
+                      iters: int = 150_000_000) -> Dict[str, object]:
+    """The machine's int8 limit measured now: :data:`INT8_LOOP_C` compiled as :func:`measure_fma_peak`
+    compiles its loop, run ``repeats`` times on ``threads`` threads x ``iters`` iterations (about
+    0.7 s each on 2 Zen 3 cores). ``{"gmacs": best G int8 MAC/s, "runs": [...], "instruction": ...,
+    "threads": n, "how": ...}``, or ``{"gmacs": None, "error": ...}`` without a C compiler."""
+    try:
+        runs, (_, instruction) = _run_c_loop(INT8_LOOP_C, "int8", threads, iters, repeats, compiler)
+    except _LoopError as exc:
+        return {"gmacs": None, "error": str(exc)}
+    return {"gmacs": max(runs), "runs": runs, "instruction": instruction, "threads": threads,
+            "how": f"{threads} threads x 12 independent {instruction} accumulator chains, best of {repeats}"}
+
+
+class _LoopError(RuntimeError):
+    """A limit loop could not be compiled or run (its message says why)."""
+
+
+def _run_c_loop(source: str, label: str, threads: int, iters: int, repeats: int,
+                compiler: Optional[str]) -> Tuple[List[float], List[str]]:
+    """Compile ``source`` with ``compiler`` (default ``cc``, else ``gcc``; ``-O2 -march=native -pthread``)
+    and run it ``repeats`` times as ``loop THREADS ITERS``; each run prints ``RATE FIELD FIELD`` (the
+    last field may hold spaces). Returns the rates and the last run's two fields; :class:`_LoopError`
+    when there is no compiler or it or the loop fails; ValueError for ``threads``, ``iters`` or ``repeats`` below 1."""
     import shutil
 
+    if not all(isinstance(n, int) and n >= 1 for n in (threads, iters, repeats)):
+        raise ValueError(f"threads, iters and repeats must be integers of at least 1, got threads={threads!r}, "
+                         f"iters={iters!r}, repeats={repeats!r}")
     cc = compiler or shutil.which("cc") or shutil.which("gcc")
     if not cc:
-        return {"gflops": None, "error": "no C compiler (cc or gcc) on PATH"}
-    with tempfile.TemporaryDirectory(prefix="megzoo-fma-") as tmp:
-        src, exe = Path(tmp) / "fma.c", Path(tmp) / "fma"
-        src.write_text(FMA_LOOP_C)
+        raise _LoopError("no C compiler (cc or gcc) on PATH")
+    with tempfile.TemporaryDirectory(prefix=f"megzoo-{label.lower()}-") as tmp:
+        src, exe = Path(tmp) / "loop.c", Path(tmp) / "loop"
+        src.write_text(source)
         try:
             build = subprocess.run([cc, "-O2", "-march=native", "-pthread", str(src), "-o", str(exe)],
                                    capture_output=True, text=True, timeout=120)
         except (OSError, subprocess.SubprocessError) as exc:
-            return {"gflops": None, "error": f"cannot run {cc}: {exc}"}
+            raise _LoopError(f"cannot run {cc}: {exc}") from None
         if build.returncode != 0:
-            return {"gflops": None, "error": f"{cc} failed: {(build.stderr.strip().splitlines() or [''])[-1][:200]}"}
-        runs, lanes = [], None
-        iters = 300_000_000  # about 0.5 s per run at 2 x 230 GFLOP/s
+            raise _LoopError(f"{cc} failed: {(build.stderr.strip().splitlines() or [''])[-1][:200]}")
+        runs, fields = [], []
         for _ in range(repeats):
             try:
                 out = subprocess.run([str(exe), str(threads), str(iters)], capture_output=True, text=True, timeout=120)
-                gflops, lanes, _ = out.stdout.split()
-                runs.append(float(gflops))
+                parts = out.stdout.split(None, 2)
+                if out.returncode != 0 or len(parts) != 3:
+                    raise ValueError(f"exit status {out.returncode}, printed {out.stdout.strip()!r}")
+                runs.append(float(parts[0]))
+                fields = parts[1:]
             except (subprocess.SubprocessError, OSError, ValueError) as exc:
-                return {"gflops": None, "error": f"the FMA loop failed: {exc}"}
-    return {"gflops": max(runs), "runs": runs, "lanes": int(lanes), "threads": threads,
-            "how": f"{threads} threads x 12 independent {32 * int(lanes)}-bit FMA chains, best of {repeats}"}
+                raise _LoopError(f"the {label} loop failed: {exc}") from None
+    return runs, [f.strip() for f in fields]
 
 
 def parse_micro_batch(text: str):
@@ -255,7 +373,8 @@ def _chosen_modes(asked: Sequence[str]) -> List[BenchMode]:
 
 
 def _measured_machine(threads: int, peak_gflops: Optional[float], measure_peak: bool) -> dict:
-    """The machine record: the peak estimate, replaced by ``peak_gflops`` or the FMA loop's figure."""
+    """The machine record: the peak estimate, replaced by ``peak_gflops`` or the FMA loop's figure, and
+    with ``measure_peak`` the int8 limit (``int8_peak_gmacs``, None when not measured or failed)."""
     machine = cpu_peak_gflops(threads)
     if peak_gflops:
         machine["peak_gflops"] = peak_gflops
@@ -268,6 +387,10 @@ def _measured_machine(threads: int, peak_gflops: Optional[float], measure_peak: 
             machine["peak_gflops"] = fma["gflops"]
             machine["isa"] = f"measured: {fma['how']}"
             machine["flop_per_cycle"] = None
+    machine["int8_peak_gmacs"] = None
+    if measure_peak:  # no option gives the int8 limit, so it is measured even with peak_gflops
+        machine["int8_loop"] = measure_int8_peak(threads)
+        machine["int8_peak_gmacs"] = machine["int8_loop"].get("gmacs")
     machine["load_average"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return machine
 
@@ -278,14 +401,17 @@ def _mode_row(mode: BenchMode, cfg: dict, run: BenchRun) -> dict:
 
 
 def _finish_row(row: dict, gmacs: float, machine: dict, threads: int) -> dict:
-    """``row`` with its error, GMACs, GFLOP/s and peak fraction, reduced to :data:`RESULT_KEYS`."""
+    """``row`` with its error, GMACs, GFLOP/s, peak fraction (of the fp32 limit) and, in an int8 mode
+    (:data:`INT8_MODES`), int8 fraction (MAC/s of the int8 limit), reduced to :data:`RESULT_KEYS`."""
     row.setdefault("error", None)
     row["gmacs"] = round(gmacs, 3)
     ips = row.get("images_per_s")
     if ips:
         row["gflops"] = gmacs * 2 * ips
-        cores = row.get("threads") or threads
+        cores = row.get("threads") or threads  # of the machine["cores"] threads the limits were measured on
         row["peak_fraction"] = row["gflops"] / (machine["peak_gflops"] * cores / machine["cores"])
+        if machine.get("int8_peak_gmacs") and row.get("mode") in INT8_MODES:
+            row["int8_fraction"] = gmacs * ips / (machine["int8_peak_gmacs"] * cores / machine["cores"])
     return {k: row.get(k) for k in RESULT_KEYS}
 
 
@@ -334,18 +460,19 @@ def format_table(report: dict) -> str:
     else:
         peak = f"fp32 limit {m['peak_gflops']} GFLOP/s ({m['isa']})"
     lines = [f"machine: {m['cpu'] or 'unknown CPU'} (family {m.get('cpu_family') or '?'}), {m['cores']} threads; "
-             f"{peak}; load average at start {m.get('load_average')}",
-             "peak fraction = GMACs x 2 x images/s / peak of the threads used (eager uses 1 thread; int8 rows "
-             "against the same fp32 limit)",
+             f"{peak}{_int8_limit_text(m)}; load average at start {m.get('load_average')}",
+             "% peak = GMACs x 2 x images/s / fp32 limit of the threads used (eager uses 1 thread; int8 rows too); "
+             "% int8 (int8 rows) = GMACs x images/s / int8 limit of the threads used",
              f"{'model':<10} {'batch':>5} {'mode':<19} {'thr':>3} {'img/s':>8} {'p50 ms':>9} {'p90 ms':>9} "
-             f"{'peak MiB':>9} {'% peak':>7}"]
+             f"{'peak MiB':>9} {'% peak':>7} {'% int8':>7}"]
     for r in report["results"]:
         if r.get("error"):
             lines.append(f"{r['model']:<10} {r['batch']:>5} {r['mode']:<19} error: {r['error']}")
             continue
         lines.append(f"{r['model']:<10} {r['batch']:>5} {r['mode']:<19} {r['threads']:>3} {r['images_per_s']:>8.2f} "
                      f"{r['latency_p50_ms']:>9.1f} {r['latency_p90_ms']:>9.1f} {r['peak_rss_mib']:>9.0f} "
-                     f"{100 * r['peak_fraction']:>6.1f}%")
+                     f"{100 * r['peak_fraction']:>6.1f}%"
+                     + ("" if r.get("int8_fraction") is None else f" {100 * r['int8_fraction']:>6.1f}%"))
     if report.get("compile"):
         lines.append("compile (trace + optimise + Lite load + first run incl. algorithm profiling):")
         for c in report["compile"]:
@@ -367,3 +494,13 @@ def format_table(report: dict) -> str:
                              f"quantize {q['quantize_s']:.1f} s, "
                              f"compile {q['compile_s']:.1f} s")
     return "\n".join(lines)
+
+
+def _int8_limit_text(machine: dict) -> str:
+    """The machine line's int8 part: ``; int8 limit G G MAC/s (how)``, why it is missing, or nothing
+    when it was not measured."""
+    loop = machine.get("int8_loop") or {}
+    if machine.get("int8_peak_gmacs"):
+        how = f"measured: {loop['how']}" if loop.get("how") else "given"
+        return f"; int8 limit {machine['int8_peak_gmacs']:.1f} G MAC/s ({how})"
+    return f"; int8 limit not measured: {loop['error']}" if loop.get("error") else ""
