@@ -56,6 +56,7 @@ class EvalResult:
     backend: str = "eager"  #: how the model ran: "compiled", a registered backend, "eager" or "custom" (a runner=)
     runtime: Optional[str] = None  #: the registered backend of the compiled model (None when not compiled)
     compile_seconds: float = 0.0  #: of ``seconds``, the time spent compiling (the compiled backend)
+    precision: str = "fp32"  #: the model's arithmetic: "fp32", "bf16" (asked for) or "int8" (a quantized model)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -134,7 +135,7 @@ def spread_indices(total: int, limit: Optional[int]) -> List[int]:
 def evaluate(data, model="resnet50", weights=None, *, batch_size: int = 32, workers: Optional[int] = None,
              limit: Optional[int] = None, labels: str = "auto", num_classes: Optional[int] = None, runner=None,
              preprocess=None, progress: bool = False, device: Optional[str] = None, classifier=None,
-             backend: str = "auto", threads: Optional[int] = None) -> EvalResult:
+             backend: str = "auto", threads: Optional[int] = None, precision: str = "fp32") -> EvalResult:
     """Top-1/top-5 accuracy of ``model`` (name or built model) with ``weights`` on the image folder
     ``data``. ``limit`` evaluates that many images spread over the folder (see
     :func:`spread_indices`); ``labels`` is how class folders map to outputs (module docstring);
@@ -142,14 +143,15 @@ def evaluate(data, model="resnet50", weights=None, *, batch_size: int = 32, work
     ``auto``, ``compiled``, a registered backend, ``eager``) and ``threads`` choose how the model
     runs and ``runner`` replaces both (see :mod:`megzoo.predict`; ``auto`` compiles on the CPU for
     :data:`~megzoo.predict.AUTO_COMPILE_MIN_IMAGES` images or more); ``progress`` shows a tqdm bar
-    with images/s on stderr; ``classifier`` reuses a :class:`megzoo.Classifier` instead of building one."""
+    with images/s on stderr; ``precision``: the compiled model's, ``"fp32"`` or ``"bf16"`` (see
+    :class:`megzoo.Classifier`); ``classifier`` reuses a :class:`megzoo.Classifier` instead of building one."""
     from tqdm import tqdm
 
     owned = classifier is None
     if owned:
         classifier = Classifier(model, weights, num_classes=num_classes, preprocess=preprocess, runner=runner,
                                 workers=workers, batch_size=batch_size, device=device, progress=progress,
-                                backend=backend, threads=threads)
+                                backend=backend, threads=threads, precision=precision)
     try:
         samples, mode = find_samples(data, labels, classifier.num_classes)
         samples = [samples[i] for i in spread_indices(len(samples), limit)]
@@ -188,4 +190,5 @@ def evaluate(data, model="resnet50", weights=None, *, batch_size: int = 32, work
         top1=correct1 / done, top5=correct5 / done, seconds=seconds,
         images_per_second=done / seconds if seconds > 0 else float("inf"),
         preprocess=asdict(classifier.preprocess), backend=backend, compile_seconds=compile_seconds,
-        runtime=getattr(compiled, "backend", None))
+        runtime=getattr(compiled, "backend", None),
+        precision="int8" if getattr(classifier.model, "precision", None) == "int8" else classifier.precision)

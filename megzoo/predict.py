@@ -31,6 +31,8 @@ from .device import is_cpu_device, quiet_device, using_device
 from .images import describe_source
 from .inference import backend_names
 from .inference import compile as compile_model
+from .inference.backends import resolve_backend
+from .inference.backends.base import check_precision_name
 from .inference.backends.registry import NameView
 from .inference.model_files import or_list
 from .inference.threads import MegEngineThreadError, on_megengine_thread, thread_message
@@ -72,12 +74,13 @@ def eager_runner(model) -> Runner:
 
 
 def compiled_runner(model, threads: Optional[int] = None, runtime: str = "auto",
-                    input_shape: Optional[Sequence[int]] = None) -> Runner:
+                    input_shape: Optional[Sequence[int]] = None, precision: str = "fp32") -> Runner:
     """A runner on :func:`megzoo.compile` of ``model`` (compiled for ``input_shape`` now, else at
     its first batch; later batch sizes reuse the graph). ``threads``: default the CPUs this
-    process may use; ``runtime``: ``compile``'s ``backend`` (``"auto"`` or a registered backend)."""
+    process may use; ``runtime``: ``compile``'s ``backend`` (``"auto"`` or a registered backend);
+    ``precision``: ``compile``'s (``"fp32"`` or ``"bf16"``)."""
 
-    compiled = compile_model(model, input_shape=input_shape, threads=threads, backend=runtime)
+    compiled = compile_model(model, input_shape=input_shape, threads=threads, backend=runtime, precision=precision)
 
     def run(batch: np.ndarray) -> np.ndarray:
         return compiled(np.ascontiguousarray(batch, dtype=np.float32))
@@ -153,6 +156,10 @@ class Classifier:
             ``calibration`` (a folder of images, read with this classifier's preprocessing;
             ``observer`` as there), or loaded as it is from a ``megzoo train --qat`` checkpoint
             given as ``weights`` (no calibration needed). An int8 model given as ``model`` is used as it is.
+        precision: ``"fp32"`` (default) or ``"bf16"``: the compiled model's arithmetic
+            (:func:`megzoo.compile`; bf16 on CPUs with BF16 and a backend that runs it, else refused
+            when the Classifier is made). With bf16 the model is compiled when the Classifier is made
+            (``"auto"`` then means ``"compiled"``); ``backend="eager"`` runs fp32 only and is refused.
 
     A checkpoint saved by ``megzoo train`` (``best.pkl`` with its ``best.json``) brings its own
     number of classes, class names and preprocessing (:func:`checkpoint_metadata`); explicit
@@ -163,12 +170,21 @@ class Classifier:
                  runner: Optional[Runner] = None, categories: Optional[Sequence[str]] = None,
                  workers: Optional[int] = 0, batch_size: int = 32, device: Optional[str] = None,
                  progress: bool = True, backend: str = "auto", threads: Optional[int] = None,
-                 int8: bool = False, calibration=None, observer: Optional[str] = None):
+                 int8: bool = False, calibration=None, observer: Optional[str] = None, precision: str = "fp32"):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        check_precision_name(precision)
+        if precision != "fp32" and (backend == "eager" or runner is not None):
+            raise ValueError(f"precision={precision!r} is run by a compiled backend; backend='eager' and runner= "
+                             "run the model as it is: use backend='auto' or a compiled backend")
+        if precision != "fp32" and backend == "auto":
+            backend = "compiled"  # never eager: it would run fp32
+        if precision != "fp32":  # the reason now, before weights are read, where nothing runs it here
+            resolve_backend("auto" if backend == "compiled" else backend, precision=precision)
         self.backend = backend
+        self.precision = precision
         self.threads = threads
         self.batch_size = batch_size
         meta = checkpoint_metadata(weights) if isinstance(model, str) else None
@@ -202,7 +218,8 @@ class Classifier:
         if runner is None and backend in COMPILED_BACKENDS:  # so predict may run in other threads (docs/performance.md)
             size = int(self.preprocess.input_size)  # every image is cropped to it: one graph, compiled now
             self._runners[backend] = compiled_runner(self.model, threads, "auto" if backend == "compiled" else backend,
-                                                     (1, int(getattr(self.model, "in_channels", 3)), size, size))
+                                                     (1, int(getattr(self.model, "in_channels", 3)), size, size),
+                                                     precision)
         names, wnids = class_names(self.num_classes)
         if categories is not None:
             names, wnids = list(categories), None
@@ -241,7 +258,7 @@ class Classifier:
         if kind not in self._runners:
             if kind in COMPILED_BACKENDS:
                 runtime = "auto" if kind == "compiled" else kind
-                self._runners[kind] = compiled_runner(self.model, self.threads, runtime)
+                self._runners[kind] = compiled_runner(self.model, self.threads, runtime, precision=self.precision)
             else:
                 self._runners[kind] = eager_runner(self.model)
         return self._runners[kind]

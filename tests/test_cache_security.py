@@ -412,7 +412,8 @@ def test_the_backend_choice_lock_is_never_written_through_a_link(tmp_path, monke
     monkeypatch.delenv("MEGZOO_BACKEND", raising=False)
     monkeypatch.setenv("MEGZOO_PROBE_DIR", str(tmp_path / "probe"))
     monkeypatch.setattr(backends, "_chosen", {})
-    monkeypatch.setattr(backends, "measure_backends", lambda: {"backend": "lite", "errors": {}})
+    measured = {"backend": "lite", "images_per_s": {"lite": 1.0}, "errors": {}}
+    monkeypatch.setattr(backends, "measure_backends", lambda precision: measured)
     record = backends.backend_record_path()
     record.parent.mkdir()
     lock = planted_link(Path(f"{record}.lock"), victim, owner=0)

@@ -230,24 +230,28 @@ def test_shape_problems_are_named_as_such():
 
 
 def test_measurement_survives_a_crashing_backend(monkeypatch):
-    def fake(backend, timeout):
-        return {"error": "exit status -11: bad err=45 in Xbyak::Error"} if backend == "lite" else {"images_per_s": 50.0}
+    def fake(backend, timeout, precision):
+        if backend == "lite":
+            return {"error": "exit status -11: bad err=45 in Xbyak::Error", "transient": False}
+        return {"images_per_s": {"onnxruntime": 50.0, "openvino": 40.0}[backend]}
 
     monkeypatch.setattr(backends, "_measure_one", fake)
     result = backends.measure_backends()
-    assert result["backend"] == "onnxruntime" and result["images_per_s"] == {"onnxruntime": 50.0}
-    assert result["errors"] == {"lite": "exit status -11: bad err=45 in Xbyak::Error"}
+    assert result["backend"] == "onnxruntime" and result["images_per_s"] == {"onnxruntime": 50.0, "openvino": 40.0}
+    assert result["errors"] == {"lite": "exit status -11: bad err=45 in Xbyak::Error"} and result["transient"] == []
 
 
 def test_a_failed_measurement_is_not_recorded(tmp_path, monkeypatch):
     monkeypatch.setenv("MEGZOO_PROBE_DIR", str(tmp_path / "probe"))
     monkeypatch.delenv("MEGZOO_BACKEND", raising=False)
     monkeypatch.setattr(backends, "_chosen", {})
-    monkeypatch.setattr(backends, "measure_backends", lambda: {
-        "backend": "onnxruntime", "images_per_s": {"onnxruntime": 50.0}, "errors": {"lite": "no answer within 120 s"}})
-    with pytest.warns(RuntimeWarning, match="measuring the backends failed .* using onnxruntime in this process"):
+    monkeypatch.setattr(backends, "measure_backends", lambda precision: {
+        "backend": "onnxruntime", "images_per_s": {"onnxruntime": 50.0}, "errors": {"lite": "no answer within 120 s"},
+        "transient": ["lite"]})
+    why = r"measuring the backends for fp32 failed for some \(.*\); using onnxruntime"
+    with pytest.warns(RuntimeWarning, match=why):
         assert backends.best_backend() == "onnxruntime"
-    assert not backends.backend_record_path().exists()
+    assert not backends.backend_record_path().exists()  # a timeout may be a busy moment: measured again next time
 
 
 def test_an_opset_means_onnx_and_lite_refuses_it():
@@ -398,7 +402,8 @@ def test_backend_choice_rules(monkeypatch):
     monkeypatch.delenv("MEGZOO_BACKEND")
     with pytest.raises(backends.BackendUnavailableError, match="pip install 'onnxruntime>=1.20'"):
         compile(model, backend="onnxruntime")
-    assert backends.best_backend() == "lite"  # without ONNX Runtime, auto is Lite
+    assert "onnxruntime" not in backends._auto_candidates()  # without ONNX Runtime, auto is one of the others
+    assert backends.best_backend() in backends._auto_candidates()
 
 
 def test_auto_backend_is_measured_once_and_recorded(tmp_path, monkeypatch):
@@ -406,23 +411,24 @@ def test_auto_backend_is_measured_once_and_recorded(tmp_path, monkeypatch):
     monkeypatch.delenv("MEGZOO_BACKEND", raising=False)
     calls = []
 
-    def fake_measure():
-        calls.append(1)
-        return {"backend": "lite", "images_per_s": {"lite": 9.0, "onnxruntime": 5.0}, "errors": {}}
+    def fake_measure(precision):
+        calls.append(precision)
+        return {"backend": "lite", "images_per_s": {"lite": 9.0, "onnxruntime": 5.0, "openvino": 7.0}, "errors": {}}
 
     monkeypatch.setattr(backends, "measure_backends", fake_measure)
     monkeypatch.setattr(backends, "_chosen", {})
     assert backends.best_backend() == "lite" and backends.best_backend() == "lite"
     record = json.loads(backends.backend_record_path().read_text())
-    assert record["images_per_s"] == {"lite": 9.0, "onnxruntime": 5.0} and record["backend"] == "lite"
-    assert backends.backend_record_path().name.startswith("backend-choice-mge1.13.0-ort")
+    assert record["images_per_s"] == {"lite": 9.0, "onnxruntime": 5.0, "openvino": 7.0} and record["backend"] == "lite"
+    assert backends.backend_record_path().name.startswith("backend-choice-fp32-mge1.13.0-ort")
     monkeypatch.setattr(backends, "_chosen", {})  # a new process reads the record, measures nothing
-    assert backends.best_backend() == "lite" and len(calls) == 1
+    assert backends.best_backend() == "lite" and calls == ["fp32"]
+    assert backends.best_backend(among=("onnxruntime", "openvino")) == "openvino"  # load: among a file's loaders
 
 
 def test_measure_backends_times_both_and_picks_the_faster():
     result = backends.measure_backends()
-    assert set(result["images_per_s"]) == {"lite", "onnxruntime"} and result["errors"] == {}
+    assert set(result["images_per_s"]) == {"lite", "onnxruntime", "openvino"} and result["errors"] == {}
     assert result["backend"] == max(result["images_per_s"], key=result["images_per_s"].get)
     assert all(v > 0 for v in result["images_per_s"].values())
 

@@ -2,7 +2,7 @@
 memory by OpenVINO and compiled for the CPU, against eager MegEngine and the ONNX Runtime backend; its
 thread count read back from OpenVINO; precision fp32 unless bf16 is asked for, and bf16 refused on a
 CPU without BF16; ``load(..., backend="openvino")``, the Classifier, ``evaluate`` and ``megzoo predict
---backend openvino``; the benchmark modes; and what ``auto`` does (it never picks openvino)."""
+--backend openvino``; the benchmark modes; and its place among ``auto``'s candidates per precision."""
 import json
 import subprocess
 import sys
@@ -21,7 +21,7 @@ from megzoo import bench_worker, benchmark
 from megzoo.cli import main
 from megzoo.host import cpu_flags, cpu_info
 from megzoo.inference import BACKENDS, BackendUnavailableError, CompiledModelBase, export, load
-from megzoo.inference.backends import _auto_candidates, backend_record_path
+from megzoo.inference.backends import _auto_candidates, backend_record_path, best_backend
 from megzoo.inference.backends import openvino as ov_backend
 from megzoo.quantization import quantize
 
@@ -153,7 +153,7 @@ def test_bf16_runs_where_the_cpu_has_bf16_and_is_refused_clearly_where_it_has_no
         assert str(info.value) == (
             "precision='bf16' needs a CPU with BF16 arithmetic (avx512_bf16 or amx_bf16); this CPU "
             f"({cpu_info()['model_name']}) has none: use precision='fp32' (the default)")
-        with pytest.raises(ValueError) as again:  # precision= is OpenVINO's option: under auto it means OpenVINO
+        with pytest.raises(ValueError) as again:  # under auto: no backend runs bf16 here, and this is why
             megzoo.compile(r18, precision="bf16")
         assert str(again.value) == str(info.value)
 
@@ -164,8 +164,12 @@ def test_unknown_precision_and_precision_for_another_backend_are_refused(r18):
     assert str(info.value) == "precision must be 'fp32' or 'bf16', got 'fp16'"
     with pytest.raises(ValueError) as info:
         megzoo.compile(r18, backend="onnxruntime", precision="bf16")
-    assert str(info.value) == ("precision applies to the openvino backend only; pass backend='openvino' (or leave "
-                               "it out for onnxruntime)")
+    assert str(info.value) == ("precision='bf16' is not run by the onnxruntime backend; backend='openvino' runs it "
+                               "(or leave precision out for fp32)")
+    with pytest.raises(ValueError) as info:
+        megzoo.compile(r18, backend="lite", precision="bf16")
+    assert str(info.value) == ("precision='bf16' is not run by the lite backend; backend='openvino' runs it "
+                               "(or leave precision out for fp32)")
 
 
 def test_load_an_exported_onnx_with_openvino(r18, tmp_path):
@@ -175,15 +179,19 @@ def test_load_an_exported_onnx_with_openvino(r18, tmp_path):
     assert type(loaded).__name__ == "OpenVinoCompiledModel" and loaded.metadata["input_shape"] == [1, 3, SIZE, SIZE]
     x = _rng_batch(3, seed=7)
     assert _rel(loaded(x), _eager(r18, x)) < 1e-4  # the file's batch axis is dynamic
-    assert type(load(path)).__name__ == "OrtCompiledModel"  # auto: ONNX Runtime stays the .onnx default
+    path.with_name("r18.onnx.json").unlink()  # a file that travelled without its JSON: names from the graph
+    alone = load(path, backend="openvino", threads=2)
+    assert alone(x).shape == (3, 1000) and alone.output_names == ["output"]
+    # auto: the faster of the two that load .onnx files, by this machine's fp32 record
+    assert load(path).backend == best_backend("fp32", among=("onnxruntime", "openvino"))
     with pytest.raises(ValueError) as info:
         load(path, backend="lite")
     assert str(info.value) == (f"{path} is a .onnx file, which backend='lite' does not load; backend='onnxruntime', "
                                "'openvino' or 'auto' loads it")
     with pytest.raises(ValueError) as info:
         load(path, backend="onnxruntime", precision="bf16")
-    assert str(info.value) == ("precision applies to the openvino backend only; pass backend='openvino' (or leave "
-                               "it out for onnxruntime)")
+    assert str(info.value) == ("precision='bf16' is not run by the onnxruntime backend; backend='openvino' runs it "
+                               "(or leave precision out for fp32)")
 
 
 def test_classifier_evaluate_and_cli_predict_on_openvino(tmp_path, capsys):
@@ -212,12 +220,15 @@ def test_classifier_evaluate_and_cli_predict_on_openvino(tmp_path, capsys):
     assert [s["name"] for s in out["results"][0]["topk"]] == ["great_white_shark", "tench"]
 
 
-def test_benchmark_modes_registry_and_auto_leave_openvino_to_be_asked_for(monkeypatch):
-    assert "openvino" in BACKENDS and "openvino" not in _auto_candidates()
-    assert "ov" not in backend_record_path().name  # auto's record is the one it was before
-    assert {"openvino", "openvino_int8"} <= set(benchmark.MODES)
-    assert not {"openvino", "openvino_int8"} & set(benchmark.DEFAULT_MODES)
+def test_benchmark_modes_and_auto_candidacy_per_precision(monkeypatch):
+    assert "openvino" in BACKENDS and "openvino" in _auto_candidates("fp32") and "openvino" in _auto_candidates("int8")
+    assert _auto_candidates("bf16") == (["openvino"] if _cpu_has_bf16() else [])
+    assert backend_record_path("int8").name.startswith("backend-choice-int8-mge1.13.0-ort")
+    assert "-ov2026." in backend_record_path("fp32").name and "-ov2026." in backend_record_path("bf16").name
+    assert {"openvino", "openvino_bf16", "openvino_int8"} <= set(benchmark.MODES)
+    assert not {"openvino", "openvino_bf16", "openvino_int8"} & set(benchmark.DEFAULT_MODES)
     assert bench_worker._worker_for({"mode": "openvino_int8"}) is ov_backend._int8_worker
+    assert bench_worker._worker_for({"mode": "openvino_bf16"}) is ov_backend._bf16_worker
     assert bench_worker._worker_for({"mode": "openvino"}).keywords == {"backend": "openvino"}
     monkeypatch.setattr(ov_backend, "openvino_version", lambda: None)
     with pytest.raises(BackendUnavailableError) as info:

@@ -434,7 +434,7 @@ def test_cli_eval_json_and_text(weight_file, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[:2] == [f"resnet18 ({weight_file}) on {data}: 2 images in 2 classes (folders named by WordNet id)",
                          "top-1 100.000% (2/2)   top-5 100.000% (2/2)"]
-    assert lines[2].endswith(" s; eager backend)") and " images/s (" in lines[2]  # 2 images: not worth compiling
+    assert lines[2].endswith(" s; eager backend, fp32)") and " images/s (" in lines[2]  # 2 images: not worth compiling
     assert main(["eval", "--data", str(tmp_path / "nowhere"), "--model", "resnet18", "--weights",
                  str(weight_file)]) == 2
     assert capsys.readouterr().err == (f"megzoo eval: error: {tmp_path / 'nowhere'}: not a directory (give a folder "

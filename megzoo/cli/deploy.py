@@ -115,6 +115,10 @@ def _export_check_arguments(p) -> None:
     p.add_argument("--image", metavar="FILE", default=None,
                    help="real image for the parity check (default: docs/sample.jpg if present, else a generated one)")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the parity check")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="run the check in bf16 (an .onnx as OpenVINO runs it with precision bf16, on CPUs with BF16; "
+                        "default tolerance 0.05) and report its error and top-1 agreement against eager fp32; "
+                        "the file is the same either way (default fp32)")
     p.add_argument("--threads", type=int, default=None, help="threads for the parity run (default: all usable CPUs)")
 
 
@@ -134,6 +138,9 @@ def _benchmark_what_arguments(p) -> None:
                         "calibration batches, then run by ONNX Runtime / MegEngine Lite); "
                         "and the modes of any backend registered in megzoo.inference.backends; "
                         "default eager,lite,onnxruntime")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: also the modes that run the float model in bf16 (openvino_bf16; CPUs with BF16 only, "
+                        "refused elsewhere); default fp32")
 
 
 def _benchmark_run_arguments(p) -> None:
@@ -316,7 +323,7 @@ def _write_export(args, model, meta, fmt, shape, image, tolerance, parity_inputs
         with naming_output(args.output):
             return export(model, args.output, shape, format=fmt, fuse=args.fuse, metadata=meta, check=args.check,
                           tolerance=tolerance, image=image, threads=args.threads, parity_inputs=parity_inputs,
-                          **format_options)
+                          precision=args.precision, **format_options)
     except UnsupportedOperatorError as exc:  # an operator ONNX has no mapping for: nothing was written
         raise CLIError(str(exc)) from None
     except ParityError as exc:
@@ -347,10 +354,16 @@ def _print_parity(report, tolerance) -> None:
             print(f"  {name:<34} max abs diff {r['max_abs']:.3g}  = {r['rel']:.2f} steps of {r['step']:.3g}  "
                   f"(logit scale {r['scale']:.3g})  ok")
     elif report.parity:
-        print(f"parity vs eager (tolerance {tolerance:g}, max |diff| / max |logit|):")
+        bf16 = report.parity["precision"] == "bf16"
+        run_in = f" of the file run in bf16 by {report.parity['backend']}" if bf16 else ""
+        print(f"parity{run_in} vs eager fp32 (tolerance {tolerance:g}, max |diff| / max |logit|; top-1: images "
+              "whose class is the same):")
         for name, r in report.parity["inputs"].items():
+            top1 = f"  top-1 {r['top1'][0]}/{r['top1'][1]}" if r.get("top1") else ""
             print(f"  {name:<34} max abs diff {r['max_abs']:.3g}  logit scale {r['scale']:.3g}  "
-                  f"relative {r['rel']:.3g}  ok")
+                  f"relative {r['rel']:.3g}{top1}  ok")
+        if report.parity.get("top1_agreement") is not None:
+            print(f"top-1 agreement with eager fp32 on the check images: {100 * report.parity['top1_agreement']:.1f}%")
     else:
         print("parity check skipped (--no-check)")
 
@@ -381,6 +394,11 @@ def cmd_benchmark(args) -> int:
         get_model_entry(name)
     batches = _int_list(args.batch, "--batch")
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    if args.precision == "bf16":
+        from ..inference.backends import bench_modes, resolve_backend
+
+        resolve_backend("auto", precision="bf16")  # the reason, before anything runs, where nothing runs bf16
+        modes += tuple(m.name for m in bench_modes() if m.precision == "bf16" and m.name not in modes)
     log = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
     report = run_benchmark(models, batches, threads=args.threads or usable_cpus(), input_size=args.input_size,
                            modes=modes, repeats=args.repeats, min_repeats=args.min_repeats, warmup=args.warmup,

@@ -60,6 +60,9 @@ def _model_options(p) -> None:
                         f"compiled on the CPU for {AUTO_COMPILE_MIN_IMAGES} images or more")
     p.add_argument("--threads", type=options.positive, default=None, metavar="N",
                    help="threads of the compiled backend (default: the CPUs this process may use)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="arithmetic of the compiled model: fp32 (default) or bf16 (opt-in, about 2x on CPUs with "
+                        "BF16, refused elsewhere; always compiled; docs/backends.md)")
     p.add_argument("--int8", action="store_true",
                    help="run the model quantized to int8: calibrated on --calibration DIR, or as fine-tuned by "
                         "`megzoo train --qat` (its best.pkl as --weights); docs/quantization.md")
@@ -94,7 +97,7 @@ def _classifier(args, **kwargs):
     try:
         return Classifier(args.model, args.weights, num_classes=args.num_classes, backend=args.backend,
                           threads=args.threads, progress=not getattr(args, "no_progress", False), int8=args.int8,
-                          calibration=args.calibration, observer=args.observer, **kwargs)
+                          calibration=args.calibration, observer=args.observer, precision=args.precision, **kwargs)
     except WeightsError as exc:
         message = " ".join(str(exc).split())
         print(f"megzoo {args.command}: error: {printable(message)}", file=sys.stderr)
@@ -114,7 +117,7 @@ def cmd_predict(args) -> int:
         if args.json:
             results = classifier.predict(args.images, topk=args.topk)
             print(json.dumps({"model": classifier.model_name, "weights": classifier.weights,
-                              "backend": classifier.backend_for(len(args.images)),
+                              "backend": classifier.backend_for(len(args.images)), "precision": args.precision,
                               "results": [r.as_dict() for r in results]}, indent=2))
             return 0
         classifier.runner_for(len(args.images))  # the backend follows the whole job's size, not each chunk's
@@ -146,5 +149,5 @@ def cmd_eval(args) -> int:
     compiled = f", of which compiling {result.compile_seconds:.1f} s" if result.runtime else ""
     runtime = f" ({result.runtime})" if result.runtime and result.runtime != result.backend else ""
     print(f"{result.images_per_second:.1f} images/s ({result.seconds:.1f} s{compiled}; "
-          f"{result.backend}{runtime} backend)")
+          f"{result.backend}{runtime} backend, {result.precision})")
     return 0

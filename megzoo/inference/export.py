@@ -26,11 +26,15 @@ from .ort_compiled import OrtCompiledModel
 from .threads import require_megengine_thread
 
 __all__ = ["export", "export_format", "FORMATS", "check_parity", "ParityError", "ExportReport", "make_test_image",
-           "DEFAULT_TOLERANCE", "INT8_TOLERANCE_STEPS"]
+           "DEFAULT_TOLERANCE", "INT8_TOLERANCE_STEPS", "BF16_TOLERANCE", "top1_agreement"]
 
 #: the int8 parity tolerance: max |exported - eager| in output steps (what one quantization step
 #: of the last int8 tensor is worth in the logits, :func:`megzoo.inference.int8_steps.output_step`)
 INT8_TOLERANCE_STEPS = 2.0
+#: the default tolerance of a bf16 check (``precision="bf16"``): max |bf16 - eager fp32| / max
+#: |eager|; bf16 keeps 8 significant bits (relative rounding 2**-9 per value), and ResNets' logits
+#: move by about 1% of their scale under bf16 (docs/quantization.md, "bf16: what it costs")
+BF16_TOLERANCE = 5e-2
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -53,6 +57,14 @@ def eager_outputs(model, x: np.ndarray) -> List[np.ndarray]:
     return [o.numpy() for o in flatten_outputs(out)[0]]
 
 
+def top1_agreement(got: np.ndarray, ref: np.ndarray) -> Optional[Tuple[int, int]]:
+    """(rows whose arg-max class is the same in ``got`` and ``ref``, rows) for (N, classes) logits
+    with more than one class; None for other outputs."""
+    if got.ndim != 2 or got.shape != ref.shape or got.shape[1] < 2:
+        return None
+    return int(np.sum(got.argmax(axis=1) == ref.argmax(axis=1))), int(got.shape[0])
+
+
 def check_parity(model, compiled, inputs: Dict[str, np.ndarray], tolerance: float = DEFAULT_TOLERANCE, *,
                  reference=None, against: str = "eager") -> Dict[str, Any]:
     """Compare ``compiled(x)`` with eager ``model(x)`` for each named input (or with
@@ -61,8 +73,11 @@ def check_parity(model, compiled, inputs: Dict[str, np.ndarray], tolerance: floa
     input is ``max |compiled - eager| / max |eager|`` (relative to the logit scale); for an int8
     model it is ``max |compiled - eager|`` in output steps (:func:`~megzoo.inference.int8_steps.output_step`:
     one quantization step of the last int8 tensor, as the logits see it) and ``tolerance`` counts
-    steps. Returns ``{"tolerance", "unit", "inputs": {name: {"max_abs", "scale", "rel"[, "step"]}},
-    "max_rel"}``; raises :class:`ParityError` listing every input when one is above ``tolerance``."""
+    steps. ``top1``: [same, rows] of the first output's arg-max classes (:func:`top1_agreement`; per
+    input, and ``top1_agreement`` the fraction over all inputs, None when the output is not (N,
+    classes) logits). Returns ``{"tolerance", "unit", "inputs": {name: {"max_abs", "scale", "rel",
+    "top1"[, "step"]}}, "max_rel", "top1_agreement"}``; raises :class:`ParityError` listing every
+    input when one is above ``tolerance``."""
     int8 = is_int8_model(model)
     results = {}
     for name, x in inputs.items():
@@ -82,10 +97,14 @@ def check_parity(model, compiled, inputs: Dict[str, np.ndarray], tolerance: floa
             rel = max_abs / scale if scale > 0 else max_abs
         if not np.isfinite(rel):
             rel = float("inf")
-        results[name] = {"max_abs": max_abs, "scale": scale, "rel": rel, **({"step": step} if int8 else {})}
+        top1 = top1_agreement(got[0], ref[0])
+        results[name] = {"max_abs": max_abs, "scale": scale, "rel": rel, "top1": list(top1) if top1 else None,
+                         **({"step": step} if int8 else {})}
     max_rel = max((r["rel"] for r in results.values()), default=0.0)
     unit = "int8 output steps" if int8 else "relative to the logit scale"
-    report = {"tolerance": tolerance, "unit": unit, "inputs": results, "max_rel": max_rel}
+    counted = [r["top1"] for r in results.values() if r["top1"]]
+    agreement = sum(c[0] for c in counted) / sum(c[1] for c in counted) if counted else None
+    report = {"tolerance": tolerance, "unit": unit, "inputs": results, "max_rel": max_rel, "top1_agreement": agreement}
     if max_rel > tolerance:
         lines = [f"  {n}: max |exported - {against}| = {r['max_abs']:.3g}, logit scale {r['scale']:.3g}, "
                  + (f"{r['rel']:.3g} steps of {r['step']:.3g}" if int8 else f"relative {r['rel']:.3g}")
@@ -167,7 +186,8 @@ def export_format(path: PathLike, format: Optional[str] = None) -> str:
 @dataclass
 class _Plan:
     """One export's checked settings: ``fmt`` (``"mge"``/``"onnx"``), ``shape`` (N, C, H, W), whether
-    the model is ``int8``, and the format's own: ``layout`` (.mge) or ``opset`` (.onnx)."""
+    the model is ``int8``, the format's own: ``layout`` (.mge) or ``opset`` (.onnx), and the
+    ``precision`` the check runs the file in."""
 
     fmt: str
     shape: Tuple[int, ...]
@@ -176,6 +196,7 @@ class _Plan:
     dynamic_batch: bool
     layout: Optional[str] = None
     opset: Optional[int] = None
+    precision: str = "fp32"  #: the check's: the file run in bf16 (``"bf16"``) against eager fp32
 
     @property
     def check_batches(self) -> List[int]:
@@ -211,13 +232,29 @@ def _mge_layout(model, layout: str, fuse: bool, opset: Optional[int], dynamic_ba
     return "nchw" if int8 else fit_layout(model, resolve_layout(layout, fuse), layout)
 
 
+def _check_precision(precision: str, fmt: str, int8: bool, check: bool) -> str:
+    """The precision the check runs the file in: fp32, or bf16 for a float ``.onnx`` on a CPU and
+    backend that run it (refused otherwise, before any work)."""
+    from .backends import check_precision_name, resolve_backend
+
+    check_precision_name(precision)
+    if precision == "fp32":
+        return precision
+    if fmt != "onnx" or int8 or not check:
+        why = ("a .mge runs in fp32 or int8 (MegEngine Lite has no bf16)" if fmt != "onnx" else
+               "this model is int8" if int8 else "--no-check runs nothing")
+        raise ValueError(f"precision='bf16' checks a float .onnx file in bf16; {why}: leave precision out")
+    resolve_backend("auto", precision="bf16")  # ValueError with the reason when nothing runs bf16 here
+    return precision
+
+
 def _plan(model, path: Path, input_shape: Sequence[int], format: Optional[str], fuse: bool, layout: str,
-          check: bool, opset: Optional[int], dynamic_batch: bool) -> _Plan:
+          check: bool, opset: Optional[int], dynamic_batch: bool, precision: str = "fp32") -> _Plan:
     """Resolve the format and the input shape and check the format's arguments, before any work."""
     int8 = is_int8_model(model)
     fmt = export_format(path, format)
     shape = check_input_shape(model, input_shape)  # one check for .mge and .onnx, before any work
-    plan = _Plan(fmt, shape, int8, fuse, dynamic_batch)
+    plan = _Plan(fmt, shape, int8, fuse, dynamic_batch, precision=_check_precision(precision, fmt, int8, check))
     if fmt == "onnx":
         plan.opset = _onnx_opset(opset, layout, check)
     else:
@@ -276,7 +313,12 @@ def _check_inputs(plan: _Plan, image: Optional[PathLike], meta: Dict[str, Any], 
 
 
 def _run_onnx(plan: _Plan, staged: Path, threads: Optional[int]):
-    """The staged ``.onnx`` loaded in ONNX Runtime (an int8 file runs image by image)."""
+    """The staged ``.onnx`` loaded in ONNX Runtime (an int8 file runs image by image), or for a
+    bf16 check by the backend that runs bf16 here (:func:`megzoo.inference.load`)."""
+    if plan.precision != "fp32":
+        from .backends import load
+
+        return load(staged, threads, precision=plan.precision)
     return OrtCompiledModel(onnx_file=staged, threads=threads, max_shapes=len(plan.check_batches) + 4,
                             split_batch=plan.int8)
 
@@ -289,7 +331,9 @@ def _run_mge(plan: _Plan, staged: Path, threads: Optional[int], algo: str):
 def _record_parity(report: ExportReport, tolerance: float, staged: Path, proto):
     """Put the parity figures into the metadata and, for ONNX, into the staged file's own props."""
     meta = report.metadata
-    meta["parity"] = {"tolerance": tolerance, "max_rel": report.parity["max_rel"], "inputs": report.parity["inputs"]}
+    meta["parity"] = {"tolerance": tolerance, "max_rel": report.parity["max_rel"], "inputs": report.parity["inputs"],
+                      "top1_agreement": report.parity["top1_agreement"], "precision": report.parity["precision"],
+                      "backend": report.parity["backend"]}
     if proto is not None:  # the checked figure goes into the file's own metadata too
         _set_props(proto, meta, parity=report.parity["max_rel"])
         staged.write_bytes(proto.SerializeToString())
@@ -308,7 +352,7 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
            fuse: bool = True, layout: str = "auto", metadata: Optional[Dict[str, Any]] = None, check: bool = True,
            tolerance: Optional[float] = None, image: Optional[PathLike] = None, threads: Optional[int] = None,
            algo: str = "heuristic", seed: int = 0, opset: Optional[int] = None, dynamic_batch: bool = True,
-           parity_inputs: Optional[Dict[str, np.ndarray]] = None) -> ExportReport:
+           parity_inputs: Optional[Dict[str, np.ndarray]] = None, precision: str = "fp32") -> ExportReport:
     """Write ``model`` at ``path`` as a MegEngine Lite ``.mge`` (``format="mge"``) or an ONNX
     model (``format="onnx"``; default: by the suffix of ``path``), plus ``path + ".json"``
     metadata (input name and shape, preprocessing, class names, versions, parity results).
@@ -338,12 +382,19 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
     with how it was quantized, and ``tolerance`` counts int8 output steps (default
     :data:`INT8_TOLERANCE_STEPS`; see :func:`check_parity`). ``parity_inputs`` (name ->
     preprocessed batch, e.g. calibration images) replace the generated check inputs; the real
-    image is still added."""
+    image is still added.
+
+    ``precision="bf16"`` checks a float ``.onnx`` as it will run in bf16 (by the backend that runs
+    bf16 here, OpenVINO; refused before any work on a CPU without BF16, for a ``.mge`` and for an
+    int8 model): the error against eager fp32 (default tolerance :data:`BF16_TOLERANCE`) and the
+    top-1 agreement on the check images go into the report and the metadata. The file itself is
+    the same fp32 graph; bf16 is how it is run."""
     require_megengine_thread("megzoo.inference.export", "export in the main thread")
     path = Path(path)
-    plan = _plan(model, path, input_shape, format, fuse, layout, check, opset, dynamic_batch)
+    plan = _plan(model, path, input_shape, format, fuse, layout, check, opset, dynamic_batch, precision)
     if tolerance is None:
-        tolerance = INT8_TOLERANCE_STEPS if plan.int8 else DEFAULT_TOLERANCE
+        tolerance = (INT8_TOLERANCE_STEPS if plan.int8 else BF16_TOLERANCE if plan.precision == "bf16"
+                     else DEFAULT_TOLERANCE)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = _metadata(model, plan, metadata)
     # written beside the target and renamed into place once checked: never a half-written or
@@ -364,6 +415,7 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
             compiled = _run_onnx(plan, staged, threads) if plan.fmt == "onnx" else _run_mge(plan, staged, threads, algo)
             compiled.output_names = meta["output_names"]
             report.parity = check_parity(model, compiled, inputs, tolerance)
+            report.parity.update(precision="int8" if plan.int8 else plan.precision, backend=compiled.backend)
             report.seconds["parity"] = time.perf_counter() - t0
             _record_parity(report, tolerance, staged, proto)
         _publish(staged, report)

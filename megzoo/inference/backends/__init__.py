@@ -4,23 +4,28 @@
 registered backend (:mod:`~megzoo.inference.backends.registry`; the protocol and the compiled
 model they share: :mod:`~megzoo.inference.backends.base`). Three are built in, one module each:
 :mod:`~megzoo.inference.backends.onnxruntime`, :mod:`~megzoo.inference.backends.lite` and
-:mod:`~megzoo.inference.backends.openvino` (optional, never chosen by ``auto``); adding one is a
-module and a line below (docs/backends.md). Nothing here names a runtime.
+:mod:`~megzoo.inference.backends.openvino` (optional); adding one is a module and a line below
+(docs/backends.md). Nothing here names a runtime.
+
+A model runs in one precision: ``"int8"`` for a model made by ``megzoo.quantize``, else the
+``precision=`` asked for, ``"fp32"`` (default) or ``"bf16"`` (opt-in). Each backend says which it
+runs (``Backend.precisions``) and whether this CPU can (``Backend.precision_unavailable``: bf16
+needs BF16 arithmetic); any other request is refused with the reason, never run in another.
 
 Choosing under ``backend="auto"``, first rule that applies:
 
 1. options only one backend takes, set to other than their defaults (e.g. ``layout=`` for Lite,
    ``opset=`` for ONNX Runtime), mean that backend; options of two backends are refused;
-2. a backend that :meth:`~megzoo.inference.backends.base.Backend.prefers` the model takes it
-   (ONNX Runtime an int8 model), unless ``$MEGZOO_BACKEND`` is set;
-3. an environment variable asking for a backend (Lite: ``$MEGZOO_LAYOUT``) means it;
-4. :func:`best_backend`: ``$MEGZOO_BACKEND`` if set, else the faster by this machine's record,
-   measured once (:func:`measure_backends`: a ResNet-18 with random weights on a (2, 3, 96, 96)
-   batch, each available backend timed for about a second in a fresh subprocess, so a crashing
-   kernel or MegEngine's poller thread cannot touch the caller), kept beside the layout probe's
-   record (:func:`backend_record_path`; one another user could have written is refused, never
-   read: :mod:`~megzoo.inference.cache_files`). A graph the chosen backend declines (ONNX
-   Runtime: an operator its converter refuses) then goes to the next available backend.
+2. an environment variable asking for a backend (Lite: ``$MEGZOO_LAYOUT``) means it;
+3. :func:`best_backend`: ``$MEGZOO_BACKEND`` if set, else the fastest for the model's precision
+   by this machine's record for that precision, measured once (:func:`measure_backends`: a
+   ResNet-18 with random weights on a (2, 3, 96, 96) batch, quantized for int8, each backend
+   that runs the precision here timed for about a second in a fresh subprocess, so a crashing
+   runtime or MegEngine's poller thread cannot touch the caller; a backend that crashes or raises
+   is recorded as disqualified with its reason), kept beside the layout probe's record
+   (:func:`backend_record_path`; one another user could have written is refused, never read:
+   :mod:`~megzoo.inference.cache_files`). A graph the chosen backend declines (ONNX Runtime: an
+   operator its converter refuses) then goes to the next candidate.
 """
 import json
 import os
@@ -37,8 +42,8 @@ from ..graph_onnx import DEFAULT_OPSET
 from ..layouts import probe_record_path
 from ..model_files import model_file_kind, or_list
 from ..threads import require_megengine_thread
-from .base import (COMMON_OPTIONS, Backend, BackendUnavailableError, BenchMode, CompiledModelBase, CompileInfo,
-                   read_metadata)
+from .base import (COMMON_OPTIONS, FLOAT_PRECISIONS, PRECISIONS, Backend, BackendUnavailableError, BenchMode,
+                   CompiledModelBase, CompileInfo, check_precision_name, is_int8, read_metadata)
 from .lite import LITE_OPTIONS, LiteBackend
 from .onnxruntime import OnnxRuntimeBackend
 from .openvino import OpenVinoBackend
@@ -48,7 +53,8 @@ from .registry import (NameView, backend_for_file_kind, backend_names, backends_
 
 __all__ = ["BACKENDS", "compile", "load", "best_backend", "resolve_backend", "backend_record_path", "measure_backends",
            "BackendUnavailableError", "Backend", "BenchMode", "CompiledModelBase", "CompileInfo", "register_backend",
-           "unregister_backend", "get_backend", "backend_names", "bench_modes", "LITE_OPTIONS"]
+           "unregister_backend", "get_backend", "backend_names", "bench_modes", "LITE_OPTIONS", "PRECISIONS",
+           "FLOAT_PRECISIONS"]
 
 register_backend(OnnxRuntimeBackend())
 register_backend(LiteBackend())
@@ -63,44 +69,62 @@ MEASURE_TIMEOUT_S = 120.0
 MEASURE_SHAPE = (2, 3, 96, 96)
 
 
-def _auto_candidates() -> List[str]:
-    """The backends ``backend="auto"`` chooses from: measured ones that can run here, in order."""
-    return [b.name for b in registered_backends() if b.auto_candidate and b.available() is None]
+def _auto_candidates(precision: str = "fp32", among: Optional[Sequence[str]] = None) -> List[str]:
+    """The backends ``backend="auto"`` chooses from for ``precision`` (of :data:`PRECISIONS`): the
+    measured ones that run it on this machine, in registration order (``among``: only these names)."""
+    return [b.name for b in registered_backends()
+            if b.auto_candidate and precision in b.precisions and (among is None or b.name in among)
+            and b.available() is None and b.precision_unavailable(precision) is None]
 
 
-def backend_record_path() -> Path:
-    """The record of this machine's ``auto`` choice, beside the layout probe's, named by the
-    measured backends' versions: ``backend-choice-mge<version>-ort<version>-<machine tag>.json``."""
-    tags = sorted(f"{b.record_tag or b.name}{b.version()}" for b in registered_backends() if b.auto_candidate)
-    return probe_record_path().parent / f"backend-choice-{'-'.join(tags)}-{machine_tag()}.json"
+def backend_record_path(precision: str = "fp32") -> Path:
+    """The record of this machine's ``auto`` choice for ``precision``, beside the layout probe's,
+    named by the precision and the versions of the backends measured for it:
+    ``backend-choice-<precision>-mge<version>-ort<version>-ov<version>-<machine tag>.json``."""
+    tags = sorted(f"{b.record_tag or b.name}{b.version()}" for b in registered_backends()
+                  if b.auto_candidate and precision in b.precisions)
+    return probe_record_path().parent / f"backend-choice-{precision}-{'-'.join(tags)}-{machine_tag()}.json"
 
 
 #: the subprocess of one backend: prints ``{"backend", "images_per_s"}`` or ``{"backend", "error"}``
 MEASURE_SRC = r"""
 import json, sys
 from megzoo.inference.backends import _time_backend
-backend = sys.argv[1]
+backend, precision = sys.argv[1], sys.argv[2]
 try:
-    print(json.dumps({"backend": backend, "images_per_s": _time_backend(backend)}), flush=True)
+    print(json.dumps({"backend": backend, "images_per_s": _time_backend(backend, precision)}), flush=True)
 except Exception as exc:
     print(json.dumps({"backend": backend, "error": f"{type(exc).__name__}: {exc}"[:300]}), flush=True)
 """
 
 
-def _time_backend(backend: str, budget_s: float = 1.0) -> float:
-    """Images/s of ``backend`` on :data:`MEASURE_SHAPE` with a random-weight ResNet-18 (median run),
-    compiled with the backend's :meth:`~megzoo.inference.backends.base.Backend.measure_options`."""
-    import tempfile
-
-    import numpy as np
-
+def _measured_model(precision: str, x):
+    """The measurement's model: a random-weight ResNet-18, quantized on ``x`` for ``"int8"``."""
     from ...models import resnet18
 
     model = resnet18()
     model.eval()
+    if precision == "int8":
+        from ...quantization import quantize
+
+        model = quantize(model, x, progress=False)
+    return model
+
+
+def _time_backend(backend: str, precision: str = "fp32", budget_s: float = 1.0) -> float:
+    """Images/s of ``backend`` running ``precision`` on :data:`MEASURE_SHAPE` with a random-weight
+    ResNet-18 (median run), compiled with the backend's
+    :meth:`~megzoo.inference.backends.base.Backend.measure_options`."""
+    import tempfile
+
+    import numpy as np
+
     x = np.random.RandomState(0).standard_normal(MEASURE_SHAPE).astype(np.float32)
+    model = _measured_model(precision, x)
+    float_precision = "fp32" if precision == "int8" else precision
     with tempfile.TemporaryDirectory(prefix="megzoo-backend-") as tmp:
-        compiled = compile(model, MEASURE_SHAPE, backend=backend, **get_backend(backend).measure_options(tmp))
+        compiled = compile(model, MEASURE_SHAPE, backend=backend, precision=float_precision,
+                           **get_backend(backend).measure_options(tmp))
         for _ in range(2):
             compiled(x)
         times, start = [], time.perf_counter()
@@ -111,13 +135,15 @@ def _time_backend(backend: str, budget_s: float = 1.0) -> float:
     return MEASURE_SHAPE[0] / sorted(times)[len(times) // 2]
 
 
-def _measure_one(backend: str, timeout: float) -> Dict[str, Any]:
-    """``{"images_per_s": ...}`` or ``{"error": ...}`` of ``backend``, timed in a fresh subprocess."""
+def _measure_one(backend: str, timeout: float, precision: str = "fp32") -> Dict[str, Any]:
+    """``{"images_per_s": ...}`` or ``{"error": ..., "transient": bool}`` of ``backend`` running
+    ``precision``, timed in a fresh subprocess. A crash or an exception is the backend's own
+    (it disqualifies it); no answer in ``timeout`` may be a busy moment (``transient``)."""
     try:
-        proc = subprocess.run([sys.executable, "-c", MEASURE_SRC, backend], capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = subprocess.run([sys.executable, "-c", MEASURE_SRC, backend, precision], capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        return {"error": f"no answer within {timeout:g} s"}
+        return {"error": f"no answer within {timeout:g} s", "transient": True}
     for line in proc.stdout.splitlines():
         try:
             item = json.loads(line)
@@ -126,32 +152,35 @@ def _measure_one(backend: str, timeout: float) -> Dict[str, Any]:
         if isinstance(item, dict) and item.get("backend") == backend:
             if "images_per_s" in item:
                 return {"images_per_s": round(float(item["images_per_s"]), 2)}
-            return {"error": str(item.get("error", "failed"))}
+            return {"error": str(item.get("error", "failed")), "transient": False}
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
-    return {"error": f"exit status {proc.returncode}: {tail}"}
+    return {"error": f"exit status {proc.returncode}: {tail}", "transient": False}
 
 
-def measure_backends(timeout: float = MEASURE_TIMEOUT_S) -> Dict[str, Any]:
-    """Time each available backend now, each in its own subprocess (so a crashing kernel costs
-    only its own figure; no record is read or written): ``{"backend": the fastest of those
-    measured (the first available if none was), "images_per_s": {name: figure}, "errors": {name:
-    reason}, "seconds", "workload"}``."""
-    names = _auto_candidates()
+def measure_backends(timeout: float = MEASURE_TIMEOUT_S, precision: str = "fp32") -> Dict[str, Any]:
+    """Time each backend that runs ``precision`` here now, each in its own subprocess (so a
+    crashing runtime costs only its own figure; no record is read or written): ``{"backend": the
+    fastest of those measured (the first candidate if none was), "precision", "images_per_s":
+    {name: figure}, "errors": {name: reason}, "transient": names whose error may pass (timeouts),
+    "seconds", "workload"}``."""
+    names = _auto_candidates(precision)
     t0 = time.perf_counter()
-    figures, errors = {}, {}
+    figures, errors, transient = {}, {}, []
     for name in names:
-        result = _measure_one(name, timeout)
+        result = _measure_one(name, timeout, precision)
         if "images_per_s" in result:
             figures[name] = result["images_per_s"]
         else:
             errors[name] = result["error"]
+            if result.get("transient"):
+                transient.append(name)
     choice = max(figures, key=figures.get) if figures else (names[0] if names else None)
-    return {"backend": choice, "images_per_s": figures, "errors": errors,
-            "seconds": round(time.perf_counter() - t0, 2),
-            "workload": f"resnet18 random weights, {list(MEASURE_SHAPE)}"}
+    workload = f"resnet18 random weights{', quantized' if precision == 'int8' else ''}, {list(MEASURE_SHAPE)}"
+    return {"backend": choice, "precision": precision, "images_per_s": figures, "errors": errors,
+            "transient": transient, "seconds": round(time.perf_counter() - t0, 2), "workload": workload}
 
 
-_chosen: Dict[str, str] = {}  # record path -> the choice (once per process)
+_chosen: Dict[str, Dict[str, Any]] = {}  # record path -> the measurement it holds (once per process)
 
 
 def _read_choice(record: Path, candidates: Sequence[str]) -> Optional[Dict[str, Any]]:
@@ -161,14 +190,18 @@ def _read_choice(record: Path, candidates: Sequence[str]) -> Optional[Dict[str, 
     return data if isinstance(data, dict) and data.get("backend") in candidates else None
 
 
-def _measure_and_record(record: Path) -> Dict[str, Any]:
-    """:func:`measure_backends`, written to ``record`` unless a measurement failed (then warned)."""
-    data = measure_backends()
+def _measure_and_record(record: Path, precision: str) -> Dict[str, Any]:
+    """:func:`measure_backends` for ``precision``, written to ``record``: a backend that crashed or
+    raised is kept as disqualified (with its reason, warned once); a timeout is not kept (a busy
+    moment must not decide for good: the next process measures again)."""
+    data = measure_backends(precision=precision)
     data["machine"] = machine_record()
-    data["versions"] = {b.name: b.version() for b in registered_backends() if b.auto_candidate}
-    if data["errors"]:  # not kept: a busy or broken moment must not decide for good
-        warnings.warn(f"megzoo: measuring the backends failed ({data['errors']}); using "
-                      f"{data['backend']} in this process, measuring again in the next", RuntimeWarning)
+    data["versions"] = {b.name: b.version() for b in registered_backends()
+                        if b.auto_candidate and precision in b.precisions}
+    if data["errors"]:
+        warnings.warn(f"megzoo: measuring the backends for {precision} failed for some ({data['errors']}); "
+                      f"using {data['backend']}", RuntimeWarning)
+    if data.get("transient") or not data["images_per_s"]:
         return data
     try:
         atomic_write_text(record, json.dumps(data, indent=2) + "\n")
@@ -177,33 +210,75 @@ def _measure_and_record(record: Path) -> Dict[str, Any]:
     return data
 
 
-def best_backend() -> str:
-    """What ``backend="auto"`` means here: ``$MEGZOO_BACKEND`` if set; else the only available
-    backend, or the fastest by this machine's record (:func:`backend_record_path`), measured the
-    first time (:func:`measure_backends`) and then recorded."""
+def _no_candidate(precision: str) -> Exception:
+    """Why no backend can run ``precision`` here: the reasons of those that would."""
+    reasons = [b.available() or b.precision_unavailable(precision) for b in registered_backends()
+               if b.auto_candidate and precision in b.precisions]
+    if precision == "fp32":
+        return BackendUnavailableError("no backend can run here: " + "; ".join(
+            f"{b.name} {b.available()}" for b in registered_backends() if b.auto_candidate))
+    return ValueError(next((r for r in reasons if r), f"no registered backend runs {precision}"))
+
+
+def _measurement(precision: str, candidates: Sequence[str]) -> Dict[str, Any]:
+    """This machine's measurement for ``precision``: this process's, else the record's, else made
+    now (once per machine, even from parallel processes) and recorded."""
+    record = backend_record_path(precision)
+    key = str(record)
+    if key not in _chosen:
+        data = _read_choice(record, candidates)
+        if data is None:
+            with record_lock(record):
+                data = _read_choice(record, candidates)  # another process may have measured meanwhile
+                if data is None:
+                    data = _measure_and_record(record, precision)
+        _chosen[key] = data
+    return _chosen[key]
+
+
+def best_backend(precision: str = "fp32", among: Optional[Sequence[str]] = None) -> str:
+    """What ``backend="auto"`` means here for a model of ``precision`` (``"fp32"``, ``"bf16"`` or
+    ``"int8"``): ``$MEGZOO_BACKEND`` if set; else the only backend that runs it here, or the
+    fastest by this machine's record for it (:func:`backend_record_path`), measured the first time
+    (:func:`measure_backends`) and then recorded. ``among``: choose only among these names (the
+    backends that load a file kind)."""
     forced = os.environ.get("MEGZOO_BACKEND", "").strip().lower()
     if forced and forced != "auto":
         if forced not in BACKENDS:
             raise ValueError(f"MEGZOO_BACKEND must be one of {BACKENDS}, got {forced!r}")
-        return forced
-    candidates = _auto_candidates()
-    if len(candidates) <= 1:
-        if not candidates:
-            raise BackendUnavailableError("no backend can run here: " + "; ".join(
-                f"{b.name} {b.available()}" for b in registered_backends() if b.auto_candidate))
-        return candidates[0]
-    record = backend_record_path()
-    key = str(record)
-    if key in _chosen:
-        return _chosen[key]
-    data = _read_choice(record, candidates)
-    if data is None:
-        with record_lock(record):  # one measurement per machine, even from parallel processes
-            data = _read_choice(record, candidates)  # another process may have measured meanwhile
-            if data is None:
-                data = _measure_and_record(record)
-    _chosen[key] = data["backend"]
-    return _chosen[key]
+        if among is None or forced in among:
+            return forced
+    candidates = _auto_candidates(precision)
+    chosen = [c for c in candidates if among is None or c in among]
+    if len(chosen) <= 1:
+        if not chosen:
+            raise _no_candidate(precision)
+        return chosen[0]
+    figures = _measurement(precision, candidates).get("images_per_s") or {}
+    measured = [c for c in chosen if c in figures]
+    return max(measured, key=figures.get) if measured else chosen[0]
+
+
+def _precision_refusal(backend: Backend, precision: str) -> Optional[str]:
+    """Why ``backend`` cannot run a model of ``precision`` here, or None."""
+    if precision not in backend.precisions:
+        names = [repr(b.name) for b in registered_backends() if precision in b.precisions]
+        runs = f"backend={or_list(names)}" if names else "no registered backend"
+        if precision == "int8":
+            return f"the {backend.name} backend does not run int8 models; {runs} does"
+        return (f"precision={precision!r} is not run by the {backend.name} backend; {runs} runs it "
+                "(or leave precision out for fp32)")
+    return backend.precision_unavailable(precision)
+
+
+def _model_precision(int8: bool, precision: str) -> str:
+    """The precision a model runs in: ``"int8"`` for an int8 model (``precision`` must then be
+    fp32, the default), else ``precision`` (checked)."""
+    check_precision_name(precision)
+    if int8 and precision != "fp32":
+        raise ValueError(f"precision={precision!r} is for float models; this model is int8 (megzoo.quantize): "
+                         "leave precision out")
+    return "int8" if int8 else precision
 
 
 def _requests(options: Optional[Dict[str, Any]]) -> Dict[str, List[str]]:
@@ -226,7 +301,7 @@ def _files(backend: Backend) -> str:
     return " or ".join(f".{kind.name}" for kind in backend.file_kinds + backend.also_loads) or "its"
 
 
-def _resolve(backend: str, options: Optional[Dict[str, Any]], what: str) -> Tuple[str, bool]:
+def _resolve(backend: str, options: Optional[Dict[str, Any]], what: str, precision: str = "fp32") -> Tuple[str, bool]:
     """(the backend that runs, whether :func:`best_backend` chose it): see :func:`resolve_backend`."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -240,7 +315,7 @@ def _resolve(backend: str, options: Optional[Dict[str, Any]], what: str) -> Tupl
         if asked:
             backend, asked_by = next(iter(asked)), f"backend={next(iter(asked))!r}"
         else:
-            backend, measured = best_backend(), True
+            backend, measured = best_backend(precision), True
             forced = os.environ.get("MEGZOO_BACKEND", "").strip().lower()
             asked_by = f"MEGZOO_BACKEND={forced}" if forced == backend else f"backend={backend!r}"
     else:
@@ -252,18 +327,23 @@ def _resolve(backend: str, options: Optional[Dict[str, Any]], what: str) -> Tupl
     reason = get_backend(backend).available()
     if reason:
         raise BackendUnavailableError(f"{asked_by} {reason}")
+    refusal = _precision_refusal(get_backend(backend), precision)
+    if refusal:
+        raise ValueError(refusal)
     return backend, measured
 
 
 def resolve_backend(backend: str, options: Optional[Dict[str, Any]] = None,
-                    what: str = "backend='{backend}'", *, lite_options: Optional[Dict[str, Any]] = None) -> str:
+                    what: str = "backend='{backend}'", *, lite_options: Optional[Dict[str, Any]] = None,
+                    precision: str = "fp32") -> str:
     """The registered backend that runs a request for ``backend`` (a name or ``"auto"``, module
     docstring) with the backend-specific ``options`` given (any set to other than its default
     means its backend under ``"auto"``, and is refused for another). ``what``: how the refusal
     says to ask for the options' backend (``{backend}``: its name, ``{files}``: its file kinds).
-    BackendUnavailableError when the backend cannot run here. ``lite_options``: the old name of
-    ``options``."""
-    return _resolve(backend, options if lite_options is None else lite_options, what)[0]
+    BackendUnavailableError when the backend cannot run here, ValueError when it cannot run a
+    model of ``precision`` (``"fp32"``, ``"bf16"`` or ``"int8"``; ``auto`` chooses per precision).
+    ``lite_options``: the old name of ``options``."""
+    return _resolve(backend, options if lite_options is None else lite_options, what, precision)[0]
 
 
 def _check_known(options: Dict[str, Any], function: str) -> None:
@@ -271,11 +351,6 @@ def _check_known(options: Dict[str, Any], function: str) -> None:
     for option in options:
         if option not in owners:
             raise TypeError(f"{function}() got an unexpected keyword argument {option!r}")
-
-
-def _preferred(model) -> Optional[str]:
-    """The first available backend that :meth:`~Backend.prefers` ``model``, else None."""
-    return next((b.name for b in registered_backends() if b.available() is None and b.prefers(model)), None)
 
 
 def _compile_with(backend: Backend, model, input_shape, threads, common: Dict[str, Any], given: Dict[str, Any]):
@@ -287,7 +362,7 @@ def compile(model, input_shape: Optional[Sequence[int]] = None, threads: Optiona
             backend: str = "auto", fuse: bool = True, dynamic_batch: bool = True, max_shapes: int = 4,
             opset: int = DEFAULT_OPSET, layout: str = "auto", algo: str = "profile",
             profile_batch: Optional[int] = None, cache_dir: Optional[PathLike] = None, split_batch: bool = True,
-            micro_batch: Union[str, int, None] = "auto", **options):
+            micro_batch: Union[str, int, None] = "auto", precision: str = "fp32", **options):
     """Compile ``model`` (a ``megengine.module.Module`` taking one (N, C, H, W) tensor) for fast
     CPU inference; returns a callable taking numpy batches and returning numpy outputs (a
     :class:`~megzoo.inference.CompiledModelBase`).
@@ -299,15 +374,18 @@ def compile(model, input_shape: Optional[Sequence[int]] = None, threads: Optiona
         backend: a registered backend (:data:`BACKENDS`): ``"onnxruntime"`` (the model exported to
             ONNX in memory, run by ONNX Runtime: :class:`~megzoo.inference.OrtCompiledModel`),
             ``"lite"`` (traced and run by MegEngine Lite: :class:`~megzoo.inference.CompiledModel`),
-            ``"openvino"`` (the ONNX graph run by OpenVINO, optional: ``precision="fp32"`` or
-            ``"bf16"``), or ``"auto"``: the faster of the first two here, with the rules of the
-            module docstring.
+            ``"openvino"`` (the ONNX graph run by OpenVINO, optional), or ``"auto"``: the fastest
+            here for the model's precision, with the rules of the module docstring.
         fuse: fold BatchNorm into the convolutions (and, for Lite, fuse conv + bias + ReLU).
         dynamic_batch: one graph for every batch size; False compiles each full shape separately.
         max_shapes: how many compiled graphs to keep (least recently used dropped first).
         opset: the ONNX opset (onnxruntime backend).
         layout, algo, profile_batch, cache_dir, split_batch, micro_batch: Lite only, see
             :class:`~megzoo.inference.CompiledModel` and docs/performance.md.
+        precision: ``"fp32"`` (default) or ``"bf16"`` (opt-in: the convolutions and matrix products
+            in bfloat16, on CPUs with BF16 arithmetic and a backend that runs it, OpenVINO; refused
+            elsewhere with the reason). An int8 model (``megzoo.quantize``) runs in int8 whatever
+            it says; give it no other precision.
         options: the options of other registered backends.
 
     Threads: compile in the main thread (MegEngine runs nowhere else; elsewhere this raises
@@ -317,25 +395,36 @@ def compile(model, input_shape: Optional[Sequence[int]] = None, threads: Optiona
     """
     require_megengine_thread("megzoo.compile")
     _check_known(options, "compile")
+    runs_in = _model_precision(is_int8(model), precision)
     given = dict(opset=opset, layout=layout, algo=algo, profile_batch=profile_batch, cache_dir=cache_dir,
                  split_batch=split_batch, micro_batch=micro_batch, **options)
-    if backend == "auto" and not _requests(given) and not os.environ.get("MEGZOO_BACKEND", "").strip():
-        backend = _preferred(model) or backend
-    name, measured = _resolve(backend, given, what="pass backend='{backend}'")
-    common = dict(zip(COMMON_OPTIONS, (fuse, dynamic_batch, max_shapes)))
-    chosen = get_backend(name)
-    try:
-        return _compile_with(chosen, model, input_shape, threads, common, given)
-    except chosen.declines():
-        others = [n for n in _auto_candidates() if n != name]
-        if not measured or not others:
-            raise
-    return _compile_with(get_backend(others[0]), model, input_shape, threads, common, given)
+    name, measured = _resolve(backend, given, "pass backend='{backend}'", runs_in)
+    common = dict(zip(COMMON_OPTIONS, (fuse, dynamic_batch, max_shapes, precision)))
+    tried = [name]
+    while True:
+        chosen = get_backend(tried[-1])
+        try:
+            return _compile_with(chosen, model, input_shape, threads, common, given)
+        except chosen.declines():  # under a measured auto: the next candidate, if any, takes the graph
+            others = [n for n in _auto_candidates(runs_in) if n not in tried]
+            if not measured or not others:
+                raise
+            tried.append(others[0])
+
+
+def _fastest_loader(kind: str, loaders: Sequence[Backend], precision: str) -> Backend:
+    """Of the backends that load ``kind`` files, the one ``auto`` takes for ``precision``: the
+    fastest measured here (:func:`best_backend`), else the kind's own (whose refusal then says why)."""
+    names = [b.name for b in loaders]
+    if not _auto_candidates(precision, among=names):
+        return backend_for_file_kind(kind)
+    return get_backend(best_backend(precision, among=names))
 
 
 def load(path: PathLike, threads: Optional[int] = None, *, backend: str = "auto", algo: str = "profile",
          profile_batch: Optional[int] = None, cache_dir: Optional[PathLike] = None,
-         split_batch: bool = True, micro_batch: Union[str, int, None] = "auto", **options):
+         split_batch: bool = True, micro_batch: Union[str, int, None] = "auto", precision: str = "fp32",
+         **options):
     """Load an exported model (see :func:`megzoo.inference.export`) to run without megzoo's model
     code, by the backend whose file kind it is: an ONNX model with ONNX Runtime, a ``.mge`` with
     MegEngine Lite, told apart by their first bytes (any other file, e.g. a pickled checkpoint, is
@@ -345,9 +434,11 @@ def load(path: PathLike, threads: Optional[int] = None, *, backend: str = "auto"
     failed its probe here is refused (:class:`~megzoo.inference.LayoutUnavailableError`); the
     other arguments are Lite's, as for :func:`compile` (``options``: other backends').
 
-    ``backend``: ``"auto"`` (default) is the file kind's own backend, or another backend that
-    loads the kind when one of its options is given (``precision="bf16"``: OpenVINO); a name
-    (``"openvino"`` for an ``.onnx``) chooses among the backends that load the file."""
+    ``backend``: ``"auto"`` (default) is the backend that loads the file kind and runs its
+    precision fastest here (an int8 file, by its metadata, is int8; else ``precision``, ``"fp32"``
+    or ``"bf16"``), measured as for :func:`compile` (:func:`best_backend`), or the one whose own
+    option is given; a name (``"openvino"`` for an ``.onnx``) chooses among the backends that load
+    the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such model file: {path}")
@@ -356,11 +447,13 @@ def load(path: PathLike, threads: Optional[int] = None, *, backend: str = "auto"
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     kind = model_file_kind(path, registered_file_kinds())  # ValueError for other files
     loaders = backends_loading(kind)
+    meta = read_metadata(path)
+    runs_in = _model_precision(bool((meta or {}).get("int8")), precision)
     given = dict(algo=algo, profile_batch=profile_batch, cache_dir=cache_dir, split_batch=split_batch,
                  micro_batch=micro_batch, **options)
     if backend == "auto":
         asked = [b for b in loaders if b.name in _requests(given)]
-        chosen = asked[0] if len(asked) == 1 else backend_for_file_kind(kind)
+        chosen = asked[0] if len(asked) == 1 else _fastest_loader(kind, loaders, runs_in)
     else:
         chosen = get_backend(backend)
         if chosen not in loaders:
@@ -368,10 +461,10 @@ def load(path: PathLike, threads: Optional[int] = None, *, backend: str = "auto"
             raise ValueError(f"{path} is a .{kind} file, which backend={backend!r} does not load; backend={names} "
                              "loads it")
     backend = chosen
-    meta = read_metadata(path)
     other_loader = any(name != backend.name and get_backend(name) in loaders for name in _requests(given))
-    _resolve(backend.name, given, what="pass backend='{backend}'" if other_loader else "they are for {files} files")
-    compiled = backend.load(path, threads, {k: v for k, v in given.items() if k in backend.options}, meta)
+    _resolve(backend.name, given, "pass backend='{backend}'" if other_loader else "they are for {files} files", runs_in)
+    own = {k: v for k, v in given.items() if k in backend.options}
+    compiled = backend.load(path, threads, {**own, "precision": precision}, meta)
     compiled.metadata = meta
     compiled.output_names = list((meta or {}).get("output_names") or [])
     shape = (meta or {}).get("input_shape")

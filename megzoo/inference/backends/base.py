@@ -4,7 +4,7 @@ A backend (:class:`Backend`) is one object registered once (:mod:`~megzoo.infere
 its ``name``, whether it can run here (:meth:`Backend.available`), :meth:`Backend.compile` and
 :meth:`Backend.load`, the file kinds it loads (:class:`~megzoo.inference.model_files.FileKind`), the
 options only it takes (``options``, with their defaults), its part in ``backend="auto"``
-(:meth:`Backend.measure_options`, :meth:`Backend.prefers`) and its benchmark modes
+(:meth:`Backend.measure_options`; ``precisions``, what it runs) and its benchmark modes
 (:class:`BenchMode`). What it returns subclasses :class:`CompiledModelBase`: the call contract
 (numpy (N, C, H, W) float32 in, numpy outputs out) and the LRU of compiled graphs by input shape.
 docs/backends.md shows a backend written from scratch.
@@ -25,15 +25,34 @@ from ..model_files import FileKind
 
 __all__ = ["Backend", "BenchMode", "BackendUnavailableError", "CompiledModelBase", "ShapeCachedModel", "CompileInfo",
            "default_threads", "check_threads", "as_float32_batch", "is_int8", "metadata_path", "read_metadata",
-           "NEW_SIZE_HINT", "COMMON_OPTIONS"]
+           "NEW_SIZE_HINT", "COMMON_OPTIONS", "FLOAT_PRECISIONS", "PRECISIONS", "check_precision_name",
+           "float32_options"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: what to do about a new input size met outside the main thread (every backend traces the model)
 NEW_SIZE_HINT = ("call the compiled model once with this input size in the main thread (or compile with "
                  "input_shape=...), then from any thread")
-#: the options of :func:`megzoo.compile` every backend takes, with their defaults
-COMMON_OPTIONS = {"fuse": True, "dynamic_batch": True, "max_shapes": 4}
+#: the options of :func:`megzoo.compile` every backend takes, with their defaults (``precision``:
+#: one of :data:`FLOAT_PRECISIONS`, checked against the backend before it is called)
+COMMON_OPTIONS = {"fuse": True, "dynamic_batch": True, "max_shapes": 4, "precision": "fp32"}
+#: what ``precision=`` takes: the arithmetic of a float model's convolutions and matrix products
+FLOAT_PRECISIONS = ("fp32", "bf16")
+#: every precision a backend may run: the float ones and ``int8`` (a model made by ``megzoo.quantize``)
+PRECISIONS = FLOAT_PRECISIONS + ("int8",)
+
+
+def check_precision_name(precision) -> str:
+    """``precision`` if it is one of :data:`FLOAT_PRECISIONS`, else ValueError."""
+    if precision not in FLOAT_PRECISIONS:
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    return precision
+
+
+def float32_options(options: Dict[str, Any]) -> Dict[str, Any]:
+    """``options`` without ``precision``, for a backend that runs float models in fp32 only (the
+    front door has refused any other precision before calling it)."""
+    return {k: v for k, v in options.items() if k != "precision"}
 
 
 class BackendUnavailableError(RuntimeError):
@@ -228,7 +247,8 @@ class BenchMode:
     without it the row is one worker run. ``needs``: modes that must be in the same run
     (``needs_why`` says why); ``aliases``: old names accepted for this one; ``check(cfg)``: refuses
     a configuration before anything runs; ``int8``: the row quantizes first (its times are reported
-    apart); ``default``: in ``megzoo.benchmark.DEFAULT_MODES``."""
+    apart); ``default``: in ``megzoo.benchmark.DEFAULT_MODES``; ``precision``: ``"bf16"`` for a mode
+    that runs a float model in bf16 (``megzoo benchmark --precision bf16`` picks these)."""
 
     name: str
     help: str
@@ -240,6 +260,7 @@ class BenchMode:
     check: Optional[Callable[[dict], None]] = None
     int8: bool = False
     default: bool = False
+    precision: str = "fp32"  #: of the float model the mode runs (``int8`` modes: the quantized model's)
 
 
 class Backend:
@@ -253,7 +274,8 @@ class Backend:
     takes, with their defaults: another value means this backend); ``auto_candidate`` (measured
     for ``backend="auto"``); ``record_tag`` (its part of the auto record's name, with
     :meth:`version`); ``also_loads`` (file kinds another backend loads by default that this one
-    loads when :func:`~megzoo.inference.load` is given ``backend=`` its name)."""
+    loads when :func:`~megzoo.inference.load` is given ``backend=`` its name); ``precisions``
+    (of :data:`PRECISIONS`: what it runs; ``backend="auto"`` measures and chooses per precision)."""
 
     name: str = ""
     file_kinds: Tuple[FileKind, ...] = ()
@@ -261,6 +283,7 @@ class Backend:
     options: Mapping[str, Any] = {}
     auto_candidate: bool = True
     record_tag: str = ""
+    precisions: Tuple[str, ...] = ("fp32", "int8")
 
     def available(self) -> Optional[str]:
         """None when this backend can run here, else the reason it cannot (with the fix)."""
@@ -273,14 +296,15 @@ class Backend:
     def compile(self, model, input_shape: Optional[Sequence[int]], threads: Optional[int],
                 options: Dict[str, Any]) -> CompiledModelBase:
         """``model`` compiled for this runtime; ``options``: :data:`COMMON_OPTIONS` and this
-        backend's ``options``, every one given (defaults filled in)."""
+        backend's ``options``, every one given (defaults filled in). ``precision`` is one this
+        backend runs here (``"fp32"`` for an int8 model, whose precision is its own)."""
         raise NotImplementedError
 
     def load(self, path: Path, threads: Optional[int], options: Dict[str, Any],
              metadata: Optional[Dict[str, Any]]) -> CompiledModelBase:
         """The model file ``path`` (one of ``file_kinds`` or ``also_loads``) ready to run; ``options``: this
-        backend's options that :func:`~megzoo.inference.load` was given; ``metadata``: the JSON
-        beside the file, or None."""
+        backend's options that :func:`~megzoo.inference.load` was given and ``precision`` (as for
+        :meth:`compile`); ``metadata``: the JSON beside the file, or None."""
         raise NotImplementedError(f"the {self.name} backend loads no files")
 
     def declines(self) -> Tuple[type, ...]:
@@ -288,9 +312,10 @@ class Backend:
         next candidate compiles it instead."""
         return ()
 
-    def prefers(self, model) -> bool:
-        """True when ``backend="auto"`` should take this backend for ``model`` without measuring."""
-        return False
+    def precision_unavailable(self, precision: str) -> Optional[str]:
+        """None when this backend can run ``precision`` (one of its ``precisions``) on this CPU, else
+        why not, with the fix (e.g. bf16 on a CPU without BF16 arithmetic)."""
+        return None
 
     def requested_by_environment(self) -> List[str]:
         """Environment variables set now that ask for this backend under ``backend="auto"``."""

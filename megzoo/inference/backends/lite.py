@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 
 from ..layouts import megengine_version, resolve_layout
 from ..model_files import MGE_FILE
-from .base import Backend, BenchMode
+from .base import Backend, BenchMode, float32_options
 
 __all__ = ["LiteBackend", "LITE_OPTIONS", "LITE_PY"]
 
@@ -38,12 +38,12 @@ class LiteBackend(Backend):
     def compile(self, model, input_shape, threads, options: Dict[str, Any]):
         from ..compiled import LiteCompiledModel
 
-        return LiteCompiledModel(model, input_shape=input_shape, threads=threads, **options)
+        return LiteCompiledModel(model, input_shape=input_shape, threads=threads, **float32_options(options))
 
     def load(self, path: Path, threads, options: Dict[str, Any], metadata):
         from ..compiled import LiteCompiledModel
 
-        return LiteCompiledModel(mge_file=path, threads=threads, max_shapes=1, **options)
+        return LiteCompiledModel(mge_file=path, threads=threads, max_shapes=1, **float32_options(options))
 
     def requested_by_environment(self) -> List[str]:
         layout = os.environ.get("MEGZOO_LAYOUT", "").strip().lower()

@@ -3,10 +3,9 @@ or an ``.onnx`` file run.
 
 The work is done by :class:`~megzoo.inference.ort_compiled.OrtCompiledModel` (the conversion,
 :mod:`~megzoo.inference.graph_onnx`) and the standalone runtime :mod:`megzoo.inference.ort`; this
-module says what the backend is: its option (``opset``), its file kind, its part in
-``backend="auto"`` (int8 models come here without measuring: MegEngine 1.13's x86 int8 kernels
-are slower, docs/quantization.md; a graph the converter refuses goes to the next backend) and its
-benchmark modes.
+module says what the backend is: its option (``opset``), its file kind, its precisions (fp32 and
+int8: ONNX Runtime has no bf16 convolutions on CPU), its part in ``backend="auto"`` (a graph the
+converter refuses goes to the next backend) and its benchmark modes.
 """
 from functools import partial
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any, Dict, Optional
 from ..graph_onnx import DEFAULT_OPSET, UnsupportedOperatorError
 from ..model_files import ONNX_FILE
 from ..ort import onnxruntime_version
-from .base import Backend, BenchMode, is_int8
+from .base import Backend, BenchMode, float32_options
 
 __all__ = ["OnnxRuntimeBackend", "ORT_PY"]
 
@@ -44,21 +43,19 @@ class OnnxRuntimeBackend(Backend):
     def compile(self, model, input_shape, threads, options: Dict[str, Any]):
         from ..ort_compiled import OrtCompiledModel
 
-        return OrtCompiledModel(model, input_shape=input_shape, threads=threads, **options)
+        return OrtCompiledModel(model, input_shape=input_shape, threads=threads, **float32_options(options))
 
     def load(self, path: Path, threads, options: Dict[str, Any], metadata):
         from ..ort_compiled import OrtCompiledModel
 
         int8 = bool((metadata or {}).get("int8"))
-        compiled = OrtCompiledModel(onnx_file=path, threads=threads, max_shapes=1, split_batch=int8, **options)
+        compiled = OrtCompiledModel(onnx_file=path, threads=threads, max_shapes=1, split_batch=int8,
+                                    **float32_options(options))
         compiled.int8 = int8
         return compiled
 
     def declines(self):
         return (UnsupportedOperatorError,)
-
-    def prefers(self, model) -> bool:
-        return is_int8(model)  # ONNX Runtime's int8 kernels: measured several times faster than Lite's
 
     def refuse_options(self, names, hint: str, running: str) -> str:
         return f"{', '.join(names)} applies to the {NAME} backend only"

@@ -10,14 +10,13 @@ the other backends). One compiled model per input (C, H, W), the batch axis dyna
 thread (each concurrent call takes its own infer request).
 
 Precision is never OpenVINO's silent choice: ``INFERENCE_PRECISION_HINT`` is always set, ``f32``
-by default (OpenVINO's own default is bf16 on CPUs with BF16). ``precision="bf16"`` (this backend's
-option) asks for bf16 and is refused, before any work, on a CPU without BF16.
+by default (OpenVINO's own default is bf16 on CPUs with BF16). ``precision="bf16"`` (the common
+option of :func:`megzoo.compile` and :func:`megzoo.inference.load`; this is the one built-in
+backend that runs it) asks for bf16 and is refused, before any work, on a CPU without BF16.
 
 ``openvino`` is an optional dependency (``pip install 'megzoo[openvino]'``), imported only when
-this backend runs. ``backend="auto"`` does not measure or choose it (``auto_candidate`` False):
-it runs when asked for by name, by ``MEGZOO_BACKEND=openvino``, or by its own option
-``precision="bf16"``. :func:`megzoo.inference.load` runs an ``.onnx`` with it when given
-``backend="openvino"`` (ONNX Runtime stays the default for ``.onnx`` files).
+this backend runs. When installed it is one of ``backend="auto"``'s candidates, measured per
+precision beside the others (:mod:`megzoo.inference.backends`).
 """
 import threading
 import time
@@ -30,14 +29,14 @@ from ...device import poller_yields
 from ...host import cpu_info
 from ..model_files import ONNX_FILE
 from ..threads import require_megengine_thread
-from .base import NEW_SIZE_HINT, Backend, BenchMode, CompiledModelBase, CompileInfo
+from .base import NEW_SIZE_HINT, Backend, BenchMode, CompiledModelBase, CompileInfo, check_precision_name
 
-__all__ = ["OpenVinoBackend", "OpenVinoCompiledModel", "OpenVinoRunner", "PRECISIONS", "openvino_version",
+__all__ = ["OpenVinoBackend", "OpenVinoCompiledModel", "OpenVinoRunner", "PRECISION_HINTS", "openvino_version",
            "bf16_supported", "check_precision"]
 
 NAME = "openvino"
 #: what ``precision=`` takes -> OpenVINO's ``INFERENCE_PRECISION_HINT``
-PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
 #: the CPU flags (``/proc/cpuinfo``) of BF16 arithmetic, as the refusal names them
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 INSTALL = "pip install 'megzoo[openvino]'"
@@ -74,10 +73,9 @@ def bf16_supported() -> bool:
 
 
 def check_precision(precision) -> None:
-    """ValueError (one line, with the fix) for a precision other than :data:`PRECISIONS`, or bf16
-    on a CPU without BF16 arithmetic."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    """ValueError (one line, with the fix) for a precision other than :data:`PRECISION_HINTS`'s, or
+    bf16 on a CPU without BF16 arithmetic."""
+    check_precision_name(precision)
     if precision == "bf16" and not bf16_supported():
         raise ValueError(f"precision='bf16' needs a CPU with BF16 arithmetic ({' or '.join(BF16_FLAGS)}); this "
                          f"CPU ({cpu_info()['model_name']}) has none: use precision='fp32' (the default)")
@@ -86,7 +84,7 @@ def check_precision(precision) -> None:
 class OpenVinoRunner:
     """An ONNX model compiled by OpenVINO for the CPU: ``run(x)`` with a float32 (N, C, H, W) array
     returns the list of output arrays. ``model``: the serialized ONNX model (bytes) or a path;
-    ``threads``: ``INFERENCE_NUM_THREADS``; ``precision``: a key of :data:`PRECISIONS`. Calls may
+    ``threads``: ``INFERENCE_NUM_THREADS``; ``precision``: a key of :data:`PRECISION_HINTS`. Calls may
     come from several threads at once: each takes an idle infer request (made when none is idle)."""
 
     def __init__(self, model: Union[bytes, Path], threads: int, precision: str = "fp32"):
@@ -102,7 +100,7 @@ class OpenVinoRunner:
         #: the ``openvino.CompiledModel`` (its ``get_property`` reads back what OpenVINO runs with)
         self.compiled_model = core.compile_model(ov_model, "CPU", {
             "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": PRECISIONS[precision]})
+            "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision]})
         self._outputs = list(self.compiled_model.outputs)
         self._idle: list = []
         self._lock = threading.Lock()
@@ -176,12 +174,19 @@ class OpenVinoCompiledModel(CompiledModelBase):
         with poller_yields():
             runner.run(np.zeros(shape, dtype=np.float32))  # the first inference allocates its buffers
         ran = time.perf_counter()
-        if not self.output_names:
-            self.output_names = names or [sorted(o.get_names())[0] for o in runner.compiled_model.outputs]
+        if not self.output_names:  # OpenVINO gives each output several names: the file's own are the graph's
+            self.output_names = names or _graph_output_names(self.onnx_file)
         self.compile_log.append(CompileInfo(shape, built - t0, loaded - built, ran - loaded, False, False))
         if self.input_shape is None:
             self.input_shape = shape
         return runner
+
+
+def _graph_output_names(path: Path) -> List[str]:
+    """The output names of the ONNX graph in ``path``."""
+    import onnx
+
+    return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
 
 
 class OpenVinoBackend(Backend):
@@ -189,9 +194,8 @@ class OpenVinoBackend(Backend):
 
     name = NAME
     file_kinds = ()  # .onnx files are ONNX Runtime's by default ...
-    also_loads = (ONNX_FILE,)  # ... and OpenVINO's with load(..., backend="openvino")
-    options = {"precision": "fp32"}
-    auto_candidate = False  # auto neither measures nor picks it (docs/backends.md)
+    also_loads = (ONNX_FILE,)  # ... and OpenVINO's too (load's auto measures which runs them faster)
+    precisions = ("fp32", "bf16", "int8")
     record_tag = "ov"
 
     def available(self) -> Optional[str]:
@@ -202,24 +206,46 @@ class OpenVinoBackend(Backend):
     def version(self) -> Optional[str]:
         return openvino_version()
 
+    def precision_unavailable(self, precision: str) -> Optional[str]:
+        if precision != "bf16":
+            return None
+        try:
+            check_precision(precision)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
     def compile(self, model, input_shape, threads, options: Dict[str, Any]):
-        check_precision(options["precision"])  # before any tracing
         return OpenVinoCompiledModel(model, input_shape=input_shape, threads=threads, **options)
 
     def load(self, path: Path, threads, options: Dict[str, Any], metadata):
-        precision = options.get("precision", "fp32")
-        check_precision(precision)
-        compiled = OpenVinoCompiledModel(onnx_file=path, threads=threads, max_shapes=1, precision=precision)
+        compiled = OpenVinoCompiledModel(onnx_file=path, threads=threads, max_shapes=1, **options)
         compiled.int8 = bool((metadata or {}).get("int8"))
         return compiled
 
-    def refuse_options(self, names, hint: str, running: str) -> str:
-        return f"{', '.join(names)} applies to the {NAME} backend only; {hint} (or leave it out for {running})"
+    def declines(self):
+        from ..graph_onnx import UnsupportedOperatorError
+
+        return (UnsupportedOperatorError,)  # megzoo's converter refused the graph: auto tries the next backend
 
     def bench_modes(self):
         return super().bench_modes() + (
+            BenchMode(NAME + "_bf16", "megzoo.compile(backend='openvino', precision='bf16'): the float model in "
+                                      "bf16 (CPUs with BF16 only)", worker=_bf16_worker, precision="bf16"),
             BenchMode(NAME + "_int8", "the model quantized to int8 on random calibration batches, then run by "
-                                      "OpenVINO (its QDQ graph)", worker=_int8_worker, int8=True),)
+                                      "OpenVINO (its QDQ graph)", worker=_int8_worker, int8=True))
+
+
+def _bf16_worker(cfg: dict, x, out: dict):
+    """Benchmark worker: the float model compiled for OpenVINO in bf16, timed (refused without BF16)."""
+    from ...bench_worker import build_model
+    from . import compile as compile_model
+
+    model = build_model(cfg, warm=x)
+    t0 = time.perf_counter()
+    compiled = compile_model(model, x.shape, threads=cfg["threads"], backend=NAME, precision="bf16")
+    out.update(compile_s=time.perf_counter() - t0, threads=cfg["threads"], precision="bf16")
+    return lambda: compiled(x)
 
 
 def _int8_worker(cfg: dict, x, out: dict):

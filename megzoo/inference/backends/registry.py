@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Callable, Dict, Iterator, List, Tuple
 
 from ..model_files import FileKind
-from .base import COMMON_OPTIONS, Backend, BenchMode
+from .base import COMMON_OPTIONS, PRECISIONS, Backend, BenchMode
 
 __all__ = ["register_backend", "unregister_backend", "get_backend", "backend_names", "registered_backends",
            "option_owners", "registered_file_kinds", "backend_for_file_kind", "backends_loading", "bench_modes",
@@ -57,14 +57,18 @@ class NameView(Sequence):
 
 def register_backend(backend: Backend) -> Backend:
     """Make ``backend`` a choice everywhere; returns it. ValueError for a name, option, file kind
-    or benchmark mode another registered backend has, an option every backend takes, or a
-    reserved name."""
+    or benchmark mode another registered backend has, an option every backend takes, a precision
+    megzoo does not know, or a reserved name."""
     name = backend.name
     if not name or not name.isidentifier() or name in RESERVED:
         raise ValueError(f"a backend needs a name of letters, digits and _ other than {', '.join(RESERVED)}; "
                          f"got {name!r}")
     if name in _backends:
         raise ValueError(f"a backend named {name!r} is registered already ({_backends[name]!r})")
+    odd = [p for p in backend.precisions if p not in PRECISIONS]
+    if odd or "fp32" not in backend.precisions:
+        raise ValueError(f"backend {name!r}: precisions must include 'fp32' and be some of {PRECISIONS}, "
+                         f"got {tuple(backend.precisions)!r}")
     taken = sorted(set(backend.options) & (set(option_owners()) | set(COMMON_OPTIONS)))
     if taken:
         raise ValueError(f"backend {name!r}: options {', '.join(taken)} belong to another backend")
