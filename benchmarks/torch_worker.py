@@ -8,9 +8,14 @@ Modes: ``eager`` (NCHW, inference_mode), ``channels_last`` (NHWC memory format),
 (``torch.jit.trace`` + ``torch.jit.freeze``, channels_last when it helps is left to the caller);
 ``int8`` (``torch.ao.quantization`` FX graph mode, the ``x86`` backend and its default qconfig
 mapping: per-channel weights, histogram activation observers, calibrated on 2 random batches)
-and ``int8_jit`` (that model traced and frozen).
+and ``int8_jit`` (that model traced and frozen); ``bf16`` (the eager model, channels_last, called
+under ``torch.autocast("cpu", dtype=torch.bfloat16)``) and ``bf16_jit`` (traced and frozen under
+autocast, so the bf16 casts are in the graph, and called under it). The bf16 rows' ``output_dtype``
+shows that bf16 ran: PyTorch runs it on a CPU without BF16 arithmetic too, converting in software
+(bench_inference.py records which kind of CPU it was).
 Prints one line ``@@RESULT@@{json}`` with images/s (median), p50/p90 latency and peak RSS.
 """
+import contextlib
 import importlib.util
 import json
 import sys
@@ -23,6 +28,8 @@ _spec = importlib.util.spec_from_file_location(
 bench_worker = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_worker)
 
+MODES = ("eager", "channels_last", "jit", "jit_channels_last", "int8", "int8_jit", "bf16", "bf16_jit")
+
 
 def main(cfg):
     import torch
@@ -34,25 +41,26 @@ def main(cfg):
     shape = (cfg["batch"], 3, cfg["input_size"], cfg["input_size"])
     x = torch.randn(shape)
     mode = cfg["mode"]
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
     if mode.startswith("int8"):
         model = _int8(torch, model, x, mode == "int8_jit")
-    with torch.inference_mode():
-        if mode.startswith("int8"):
-            pass
-        elif mode in ("channels_last", "jit_channels_last"):
+    bf16 = mode.startswith("bf16")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with torch.inference_mode(), autocast:
+        if mode in ("channels_last", "jit_channels_last") or bf16:
             model = model.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
-        if mode.startswith("jit"):
+        if mode.startswith("jit") or mode == "bf16_jit":
             model = torch.jit.freeze(torch.jit.trace(model, x))
-        elif mode not in ("eager", "channels_last", "int8", "int8_jit"):
-            raise ValueError(f"unknown mode {mode!r}")
 
         def fn():
             model(x)
 
         result = bench_worker.measure(fn, cfg)
+        extra = {"output_dtype": str(model(x).dtype)} if bf16 else {}
     return {"model": cfg["model"], "batch": cfg["batch"], "input_size": cfg["input_size"], "mode": f"torch_{mode}",
-            "threads": torch.get_num_threads(), **result, "torch_version": torch.__version__}
+            "threads": torch.get_num_threads(), **result, "torch_version": torch.__version__, **extra}
 
 
 def _int8(torch, model, x, jit: bool):
