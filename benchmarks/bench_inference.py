@@ -64,9 +64,9 @@ from typing import Callable, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import megzoo.benchmark  # noqa: E402
 from megzoo.benchmark import (  # noqa: E402
-    INT8_MODES, format_table, measure_fma_peak, modes as megzoo_modes, parse_micro_batch, run_benchmark)
+    INT8_MODES, format_table, measure_fma_peak, measure_int8_peak, modes as megzoo_modes, parse_micro_batch,
+    run_benchmark)
 from megzoo.host import cpu_flags  # noqa: E402
 from megzoo.inference import best_backend, default_threads  # noqa: E402
 from megzoo.inference.backends.openvino import BF16_FLAGS  # noqa: E402
@@ -253,12 +253,6 @@ def parse_args(argv):
         p.error(f"--rounds must be 1 or more, got {args.rounds}")
     if args.wait_quiet < 0:
         p.error(f"--wait-quiet must be 0 or more seconds, got {args.wait_quiet:g}")
-    if args.bf16 and "openvino_bf16" not in megzoo_modes():
-        p.error("--bf16 runs the benchmark mode openvino_bf16, which this megzoo's OpenVINO backend does not "
-                "register: update megzoo, or leave out --bf16")
-    if args.int8 and not hasattr(megzoo.benchmark, "measure_int8_peak"):
-        p.error("--int8 reports the fraction of the int8 limit, measured by megzoo.benchmark.measure_int8_peak, "
-                "which this megzoo does not have: update megzoo, or leave out --int8")
     return args
 
 
@@ -285,7 +279,7 @@ def chosen_modes(args, default: str):
 def measure_limits(threads: int, int8: bool, log) -> dict:
     """``{"fp32": measure_fma_peak(threads), "int8": measure_int8_peak(threads) or None}``, logged."""
     limits = {"fp32": measure_fma_peak(threads),
-              "int8": megzoo.benchmark.measure_int8_peak(threads) if int8 else None}
+              "int8": measure_int8_peak(threads) if int8 else None}
     log(f"fp32 limit: {limits['fp32']}" + (f"; int8 limit: {limits['int8']}" if int8 else ""))
     return limits
 

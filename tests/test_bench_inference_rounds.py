@@ -178,8 +178,7 @@ def test_rounds_table_marks_disturbed_rounds_with_a_footnote(bench):
 
 
 def test_chosen_modes_add_bf16_and_the_default_backend(bench):
-    args = bench.parse_args(["--no-eager", "--no-lite", "--torch-python", "py", "--torch-modes", "jit"])
-    args.bf16 = True  # (parse_args checks that megzoo registers openvino_bf16)
+    args = bench.parse_args(["--no-eager", "--no-lite", "--bf16", "--torch-python", "py", "--torch-modes", "jit"])
     assert bench.chosen_modes(args, "openvino") == (("onnxruntime", "ort_alone", "openvino_bf16", "openvino"),
                                                     ["jit", "bf16", "bf16_jit"])
     assert bench.chosen_modes(args, "lite")[0] == ("onnxruntime", "ort_alone", "openvino_bf16")
@@ -206,17 +205,3 @@ def test_record_limits_keeps_the_better_measurement(bench):
     given = {"peak_gflops": 50.0, "flop_per_cycle": 32, "isa": "given with --peak-gflops"}
     bench.record_limits(given, {"fp32": fp32[0], "int8": None}, {"fp32": fp32[1], "int8": None}, 50.0)
     assert given == {"peak_gflops": 50.0, "flop_per_cycle": 32, "isa": "given with --peak-gflops"}
-
-
-def test_bf16_and_int8_need_what_megzoo_provides(bench, capsys, monkeypatch):
-    """Without the openvino_bf16 mode or measure_int8_peak, --bf16 / --int8 stop with what to do."""
-    monkeypatch.setattr(bench, "megzoo_modes", lambda: ("eager", "onnxruntime", "ort_alone"))
-    monkeypatch.delattr(bench.megzoo.benchmark, "measure_int8_peak", raising=False)
-    for flag, message in (("--bf16", "--bf16 runs the benchmark mode openvino_bf16, which this megzoo's OpenVINO "
-                                     "backend does not register: update megzoo, or leave out --bf16"),
-                          ("--int8", "--int8 reports the fraction of the int8 limit, measured by "
-                                     "megzoo.benchmark.measure_int8_peak, which this megzoo does not have: update "
-                                     "megzoo, or leave out --int8")):
-        with pytest.raises(SystemExit):
-            bench.parse_args([flag])
-        assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f": error: {message}")
