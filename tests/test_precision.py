@@ -69,6 +69,11 @@ def test_bf16_export_check_runs_in_bf16_or_is_refused_before_writing(small, tmp_
     report = export(small, tmp_path / "f.onnx", (1, 3, 32, 32))  # the default: fp32, ONNX Runtime, all agree
     parity = report.metadata["parity"]
     assert (parity["precision"], parity["backend"], parity["top1_agreement"]) == ("fp32", "onnxruntime", 1.0)
+    export(small, tmp_path / "f.mge", (1, 3, 32, 32), check=False)
+    with pytest.raises(ValueError) as info:
+        megzoo.inference.load(tmp_path / "f.mge", precision="bf16")
+    assert str(info.value) == ("precision='bf16' is not run by any backend that loads .mge files (lite); leave "
+                               "precision out for fp32")
 
 
 @pytest.mark.parametrize("args, why", [

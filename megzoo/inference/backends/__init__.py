@@ -451,6 +451,9 @@ def load(path: PathLike, threads: Optional[int] = None, *, backend: str = "auto"
     runs_in = _model_precision(bool((meta or {}).get("int8")), precision)
     given = dict(algo=algo, profile_batch=profile_batch, cache_dir=cache_dir, split_batch=split_batch,
                  micro_batch=micro_batch, **options)
+    if not any(runs_in in b.precisions for b in loaders):
+        raise ValueError(f"precision={runs_in!r} is not run by any backend that loads .{kind} files "
+                         f"({or_list([b.name for b in loaders])}); leave precision out for fp32")
     if backend == "auto":
         asked = [b for b in loaders if b.name in _requests(given)]
         chosen = asked[0] if len(asked) == 1 else _fastest_loader(kind, loaders, runs_in)
