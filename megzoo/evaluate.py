@@ -191,4 +191,4 @@ def evaluate(data, model="resnet50", weights=None, *, batch_size: int = 32, work
         images_per_second=done / seconds if seconds > 0 else float("inf"),
         preprocess=asdict(classifier.preprocess), backend=backend, compile_seconds=compile_seconds,
         runtime=getattr(compiled, "backend", None),
-        precision="int8" if getattr(classifier.model, "precision", None) == "int8" else classifier.precision)
+        precision=classifier.precision_run)

@@ -227,6 +227,11 @@ class Classifier:
         self.wnids: Optional[List[str]] = wnids
 
     @property
+    def precision_run(self) -> str:
+        """The arithmetic the model runs in: ``"int8"`` for a quantized model, else ``precision``."""
+        return "int8" if getattr(self.model, "precision", None) == "int8" else self.precision
+
+    @property
     def model_name(self) -> str:
         return getattr(self.model, "model_name", type(self.model).__name__)
 

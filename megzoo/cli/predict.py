@@ -61,8 +61,8 @@ def _model_options(p) -> None:
     p.add_argument("--threads", type=options.positive, default=None, metavar="N",
                    help="threads of the compiled backend (default: the CPUs this process may use)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="arithmetic of the compiled model: fp32 (default) or bf16 (opt-in, about 2x on CPUs with "
-                        "BF16, refused elsewhere; always compiled; docs/backends.md)")
+                   help="arithmetic of the compiled model: fp32 (default) or bf16 (opt-in: CPUs with BF16 and a "
+                        "backend that runs it, refused elsewhere; always compiled; docs/backends.md)")
     p.add_argument("--int8", action="store_true",
                    help="run the model quantized to int8: calibrated on --calibration DIR, or as fine-tuned by "
                         "`megzoo train --qat` (its best.pkl as --weights); docs/quantization.md")
@@ -117,8 +117,8 @@ def cmd_predict(args) -> int:
         if args.json:
             results = classifier.predict(args.images, topk=args.topk)
             print(json.dumps({"model": classifier.model_name, "weights": classifier.weights,
-                              "backend": classifier.backend_for(len(args.images)), "precision": args.precision,
-                              "results": [r.as_dict() for r in results]}, indent=2))
+                              "backend": classifier.backend_for(len(args.images)),
+                              "precision": classifier.precision_run, "results": [r.as_dict() for r in results]}, indent=2))
             return 0
         classifier.runner_for(len(args.images))  # the backend follows the whole job's size, not each chunk's
         for start in range(0, len(args.images), args.batch_size):
