@@ -118,7 +118,8 @@ def cmd_predict(args) -> int:
             results = classifier.predict(args.images, topk=args.topk)
             print(json.dumps({"model": classifier.model_name, "weights": classifier.weights,
                               "backend": classifier.backend_for(len(args.images)),
-                              "precision": classifier.precision_run, "results": [r.as_dict() for r in results]}, indent=2))
+                              "precision": classifier.precision_run,
+                              "results": [r.as_dict() for r in results]}, indent=2))
             return 0
         classifier.runner_for(len(args.images))  # the backend follows the whole job's size, not each chunk's
         for start in range(0, len(args.images), args.batch_size):
