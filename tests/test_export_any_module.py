@@ -181,6 +181,23 @@ def test_an_unmapped_operator_is_refused_naming_it_and_nothing_is_written(tmp_pa
     assert report.parity["max_rel"] < TOLERANCE
 
 
+def test_a_forward_that_raised_earlier_does_not_rename_later_exports(tmp_path):
+    class Refuses(M.Module):  # raises inside a submodule's call, as a shape error or a hook would
+        def __init__(self):
+            super().__init__()
+            self.conv = M.Conv2d(3, 4, 3)
+            self.conv.register_forward_pre_hook(lambda module, inputs: 1 / 0)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    with pytest.raises(ZeroDivisionError):
+        Refuses()(megengine.tensor(np.zeros(SHAPE, np.float32)))  # MegEngine leaves "conv"'s naming scope open
+    with pytest.raises(UnsupportedOperatorError) as info:
+        export(WithCumsum(), tmp_path / "m.onnx", SHAPE)
+    assert str(info.value) == CUMSUM_REFUSED  # "Cumsum", not "conv.Cumsum"
+
+
 def test_auto_layout_keeps_nchw_for_convolutions_the_blocked_layouts_cannot_take(zoo_model):
     assert fit_layout(gallery.InvertedResidual(), "nchw88", "auto") == "nchw"
     assert fit_layout(OddBN(), "nchw88", "auto") == "nchw"

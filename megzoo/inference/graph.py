@@ -141,6 +141,7 @@ def trace_and_dump(model, input_shape: Sequence[int], file: PathLike, *, fuse: b
     require_megengine_thread("tracing a model (megzoo.compile with backend='lite', a .mge export)")
     was_training = model.training
     model.eval()
+    _drop_stale_naming_scopes()
     try:
         with _on_trace_device(model):
             names: List[str] = []
@@ -158,7 +159,19 @@ def trace_and_dump(model, input_shape: Sequence[int], file: PathLike, *, fuse: b
                          optimize_for_inference=fuse, **options)
         return names
     finally:
+        _drop_stale_naming_scopes()  # this trace's, when the model raised in it
         model.train(was_training)
+
+
+def _drop_stale_naming_scopes() -> None:
+    """Pop the operator-naming scopes MegEngine left open: its ``Module.__call__`` pushes one per
+    module call and pops it only when the call returns, so a forward that raised, anywhere in the
+    process before, leaves its modules' names as a prefix of every operator traced later (the
+    converter then names ``Cumsum`` "conv.Cumsum"). A trace starts at the top level, where none is open."""
+    from megengine.utils.naming import AutoNaming
+
+    while AutoNaming.scopes:
+        AutoNaming.pop_scope()
 
 
 def read_layout(path: PathLike) -> str:
