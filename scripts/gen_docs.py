@@ -204,6 +204,23 @@ def int8_accuracy_before_after() -> str:
     return "\n".join(rows)
 
 
+def bf16_accuracy_table() -> str:
+    """docs/quantization.md: bench_bf16_accuracy.json, fp32 against bf16 emulated in float32 on the same images."""
+    data = results("bench_bf16_accuracy.json")
+    rows = ["| model (weights) | images | top-1 fp32 | top-1 bf16 | same top-1 as fp32 | max logit error / logit scale "
+            "| folding alone | median top-1 margin / scale | margins of the flipped images |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in data["rows"]:
+        top1 = [f"{100 * r[k]:.2f}%" if k in r else "-" for k in ("top1_fp32", "top1_bf16")]
+        weights = "digits demo" if "digits" in r["data"] else "random"
+        rows.append(f"| {r['model']} ({weights}) | {r['images']} {r['data']}, {r['input_size']} px | {top1[0]} "
+                    f"| {top1[1]} | {100 * r['top1_agreement']:.1f}% | {r['max_rel_logit_error']:.1e} "
+                    f"| {r['max_rel_logit_error_fold_only']:.1e} | {r['median_rel_top1_margin']:.1e} "
+                    f"| {', '.join(f'{m:.1e}' for m in r['rel_top1_margins_of_flipped']) or '-'} |")
+    rows += ["", f"{data['machine']}; {data['date']}; MegEngine {data['megengine']}, eager."]
+    return "\n".join(rows)
+
+
 def results(name: str):
     """One benchmark's JSON from benchmarks/results/."""
     return json.loads((ROOT / "benchmarks/results" / name).read_text())
@@ -338,6 +355,7 @@ TABLES = {
     "docs/weights.md": {"weights-table": weights_table},
     "docs/onnx-operators.md": {"onnx-operators": onnx_operators_table, "every-model": every_model_table},
     "docs/performance.md": {"inference-speed": inference_table},
+    "docs/quantization.md": {"bf16-accuracy": bf16_accuracy_table},
     "docs/training.md": {"digits-demo": demo_sentence},
     "docs/training-recipes.md": {"recipe-pieces": recipe_table},
     "docs/training-speed.md": {"training-speed-summary": training_speed_summary,
