@@ -1,9 +1,9 @@
 """Classification metrics on numpy arrays, shared by training's validation and ``megzoo eval``."""
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["topk_correct", "log_softmax", "softmax"]
+__all__ = ["topk_correct", "same_top1", "log_softmax", "softmax"]
 
 
 def topk_correct(logits: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 5)) -> Tuple[int, ...]:
@@ -17,6 +17,15 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1,
     order = np.argsort(-logits, axis=1, kind="stable")
     hits = order == labels[:, None]
     return tuple(int(hits[:, :min(int(k), logits.shape[1])].any(axis=1).sum()) for k in ks)
+
+
+def same_top1(logits: np.ndarray, reference: np.ndarray) -> Optional[Tuple[int, int]]:
+    """(rows whose arg-max class is the same in ``logits`` and ``reference``, rows) for (N, classes)
+    arrays of one shape with more than one class; None for other outputs."""
+    logits, reference = np.asarray(logits), np.asarray(reference)
+    if logits.ndim != 2 or logits.shape != reference.shape or logits.shape[1] < 2:
+        return None
+    return int(np.sum(logits.argmax(axis=1) == reference.argmax(axis=1))), int(logits.shape[0])
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -13,7 +13,8 @@ import megzoo
 from megzoo.cli import main
 from megzoo.host import cpu_flags, cpu_info
 from megzoo.inference import export
-from megzoo.inference.export import BF16_TOLERANCE, check_parity, top1_agreement
+from megzoo.inference.export import BF16_TOLERANCE, check_parity
+from megzoo.metrics import same_top1
 
 HAS_BF16 = bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
 REFUSAL = (f"precision='bf16' needs a CPU with BF16 arithmetic (avx512_bf16 or amx_bf16); this CPU "
@@ -27,12 +28,12 @@ def small():
     return model
 
 
-def test_top1_agreement_counts_rows_with_the_same_class():
+def test_same_top1_counts_rows_with_the_same_class():
     ref = np.array([[0.0, 1.0, 0.5], [2.0, 1.0, 0.0], [0.0, 0.0, 3.0]], np.float32)
     got = np.array([[0.0, 0.9, 0.95], [2.0, 1.0, 0.0], [0.1, 0.0, 3.0]], np.float32)  # row 0 changes class
-    assert top1_agreement(got, ref) == (2, 3)
-    assert top1_agreement(got[:, :1], ref[:, :1]) is None  # one class: nothing to agree on
-    assert top1_agreement(got.reshape(-1), ref.reshape(-1)) is None  # not (N, classes) logits
+    assert same_top1(got, ref) == (2, 3)
+    assert same_top1(got[:, :1], ref[:, :1]) is None  # one class: nothing to agree on
+    assert same_top1(got.reshape(-1), ref.reshape(-1)) is None  # not (N, classes) logits
 
 
 def test_parity_report_carries_top1_per_input_and_overall(small):

@@ -17,6 +17,7 @@ import numpy as np
 
 from .._version import __version__
 from ..host import atomic_write_text, fsync_path, remove_stale_temporaries, staging_file
+from ..metrics import same_top1
 from ..weights.catalog import MEAN_BGR, STD_BGR
 from .compiled import CompiledModel, as_float32_batch, metadata_path
 from .graph import DEFAULT_TOLERANCE, INPUT_NAME, check_input_shape, flatten_outputs, trace_and_dump
@@ -26,7 +27,7 @@ from .ort_compiled import OrtCompiledModel
 from .threads import require_megengine_thread
 
 __all__ = ["export", "export_format", "FORMATS", "check_parity", "ParityError", "ExportReport", "make_test_image",
-           "DEFAULT_TOLERANCE", "INT8_TOLERANCE_STEPS", "BF16_TOLERANCE", "top1_agreement"]
+           "DEFAULT_TOLERANCE", "INT8_TOLERANCE_STEPS", "BF16_TOLERANCE"]
 
 #: the int8 parity tolerance: max |exported - eager| in output steps (what one quantization step
 #: of the last int8 tensor is worth in the logits, :func:`megzoo.inference.int8_steps.output_step`)
@@ -58,14 +59,6 @@ def eager_outputs(model, x: np.ndarray) -> List[np.ndarray]:
     return [o.numpy() for o in flatten_outputs(out)[0]]
 
 
-def top1_agreement(got: np.ndarray, ref: np.ndarray) -> Optional[Tuple[int, int]]:
-    """(rows whose arg-max class is the same in ``got`` and ``ref``, rows) for (N, classes) logits
-    with more than one class; None for other outputs."""
-    if got.ndim != 2 or got.shape != ref.shape or got.shape[1] < 2:
-        return None
-    return int(np.sum(got.argmax(axis=1) == ref.argmax(axis=1))), int(got.shape[0])
-
-
 def check_parity(model, compiled, inputs: Dict[str, np.ndarray], tolerance: float = DEFAULT_TOLERANCE, *,
                  reference=None, against: str = "eager") -> Dict[str, Any]:
     """Compare ``compiled(x)`` with eager ``model(x)`` for each named input (or with
@@ -74,10 +67,10 @@ def check_parity(model, compiled, inputs: Dict[str, np.ndarray], tolerance: floa
     input is ``max |compiled - eager| / max |eager|`` (relative to the logit scale); for an int8
     model it is ``max |compiled - eager|`` in output steps (:func:`~megzoo.inference.int8_steps.output_step`:
     one quantization step of the last int8 tensor, as the logits see it) and ``tolerance`` counts
-    steps. ``top1``: [same, rows] of the first output's arg-max classes (:func:`top1_agreement`; per
-    input, and ``top1_agreement`` the fraction over all inputs, None when the output is not (N,
-    classes) logits). Returns ``{"tolerance", "unit", "inputs": {name: {"max_abs", "scale", "rel",
-    "top1"[, "step"]}}, "max_rel", "top1_agreement"}``; raises :class:`ParityError` listing every
+    steps. ``top1``: [same, rows] of the first output's arg-max classes per input
+    (:func:`megzoo.metrics.same_top1`; None when the output is not (N, classes) logits), and
+    ``top1_agreement`` the fraction over all inputs. Returns ``{"tolerance", "unit", "inputs":
+    {name: {"max_abs", "scale", "rel", "top1"[, "step"]}}, "max_rel", "top1_agreement"}``; raises :class:`ParityError` listing every
     input when one is above ``tolerance``."""
     int8 = is_int8_model(model)
     results = {}
@@ -98,7 +91,7 @@ def check_parity(model, compiled, inputs: Dict[str, np.ndarray], tolerance: floa
             rel = max_abs / scale if scale > 0 else max_abs
         if not np.isfinite(rel):
             rel = float("inf")
-        top1 = top1_agreement(got[0], ref[0])
+        top1 = same_top1(got[0], ref[0])
         results[name] = {"max_abs": max_abs, "scale": scale, "rel": rel, "top1": list(top1) if top1 else None,
                          **({"step": step} if int8 else {})}
     max_rel = max((r["rel"] for r in results.values()), default=0.0)

@@ -3,6 +3,8 @@ from typing import Callable, Iterable, Tuple
 
 import numpy as np
 
+from ..metrics import same_top1
+
 __all__ = ["top1_agreement"]
 
 
@@ -12,10 +14,11 @@ def top1_agreement(reference: Callable, quantized: Callable, batches: Iterable[n
     Tensors), e.g. ``megzoo.compile(model)`` and ``megzoo.compile(q)``."""
     same = total = 0
     for batch in batches:
-        a = np.asarray(_numpy(reference(batch))).argmax(axis=1)
-        b = np.asarray(_numpy(quantized(batch))).argmax(axis=1)
-        same += int((a == b).sum())
-        total += len(a)
+        counted = same_top1(_numpy(quantized(batch)), _numpy(reference(batch)))
+        if counted is None:
+            raise ValueError("top-1 agreement compares (N, classes) logits of one shape")
+        same += counted[0]
+        total += counted[1]
     if total == 0:
         raise ValueError("no images to compare")
     return same / total, total
