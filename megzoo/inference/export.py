@@ -70,8 +70,8 @@ def check_parity(model, compiled, inputs: Dict[str, np.ndarray], tolerance: floa
     steps. ``top1``: [same, rows] of the first output's arg-max classes per input
     (:func:`megzoo.metrics.same_top1`; None when the output is not (N, classes) logits), and
     ``top1_agreement`` the fraction over all inputs. Returns ``{"tolerance", "unit", "inputs":
-    {name: {"max_abs", "scale", "rel", "top1"[, "step"]}}, "max_rel", "top1_agreement"}``; raises :class:`ParityError` listing every
-    input when one is above ``tolerance``."""
+    {name: {"max_abs", "scale", "rel", "top1"[, "step"]}}, "max_rel", "top1_agreement"}``; raises
+    :class:`ParityError` listing every input when one is above ``tolerance``."""
     int8 = is_int8_model(model)
     results = {}
     for name, x in inputs.items():
