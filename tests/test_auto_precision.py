@@ -3,6 +3,7 @@ and record among the backends that run it here; a backend that crashes or raises
 disqualified with its reason and recorded, a timeout is not; an int8 model is never asked for another
 precision; ``load`` chooses among the backends that load the file by the same records."""
 import json
+import os
 import signal
 
 import numpy as np
@@ -26,6 +27,7 @@ def fresh_records(tmp_path, monkeypatch):
     monkeypatch.setenv("MEGZOO_PROBE_DIR", str(tmp_path / "probe"))
     monkeypatch.delenv("MEGZOO_BACKEND", raising=False)
     monkeypatch.setattr(backends, "_chosen", {})
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))  # a quiet machine, whatever runs beside
     calls = []
 
     def fake(backend, timeout, precision="fp32"):
@@ -90,6 +92,28 @@ def test_a_timeout_is_not_recorded(fresh_records, monkeypatch):
     with pytest.warns(RuntimeWarning, match="failed for some"):
         assert backends.best_backend("int8") == "onnxruntime"
     assert not backends.backend_record_path("int8").exists()  # the next process measures again
+
+
+def test_level_figures_keep_the_first_registered_backend(fresh_records, monkeypatch):
+    def figures(openvino):
+        return lambda backend, timeout, precision="fp32": {
+            "images_per_s": {"onnxruntime": 100.0, "lite": 30.0, "openvino": openvino}[backend]}
+
+    monkeypatch.setattr(backends, "_measure_one", figures(109.0))  # within 10%: level, ONNX Runtime stays
+    assert backends.measure_backends()["backend"] == "onnxruntime"
+    monkeypatch.setattr(backends, "_measure_one", figures(111.0))
+    assert backends.measure_backends()["backend"] == "openvino"
+
+
+def test_a_measurement_on_a_busy_machine_is_used_but_not_recorded(fresh_records, monkeypatch):
+    monkeypatch.setattr(os, "getloadavg", lambda: (7.5, 6.0, 4.0))
+    monkeypatch.setattr(backends, "usable_cpus", lambda: 2)
+    why = (r"megzoo: the machine was busy \(load average 7.5 on 2 CPUs\) while the backends were measured for "
+           r"fp32; using onnxruntime in this process, measuring again in the next \(MEGZOO_BACKEND=NAME chooses "
+           r"for good\)")
+    with pytest.warns(RuntimeWarning, match=why):
+        assert backends.best_backend("fp32") == "onnxruntime"
+    assert not backends.backend_record_path("fp32").exists()
 
 
 def test_an_int8_model_runs_in_int8_only(small_int8):

@@ -22,7 +22,9 @@ Choosing under ``backend="auto"``, first rule that applies:
    ResNet-18 with random weights on a (2, 3, 96, 96) batch, quantized for int8, each backend
    that runs the precision here timed for about a second in a fresh subprocess, so a crashing
    runtime or MegEngine's poller thread cannot touch the caller; a backend that crashes or raises
-   is recorded as disqualified with its reason), kept beside the layout probe's record
+   is recorded as disqualified with its reason; figures within :data:`LEVEL_MARGIN` of the best
+   count as level and the first registered of them is kept; a measurement that started on a busy
+   machine is used but not recorded), kept beside the layout probe's record
    (:func:`backend_record_path`; one another user could have written is refused, never read:
    :mod:`~megzoo.inference.cache_files`). A graph the chosen backend declines (ONNX Runtime: an
    operator its converter refuses) then goes to the next candidate.
@@ -36,7 +38,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from ...host import atomic_write_text, machine_record, machine_tag
+from ...host import atomic_write_text, machine_record, machine_tag, usable_cpus
 from ..cache_files import read_json, record_lock
 from ..graph_onnx import DEFAULT_OPSET
 from ..layouts import probe_record_path
@@ -67,6 +69,15 @@ BACKENDS = NameView(lambda: ("auto",) + backend_names())
 #: seconds the measurement subprocess may take (Lite profiles its kernels first)
 MEASURE_TIMEOUT_S = 120.0
 MEASURE_SHAPE = (2, 3, 96, 96)
+#: a backend measured within this fraction of the fastest counts as level with it: ``auto`` then
+#: keeps the first in registration order (ONNX Runtime, Lite, OpenVINO), so a one-second figure's
+#: noise does not flip the choice (ONNX Runtime and OpenVINO measured 176-195 images/s each, in
+#: either order, on one quiet Zen 3)
+LEVEL_MARGIN = 0.10
+#: a measurement started at a 1-minute load average above this many per usable CPU is not kept
+#: (megzoo's own 2-thread runs leave about 1 per CPU; beside other jobs this machine saw 2.5-4, and
+#: a figure 3x off)
+BUSY_LOAD_PER_CPU = 1.5
 
 
 def _auto_candidates(precision: str = "fp32", among: Optional[Sequence[str]] = None) -> List[str]:
@@ -165,6 +176,7 @@ def measure_backends(timeout: float = MEASURE_TIMEOUT_S, precision: str = "fp32"
     "seconds", "workload"}``."""
     names = _auto_candidates(precision)
     t0 = time.perf_counter()
+    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     figures, errors, transient = {}, {}, []
     for name in names:
         result = _measure_one(name, timeout, precision)
@@ -174,10 +186,19 @@ def measure_backends(timeout: float = MEASURE_TIMEOUT_S, precision: str = "fp32"
             errors[name] = result["error"]
             if result.get("transient"):
                 transient.append(name)
-    choice = max(figures, key=figures.get) if figures else (names[0] if names else None)
     workload = f"resnet18 random weights{', quantized' if precision == 'int8' else ''}, {list(MEASURE_SHAPE)}"
-    return {"backend": choice, "precision": precision, "images_per_s": figures, "errors": errors,
-            "transient": transient, "seconds": round(time.perf_counter() - t0, 2), "workload": workload}
+    return {"backend": _fastest(names, figures), "precision": precision, "images_per_s": figures, "errors": errors,
+            "transient": transient, "seconds": round(time.perf_counter() - t0, 2), "workload": workload,
+            "load_average": load}
+
+
+def _fastest(names: Sequence[str], figures: Dict[str, float]) -> Optional[str]:
+    """The first of ``names`` (registration order) whose figure is level with the best
+    (:data:`LEVEL_MARGIN`); the first name when none was measured."""
+    if not figures:
+        return names[0] if names else None
+    best = max(figures.values())
+    return next(n for n in names if n in figures and figures[n] * (1 + LEVEL_MARGIN) >= best)
 
 
 _chosen: Dict[str, Dict[str, Any]] = {}  # record path -> the measurement it holds (once per process)
@@ -192,8 +213,9 @@ def _read_choice(record: Path, candidates: Sequence[str]) -> Optional[Dict[str, 
 
 def _measure_and_record(record: Path, precision: str) -> Dict[str, Any]:
     """:func:`measure_backends` for ``precision``, written to ``record``: a backend that crashed or
-    raised is kept as disqualified (with its reason, warned once); a timeout is not kept (a busy
-    moment must not decide for good: the next process measures again)."""
+    raised is kept as disqualified (with its reason, warned once); a timeout, or a 1-minute load
+    average above the CPUs when it started, is not kept (a busy moment must not decide for good:
+    the next process measures again)."""
     data = measure_backends(precision=precision)
     data["machine"] = machine_record()
     data["versions"] = {b.name: b.version() for b in registered_backends()
@@ -201,13 +223,27 @@ def _measure_and_record(record: Path, precision: str) -> Dict[str, Any]:
     if data["errors"]:
         warnings.warn(f"megzoo: measuring the backends for {precision} failed for some ({data['errors']}); "
                       f"using {data['backend']}", RuntimeWarning)
-    if data.get("transient") or not data["images_per_s"]:
+    busy = _busy(data.get("load_average"))
+    if busy:
+        warnings.warn(f"megzoo: {busy} while the backends were measured for {precision}; using {data['backend']} "
+                      "in this process, measuring again in the next (MEGZOO_BACKEND=NAME chooses for good)",
+                      RuntimeWarning)
+    if data.get("transient") or not data["images_per_s"] or busy:
         return data
     try:
         atomic_write_text(record, json.dumps(data, indent=2) + "\n")
     except OSError as exc:
         warnings.warn(f"megzoo: could not record the backend choice in {record}: {exc}", RuntimeWarning)
     return data
+
+
+def _busy(load_average: Optional[Sequence[float]]) -> Optional[str]:
+    """Why a measurement is not to be kept: other work had the CPUs (a 1-minute load average above
+    :data:`BUSY_LOAD_PER_CPU` times the CPUs this process may use, when it started), else None."""
+    cpus = usable_cpus()
+    if load_average and load_average[0] > BUSY_LOAD_PER_CPU * cpus:
+        return f"the machine was busy (load average {load_average[0]:.1f} on {cpus} CPUs)"
+    return None
 
 
 def _no_candidate(precision: str) -> Exception:
