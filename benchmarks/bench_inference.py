@@ -401,6 +401,13 @@ def _summary(here, default: str) -> dict:
     }
 
 
+def runtime_versions() -> dict:
+    """The versions of the runtimes measured (None for one not installed)."""
+    from megzoo.inference.backends import get_backend
+
+    return {name: get_backend(name).version() for name in ("onnxruntime", "openvino", "lite")}
+
+
 def main(argv=None):
     args = parse_args(argv)
     threads = args.threads or default_threads()
@@ -419,7 +426,9 @@ def main(argv=None):
         rounds.append(run_round(args, record, models, batches, modes, torch_modes, threads,
                                 args.peak_gflops or before["fp32"].get("gflops"), log))
     after = measure_limits(threads, args.int8, log)
-    report = {"machine": rounds[0]["machine"], "default_backend": default, "quiet_load": QUIET_LOAD,
+    report = {"command": " ".join(["benchmarks/bench_inference.py"] + list(sys.argv[1:] if argv is None else argv)),
+              "date": time.strftime("%Y-%m-%d"), "versions": runtime_versions(),
+              "machine": rounds[0]["machine"], "default_backend": default, "quiet_load": QUIET_LOAD,
               "cpu_bf16": {flag: flag in cpu_flags() for flag in BF16_FLAGS},
               "fma_limit": {"before": before["fp32"], "after": after["fp32"]},
               "int8_limit": {"before": before["int8"], "after": after["int8"]} if args.int8 else None,

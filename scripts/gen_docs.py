@@ -347,6 +347,55 @@ def inference_summary() -> str:
             f"(a {machine(data)}, {data['date']}).")
 
 
+def _cell(value, spec: str = ".1f", suffix: str = "") -> str:
+    return "-" if value is None else format(value, spec) + suffix
+
+
+def precision_table() -> str:
+    """docs/backends.md: fp32, bf16 and int8 images/s by runtime, with PyTorch's, one interleaved run."""
+    data = results("bench_inference_precision_zen3.json")
+    m, limits = data["machine"], data["int8_limit"]["before"]
+    bf16_cpu = any(data["cpu_bf16"].values())
+    disturbed = [r["round"] for r in data["rounds"] if r.get("disturbed")]
+    rows = [f"{m['cpu']} (family {m['cpu_family']}; BF16: {'yes' if bf16_cpu else 'no'}), {m['cores']} threads, "
+            f"{data['date']}; random weights, 224 px; medians of {len(data['rounds'])} interleaved rounds"
+            + (f" (rounds {disturbed} started above load 0.5)" if disturbed else " (each started at load <= 0.5)")
+            + f". Limits measured in the run: fp32 {m['peak_gflops']} GFLOP/s, int8 {m['int8_peak_gmacs']} G MAC/s "
+            f"({limits.get('instruction')}). Images/s; in brackets, % of the int8 limit.", "",
+            "| model | batch | ONNX Runtime fp32 | OpenVINO fp32 | OpenVINO bf16 | PyTorch bf16 | ONNX Runtime int8 "
+            "| OpenVINO int8 | PyTorch int8 best | megzoo int8 best / PyTorch's |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in data["summary"]:
+        frac = r["int8_fraction"]
+        ov_bf16 = _cell(r["megzoo_openvino_bf16"]) if r["megzoo_openvino_bf16"] else "refused: no BF16"
+        best8 = max(v for v in (r["megzoo_int8"], r["megzoo_openvino_int8"]) if v)
+        torch8 = r["torch_int8_best"]
+        rows.append(
+            f"| {r['model']} | {r['batch']} | {_cell(r['megzoo_onnxruntime'])} | {_cell(r['megzoo_openvino'])} "
+            f"| {ov_bf16} | {_cell(r['torch_bf16_best'])} "
+            f"| {_cell(r['megzoo_int8'])} ({_cell(frac['megzoo_int8'] and 100 * frac['megzoo_int8'], '.0f')}%) "
+            f"| {_cell(r['megzoo_openvino_int8'])} "
+            f"({_cell(frac['openvino_int8'] and 100 * frac['openvino_int8'], '.0f')}%) "
+            f"| {_cell(torch8)} ({r['torch_int8_best_mode']}, "
+            f"{_cell(frac['torch_int8_best'] and 100 * frac['torch_int8_best'], '.0f')}%) "
+            f"| {_cell(torch8 and best8 / torch8, '.2f')} |")
+    return "\n".join(rows)
+
+
+def openvino_hint_sentence() -> str:
+    """docs/backends.md: LATENCY against THROUGHPUT for the openvino backend, measured."""
+    data = results("bench_openvino_hint.json")
+    one = [r["throughput_1_request_vs_latency"] for r in data["rows"]]
+    every = [r["throughput_all_vs_latency"] for r in data["rows"]]
+    shapes = ", ".join(f"{r['model']} batch {r['batch']}" for r in data["rows"])
+    return (f"Measured ({data['cpu']['model_name']} family {data['cpu']['family']}, {data['threads']} threads, "
+            f"OpenVINO {data['openvino'].split('-')[0]}, {data['date']}, {shapes}, medians of {len(data['rounds'])} "
+            f"interleaved rounds: `benchmarks/bench_openvino_hint.py`): a megzoo call under `THROUGHPUT` "
+            f"({data['rows'][0]['streams']['throughput']} streams, one request at a time) ran at "
+            f"{ratio_range(one)} `LATENCY`'s images/s; `THROUGHPUT` with all its requests in flight reached "
+            f"{ratio_range(every)}, which only a caller keeping several batches in flight gets.")
+
+
 #: page -> {marker name: the function that writes what goes between its markers}
 TABLES = {
     "README.md": {"demo-figure": demo_sentence, "inference-figure": inference_summary,
@@ -355,6 +404,7 @@ TABLES = {
     "docs/weights.md": {"weights-table": weights_table},
     "docs/onnx-operators.md": {"onnx-operators": onnx_operators_table, "every-model": every_model_table},
     "docs/performance.md": {"inference-speed": inference_table},
+    "docs/backends.md": {"precision-speed": precision_table, "openvino-hint": openvino_hint_sentence},
     "docs/quantization.md": {"bf16-accuracy": bf16_accuracy_table},
     "docs/training.md": {"digits-demo": demo_sentence},
     "docs/training-recipes.md": {"recipe-pieces": recipe_table},
