@@ -82,6 +82,29 @@ def test_a_crashing_backend_is_disqualified_with_its_reason_and_the_caller_lives
                                 "openvino": f"exit status {-signal.SIGFPE}: no output"}
 
 
+def test_a_killed_or_short_of_memory_measurement_is_not_held_against_the_backend(monkeypatch):
+    oom_killed = "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n"
+    monkeypatch.setattr(backends, "MEASURE_SRC", oom_killed)
+    assert REAL_MEASURE_ONE("openvino", 60, "fp32") == {"error": f"exit status {-signal.SIGKILL}: no output",
+                                                          "transient": True}
+    no_memory = ("import json, sys\n"
+                 "print(json.dumps({'backend': sys.argv[1], 'error': 'MemoryError: cannot allocate'}))\n")
+    monkeypatch.setattr(backends, "MEASURE_SRC", no_memory)
+    assert REAL_MEASURE_ONE("lite", 60, "fp32") == {"error": "MemoryError: cannot allocate", "transient": True}
+
+
+def test_megzoo_backend_of_another_file_kind_neither_measures_nor_misleads(fresh_records, small_float, tmp_path,
+                                                                           monkeypatch):
+    path = tmp_path / "f.onnx"
+    export(small_float, path, (1, 3, SIZE, SIZE))
+    monkeypatch.setenv("MEGZOO_BACKEND", "lite")
+    assert load(path).backend == "onnxruntime" and fresh_records == []  # Lite loads no .onnx: the kind's own
+    with pytest.raises(ValueError) as info:
+        megzoo.compile(small_float, (1, 3, SIZE, SIZE), precision="bf16")
+    assert str(info.value) == ("MEGZOO_BACKEND=lite: precision='bf16' is not run by the lite backend; "
+                               "backend='openvino' runs it (or leave precision out for fp32)")
+
+
 def test_a_timeout_is_not_recorded(fresh_records, monkeypatch):
     def slow_openvino(backend, timeout, precision="fp32"):
         if backend == "openvino":
@@ -101,13 +124,18 @@ def test_level_figures_keep_the_first_registered_backend(fresh_records, monkeypa
 
     monkeypatch.setattr(backends, "_measure_one", figures(109.0))  # within 10%: level, ONNX Runtime stays
     assert backends.measure_backends()["backend"] == "onnxruntime"
+    assert backends.best_backend("fp32") == "onnxruntime"  # what compile and load take
+    assert backends.best_backend("fp32", among=("onnxruntime", "openvino")) == "onnxruntime"
+    assert backends.best_backend("fp32", among=("lite", "openvino")) == "openvino"
+    backends._chosen.clear()
+    backends.backend_record_path("fp32").unlink()
     monkeypatch.setattr(backends, "_measure_one", figures(111.0))
-    assert backends.measure_backends()["backend"] == "openvino"
+    assert backends.measure_backends()["backend"] == "openvino" and backends.best_backend("fp32") == "openvino"
 
 
 def test_a_measurement_on_a_busy_machine_is_used_but_not_recorded(fresh_records, monkeypatch):
     monkeypatch.setattr(os, "getloadavg", lambda: (7.5, 6.0, 4.0))
-    monkeypatch.setattr(backends, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     why = (r"megzoo: the machine was busy \(load average 7.5 on 2 CPUs\) while the backends were measured for "
            r"fp32; using onnxruntime in this process, measuring again in the next \(MEGZOO_BACKEND=NAME chooses "
            r"for good\)")

@@ -70,6 +70,12 @@ def test_bf16_export_check_runs_in_bf16_or_is_refused_before_writing(small, tmp_
     report = export(small, tmp_path / "f.onnx", (1, 3, 32, 32))  # the default: fp32, ONNX Runtime, all agree
     parity = report.metadata["parity"]
     assert (parity["precision"], parity["backend"], parity["top1_agreement"]) == ("fp32", "onnxruntime", 1.0)
+    if not HAS_BF16:  # loaded in bf16: the reason bf16 cannot run here, not a backend the user never named
+        with pytest.raises(ValueError) as info:
+            megzoo.inference.load(tmp_path / "f.onnx", precision="bf16")
+        assert str(info.value) == REFUSAL
+    else:
+        assert megzoo.inference.load(tmp_path / "f.onnx", precision="bf16").precision == "bf16"
     export(small, tmp_path / "f.mge", (1, 3, 32, 32), check=False)
     with pytest.raises(ValueError) as info:
         megzoo.inference.load(tmp_path / "f.mge", precision="bf16")

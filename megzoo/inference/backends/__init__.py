@@ -31,6 +31,7 @@ Choosing under ``backend="auto"``, first rule that applies:
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -38,7 +39,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from ...host import atomic_write_text, machine_record, machine_tag, usable_cpus
+from ...host import atomic_write_text, machine_record, machine_tag
 from ..cache_files import read_json, record_lock
 from ..graph_onnx import DEFAULT_OPSET
 from ..layouts import probe_record_path
@@ -74,6 +75,8 @@ MEASURE_SHAPE = (2, 3, 96, 96)
 #: noise does not flip the choice (ONNX Runtime and OpenVINO measured 176-195 images/s each, in
 #: either order, on one quiet Zen 3)
 LEVEL_MARGIN = 0.10
+#: errors of a measurement that say nothing about the backend (memory or disk ran short), so are not recorded
+PASSING_ERRORS = ("MemoryError", "OSError")
 #: a measurement started at a 1-minute load average above this many per usable CPU is not kept
 #: (megzoo's own 2-thread runs leave about 1 per CPU; beside other jobs this machine saw 2.5-4, and
 #: a figure 3x off)
@@ -149,7 +152,8 @@ def _time_backend(backend: str, precision: str = "fp32", budget_s: float = 1.0) 
 def _measure_one(backend: str, timeout: float, precision: str = "fp32") -> Dict[str, Any]:
     """``{"images_per_s": ...}`` or ``{"error": ..., "transient": bool}`` of ``backend`` running
     ``precision``, timed in a fresh subprocess. A crash or an exception is the backend's own
-    (it disqualifies it); no answer in ``timeout`` may be a busy moment (``transient``)."""
+    (it disqualifies it); no answer in ``timeout``, a SIGKILL (the kernel's out-of-memory killer)
+    or :data:`PASSING_ERRORS` may pass (``transient``)."""
     try:
         proc = subprocess.run([sys.executable, "-c", MEASURE_SRC, backend, precision], capture_output=True,
                               text=True, timeout=timeout, stdin=subprocess.DEVNULL)
@@ -163,9 +167,10 @@ def _measure_one(backend: str, timeout: float, precision: str = "fp32") -> Dict[
         if isinstance(item, dict) and item.get("backend") == backend:
             if "images_per_s" in item:
                 return {"images_per_s": round(float(item["images_per_s"]), 2)}
-            return {"error": str(item.get("error", "failed")), "transient": False}
+            error = str(item.get("error", "failed"))
+            return {"error": error, "transient": error.startswith(PASSING_ERRORS)}
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
-    return {"error": f"exit status {proc.returncode}: {tail}", "transient": False}
+    return {"error": f"exit status {proc.returncode}: {tail}", "transient": proc.returncode == -signal.SIGKILL}
 
 
 def measure_backends(timeout: float = MEASURE_TIMEOUT_S, precision: str = "fp32") -> Dict[str, Any]:
@@ -239,17 +244,17 @@ def _measure_and_record(record: Path, precision: str) -> Dict[str, Any]:
 
 def _busy(load_average: Optional[Sequence[float]]) -> Optional[str]:
     """Why a measurement is not to be kept: other work had the CPUs (a 1-minute load average above
-    :data:`BUSY_LOAD_PER_CPU` times the CPUs this process may use, when it started), else None."""
-    cpus = usable_cpus()
+    :data:`BUSY_LOAD_PER_CPU` times the host's CPUs, when it started), else None."""
+    cpus = os.cpu_count() or 1  # the load average counts the whole host's CPUs
     if load_average and load_average[0] > BUSY_LOAD_PER_CPU * cpus:
         return f"the machine was busy (load average {load_average[0]:.1f} on {cpus} CPUs)"
     return None
 
 
-def _no_candidate(precision: str) -> Exception:
-    """Why no backend can run ``precision`` here: the reasons of those that would."""
+def _no_candidate(precision: str, among: Optional[Sequence[str]] = None) -> Exception:
+    """Why no backend (of ``among``) can run ``precision`` here: the reasons of those that would."""
     reasons = [b.available() or b.precision_unavailable(precision) for b in registered_backends()
-               if b.auto_candidate and precision in b.precisions]
+               if b.auto_candidate and precision in b.precisions and (among is None or b.name in among)]
     if precision == "fp32":
         return BackendUnavailableError("no backend can run here: " + "; ".join(
             f"{b.name} {b.available()}" for b in registered_backends() if b.auto_candidate))
@@ -291,8 +296,7 @@ def best_backend(precision: str = "fp32", among: Optional[Sequence[str]] = None)
             raise _no_candidate(precision)
         return chosen[0]
     figures = _measurement(precision, candidates).get("images_per_s") or {}
-    measured = [c for c in chosen if c in figures]
-    return max(measured, key=figures.get) if measured else chosen[0]
+    return _fastest(chosen, {c: figures[c] for c in chosen if c in figures})
 
 
 def _precision_refusal(backend: Backend, precision: str) -> Optional[str]:
@@ -365,7 +369,7 @@ def _resolve(backend: str, options: Optional[Dict[str, Any]], what: str, precisi
         raise BackendUnavailableError(f"{asked_by} {reason}")
     refusal = _precision_refusal(get_backend(backend), precision)
     if refusal:
-        raise ValueError(refusal)
+        raise ValueError(f"{asked_by}: {refusal}" if asked_by.startswith("MEGZOO_BACKEND") else refusal)
     return backend, measured
 
 
@@ -452,7 +456,12 @@ def _fastest_loader(kind: str, loaders: Sequence[Backend], precision: str) -> Ba
     """Of the backends that load ``kind`` files, the one ``auto`` takes for ``precision``: the
     fastest measured here (:func:`best_backend`), else the kind's own (whose refusal then says why)."""
     names = [b.name for b in loaders]
+    forced = os.environ.get("MEGZOO_BACKEND", "").strip().lower()
     if not _auto_candidates(precision, among=names):
+        if any(precision in b.precisions for b in loaders if b.available() is None):
+            raise _no_candidate(precision, among=names)  # e.g. bf16 on a CPU without BF16: that reason
+        return backend_for_file_kind(kind)
+    if forced and forced != "auto" and forced not in names:  # $MEGZOO_BACKEND names another kind's backend
         return backend_for_file_kind(kind)
     return get_backend(best_backend(precision, among=names))
 
