@@ -148,6 +148,9 @@ def evaluate(data, model="resnet50", weights=None, *, batch_size: int = 32, work
     from tqdm import tqdm
 
     owned = classifier is None
+    if not owned and precision != classifier.precision:
+        raise ValueError(f"precision={precision!r} differs from the classifier's ({classifier.precision!r}): "
+                         "a classifier runs in the precision it was made with; leave precision out")
     if owned:
         classifier = Classifier(model, weights, num_classes=num_classes, preprocess=preprocess, runner=runner,
                                 workers=workers, batch_size=batch_size, device=device, progress=progress,

@@ -32,7 +32,7 @@ from .images import describe_source
 from .inference import backend_names
 from .inference import compile as compile_model
 from .inference.backends import resolve_backend
-from .inference.backends.base import check_precision_name
+from .inference.backends.base import check_precision_name, is_int8, run_precision
 from .inference.backends.registry import NameView
 from .inference.model_files import or_list
 from .inference.threads import MegEngineThreadError, on_megengine_thread, thread_message
@@ -229,7 +229,7 @@ class Classifier:
     @property
     def precision_run(self) -> str:
         """The arithmetic the model runs in: ``"int8"`` for a quantized model, else ``precision``."""
-        return "int8" if getattr(self.model, "precision", None) == "int8" else self.precision
+        return run_precision(is_int8(self.model), self.precision)
 
     @property
     def model_name(self) -> str:

@@ -409,7 +409,9 @@ def export(model, path: PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
             compiled = _run_onnx(plan, staged, threads) if plan.fmt == "onnx" else _run_mge(plan, staged, threads, algo)
             compiled.output_names = meta["output_names"]
             report.parity = check_parity(model, compiled, inputs, tolerance)
-            report.parity.update(precision="int8" if plan.int8 else plan.precision, backend=compiled.backend)
+            from .backends.base import run_precision
+
+            report.parity.update(precision=run_precision(plan.int8, plan.precision), backend=compiled.backend)
             report.seconds["parity"] = time.perf_counter() - t0
             _record_parity(report, tolerance, staged, proto)
         _publish(staged, report)

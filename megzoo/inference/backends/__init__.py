@@ -46,7 +46,8 @@ from ..layouts import probe_record_path
 from ..model_files import model_file_kind, or_list
 from ..threads import require_megengine_thread
 from .base import (COMMON_OPTIONS, FLOAT_PRECISIONS, PRECISIONS, Backend, BackendUnavailableError, BenchMode,
-                   CompiledModelBase, CompileInfo, check_precision_name, is_int8, read_metadata)
+                   CompiledModelBase, CompileInfo, check_precision_name, is_int8, read_metadata,
+                   run_precision)
 from .lite import LITE_OPTIONS, LiteBackend
 from .onnxruntime import OnnxRuntimeBackend
 from .openvino import OpenVinoBackend
@@ -57,7 +58,7 @@ from .registry import (NameView, backend_for_file_kind, backend_names, backends_
 __all__ = ["BACKENDS", "compile", "load", "best_backend", "resolve_backend", "backend_record_path", "measure_backends",
            "BackendUnavailableError", "Backend", "BenchMode", "CompiledModelBase", "CompileInfo", "register_backend",
            "unregister_backend", "get_backend", "backend_names", "bench_modes", "LITE_OPTIONS", "PRECISIONS",
-           "FLOAT_PRECISIONS"]
+           "FLOAT_PRECISIONS", "check_precision_name", "run_precision"]
 
 register_backend(OnnxRuntimeBackend())
 register_backend(LiteBackend())
@@ -311,16 +312,6 @@ def _precision_refusal(backend: Backend, precision: str) -> Optional[str]:
     return backend.precision_unavailable(precision)
 
 
-def _model_precision(int8: bool, precision: str) -> str:
-    """The precision a model runs in: ``"int8"`` for an int8 model (``precision`` must then be
-    fp32, the default), else ``precision`` (checked)."""
-    check_precision_name(precision)
-    if int8 and precision != "fp32":
-        raise ValueError(f"precision={precision!r} is for float models; this model is int8 (megzoo.quantize): "
-                         "leave precision out")
-    return "int8" if int8 else precision
-
-
 def _requests(options: Optional[Dict[str, Any]]) -> Dict[str, List[str]]:
     """Backend name -> the names of its own options in ``options`` set to other than their defaults."""
     owners = option_owners()
@@ -435,7 +426,7 @@ def compile(model, input_shape: Optional[Sequence[int]] = None, threads: Optiona
     """
     require_megengine_thread("megzoo.compile")
     _check_known(options, "compile")
-    runs_in = _model_precision(is_int8(model), precision)
+    runs_in = run_precision(is_int8(model), precision)
     given = dict(opset=opset, layout=layout, algo=algo, profile_batch=profile_batch, cache_dir=cache_dir,
                  split_batch=split_batch, micro_batch=micro_batch, **options)
     name, measured = _resolve(backend, given, "pass backend='{backend}'", runs_in)
@@ -458,7 +449,8 @@ def _fastest_loader(kind: str, loaders: Sequence[Backend], precision: str) -> Ba
     names = [b.name for b in loaders]
     forced = os.environ.get("MEGZOO_BACKEND", "").strip().lower()
     if not _auto_candidates(precision, among=names):
-        if any(precision in b.precisions for b in loaders if b.available() is None):
+        if any(precision in b.precisions and b.available() is None and b.precision_unavailable(precision)
+               for b in loaders):
             raise _no_candidate(precision, among=names)  # e.g. bf16 on a CPU without BF16: that reason
         return backend_for_file_kind(kind)
     if forced and forced != "auto" and forced not in names:  # $MEGZOO_BACKEND names another kind's backend
@@ -493,7 +485,7 @@ def load(path: PathLike, threads: Optional[int] = None, *, backend: str = "auto"
     kind = model_file_kind(path, registered_file_kinds())  # ValueError for other files
     loaders = backends_loading(kind)
     meta = read_metadata(path)
-    runs_in = _model_precision(bool((meta or {}).get("int8")), precision)
+    runs_in = run_precision(bool((meta or {}).get("int8")), precision)
     given = dict(algo=algo, profile_batch=profile_batch, cache_dir=cache_dir, split_batch=split_batch,
                  micro_batch=micro_batch, **options)
     if not any(runs_in in b.precisions for b in loaders):

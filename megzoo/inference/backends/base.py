@@ -26,7 +26,7 @@ from ..model_files import FileKind
 __all__ = ["Backend", "BenchMode", "BackendUnavailableError", "CompiledModelBase", "ShapeCachedModel", "CompileInfo",
            "default_threads", "check_threads", "as_float32_batch", "is_int8", "metadata_path", "read_metadata",
            "NEW_SIZE_HINT", "COMMON_OPTIONS", "FLOAT_PRECISIONS", "PRECISIONS", "check_precision_name",
-           "float32_options"]
+           "float32_options", "run_precision"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -47,6 +47,16 @@ def check_precision_name(precision) -> str:
     if precision not in FLOAT_PRECISIONS:
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     return precision
+
+
+def run_precision(int8: bool, precision: str) -> str:
+    """The precision a model runs in: ``"int8"`` for an int8 model (``precision`` must then be
+    fp32, the default), else ``precision`` (checked)."""
+    check_precision_name(precision)
+    if int8 and precision != "fp32":
+        raise ValueError(f"precision={precision!r} is for float models; this model is int8 (megzoo.quantize): "
+                         "leave precision out")
+    return "int8" if int8 else precision
 
 
 def float32_options(options: Dict[str, Any]) -> Dict[str, Any]:
@@ -274,8 +284,9 @@ class Backend:
     takes, with their defaults: another value means this backend); ``auto_candidate`` (measured
     for ``backend="auto"``); ``record_tag`` (its part of the auto record's name, with
     :meth:`version`); ``also_loads`` (file kinds another backend loads by default that this one
-    loads when :func:`~megzoo.inference.load` is given ``backend=`` its name); ``precisions``
-    (of :data:`PRECISIONS`: what it runs; ``backend="auto"`` measures and chooses per precision)."""
+    loads too: :func:`~megzoo.inference.load` takes it when given ``backend=`` its name, or under
+    ``auto`` when it is measured faster); ``precisions`` (of :data:`PRECISIONS`: what it runs, fp32
+    only unless it says more; ``backend="auto"`` measures and chooses per precision)."""
 
     name: str = ""
     file_kinds: Tuple[FileKind, ...] = ()
@@ -283,7 +294,7 @@ class Backend:
     options: Mapping[str, Any] = {}
     auto_candidate: bool = True
     record_tag: str = ""
-    precisions: Tuple[str, ...] = ("fp32", "int8")
+    precisions: Tuple[str, ...] = ("fp32",)
 
     def available(self) -> Optional[str]:
         """None when this backend can run here, else the reason it cannot (with the fix)."""

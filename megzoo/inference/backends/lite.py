@@ -31,6 +31,7 @@ class LiteBackend(Backend):
     file_kinds = (MGE_FILE,)
     options = LITE_OPTIONS
     record_tag = "mge"
+    precisions = ("fp32", "int8")  # int8: MegEngine's own int8 operators, NCHW
 
     def version(self) -> Optional[str]:
         return megengine_version()

@@ -30,6 +30,7 @@ class OnnxRuntimeBackend(Backend):
     file_kinds = (ONNX_FILE,)
     options = {"opset": DEFAULT_OPSET}
     record_tag = "ort"
+    precisions = ("fp32", "int8")
 
     def available(self) -> Optional[str]:
         if onnxruntime_version() is None:

@@ -126,7 +126,8 @@ def backend_for_file_kind(kind: str) -> Backend:
 
 def backends_loading(kind: str) -> List[Backend]:
     """The backends that load files of the kind named ``kind``: its default loader first
-    (:func:`backend_for_file_kind`), then those that load it when asked by name (``also_loads``)."""
+    (:func:`backend_for_file_kind`), then those that also load it (``also_loads``: by name, or
+    under ``auto`` when measured faster)."""
     default = [b for b in _backends.values() if any(k.name == kind for k in b.file_kinds)]
     return default + [b for b in _backends.values() if any(k.name == kind for k in b.also_loads)]
 
