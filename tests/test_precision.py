@@ -86,13 +86,24 @@ def test_bf16_export_check_runs_in_bf16_or_is_refused_before_writing(small, tmp_
 @pytest.mark.parametrize("args, why", [
     (["-o", "m.mge"], "a .mge runs in fp32 or int8 (MegEngine Lite has no bf16)"),
     (["-o", "m.onnx", "--no-check"], "--no-check runs nothing"),
+    (["-o", "m.onnx", "--int8", "--calibration", "nowhere"], "--int8 writes an int8 model"),
 ])
 def test_bf16_export_check_needs_a_checked_float_onnx(tmp_path, capsys, monkeypatch, args, why):
     monkeypatch.chdir(tmp_path)
+    import megzoo.cli.deploy as deploy
+
+    def never(*a, **k):
+        raise AssertionError("the model was built before the refusal")
+
+    monkeypatch.setattr(deploy, "_export_model", never)
     assert main(["export", "resnet18", "--input-shape", "1,3,32,32", "--precision", "bf16", *args]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"megzoo export: error: precision='bf16' checks a float .onnx file in bf16; {why}: leave precision out")
+        f"megzoo export: error: --precision bf16 checks a float .onnx file in bf16; {why}: leave --precision out")
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError) as info:  # the library says it in its own words
+        export(megzoo.resnet18(num_classes=4), tmp_path / "m.mge", (1, 3, 32, 32), precision="bf16")
+    assert str(info.value) == ("precision='bf16' checks a float .onnx file in bf16; a .mge runs in fp32 or int8 "
+                               "(MegEngine Lite has no bf16): leave precision out")
 
 
 def test_classifier_runs_bf16_compiled_or_refuses_and_never_eager(small):

@@ -269,7 +269,22 @@ def _check_export_arguments(args) -> str:
               file=sys.stderr)
     if args.calibration is not None and not args.int8:
         raise ValueError("--calibration is for --int8 exports")
+    _check_bf16_check(args, fmt)
     return fmt
+
+
+def _check_bf16_check(args, fmt: str) -> None:
+    """``--precision bf16``: a checked float .onnx on a CPU and backend that run bf16, refused
+    before the model is built (and before an --int8 calibration)."""
+    if args.precision != "bf16":
+        return
+    from ..inference.backends import resolve_backend
+
+    why = ("a .mge runs in fp32 or int8 (MegEngine Lite has no bf16)" if fmt != "onnx" else
+           "--int8 writes an int8 model" if args.int8 else "--no-check runs nothing" if not args.check else None)
+    if why:
+        raise ValueError(f"--precision bf16 checks a float .onnx file in bf16; {why}: leave --precision out")
+    resolve_backend("auto", precision="bf16")  # the reason, where nothing runs bf16 here
 
 
 def _int8_export(args, shape):

@@ -236,7 +236,7 @@ def _check_precision(precision: str, fmt: str, int8: bool, check: bool) -> str:
         return precision
     if fmt != "onnx" or int8 or not check:
         why = ("a .mge runs in fp32 or int8 (MegEngine Lite has no bf16)" if fmt != "onnx" else
-               "this model is int8" if int8 else "--no-check runs nothing")
+               "this model is int8" if int8 else "check=False runs nothing")
         raise ValueError(f"precision='bf16' checks a float .onnx file in bf16; {why}: leave precision out")
     resolve_backend("auto", precision="bf16")  # ValueError with the reason when nothing runs bf16 here
     return precision
