@@ -197,4 +197,9 @@ def test_load_chooses_among_the_file_kinds_backends_by_the_files_precision(fresh
         load(int8_file, precision="bf16")
     assert str(info.value) == ("precision='bf16' is for float models; this model is int8 (megzoo.quantize): "
                                "leave precision out")
+    int8_file.with_name("q.onnx.json").unlink()  # travelled without its JSON: the file's own props say int8
+    alone = load(int8_file)
+    assert alone.backend == "openvino" and alone.int8 and alone.metadata is None
+    with pytest.raises(ValueError, match="this model is int8"):
+        load(int8_file, precision="bf16")
 

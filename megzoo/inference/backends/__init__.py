@@ -43,7 +43,7 @@ from ...host import atomic_write_text, machine_record, machine_tag
 from ..cache_files import read_json, record_lock
 from ..graph_onnx import DEFAULT_OPSET
 from ..layouts import probe_record_path
-from ..model_files import model_file_kind, or_list
+from ..model_files import ONNX_FILE, model_file_kind, or_list
 from ..threads import require_megengine_thread
 from .base import (COMMON_OPTIONS, FLOAT_PRECISIONS, PRECISIONS, Backend, BackendUnavailableError, BenchMode,
                    CompiledModelBase, CompileInfo, check_precision_name, is_int8, read_metadata,
@@ -458,6 +458,17 @@ def _fastest_loader(kind: str, loaders: Sequence[Backend], precision: str) -> Ba
     return get_backend(best_backend(precision, among=names))
 
 
+def _file_says_int8(path: Path, kind: str) -> bool:
+    """Whether a model file that travelled without its metadata JSON is int8: an ONNX model says so
+    in its own ``metadata_props`` (``int8 = "true"``, written by :func:`megzoo.inference.export`)."""
+    if kind != ONNX_FILE.name:
+        return False
+    import onnx
+
+    return any(p.key == "int8" and p.value == "true"
+               for p in onnx.load(str(path), load_external_data=False).metadata_props)
+
+
 def load(path: PathLike, threads: Optional[int] = None, *, backend: str = "auto", algo: str = "profile",
          profile_batch: Optional[int] = None, cache_dir: Optional[PathLike] = None,
          split_batch: bool = True, micro_batch: Union[str, int, None] = "auto", precision: str = "fp32",
@@ -485,7 +496,8 @@ def load(path: PathLike, threads: Optional[int] = None, *, backend: str = "auto"
     kind = model_file_kind(path, registered_file_kinds())  # ValueError for other files
     loaders = backends_loading(kind)
     meta = read_metadata(path)
-    runs_in = run_precision(bool((meta or {}).get("int8")), precision)
+    int8 = bool(meta.get("int8")) if meta is not None else _file_says_int8(path, kind)
+    runs_in = run_precision(int8, precision)
     given = dict(algo=algo, profile_batch=profile_batch, cache_dir=cache_dir, split_batch=split_batch,
                  micro_batch=micro_batch, **options)
     if not any(runs_in in b.precisions for b in loaders):
@@ -504,7 +516,8 @@ def load(path: PathLike, threads: Optional[int] = None, *, backend: str = "auto"
     other_loader = any(name != backend.name and get_backend(name) in loaders for name in _requests(given))
     _resolve(backend.name, given, "pass backend='{backend}'" if other_loader else "they are for {files} files", runs_in)
     own = {k: v for k, v in given.items() if k in backend.options}
-    compiled = backend.load(path, threads, {**own, "precision": precision}, meta)
+    compiled = backend.load(path, threads, {**own, "precision": precision}, meta if meta is not None or not int8
+                            else {"int8": True})
     compiled.metadata = meta
     compiled.output_names = list((meta or {}).get("output_names") or [])
     shape = (meta or {}).get("input_shape")
