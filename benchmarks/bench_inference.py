@@ -65,8 +65,8 @@ from typing import Callable, List, Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megzoo.benchmark import (  # noqa: E402
-    INT8_MODES, format_table, measure_fma_peak, measure_int8_peak, modes as megzoo_modes, parse_micro_batch,
-    run_benchmark)
+    INT8_MODES, format_table, limit_fraction, measure_fma_peak, measure_int8_peak, modes as megzoo_modes,
+    parse_micro_batch, run_benchmark)
 from megzoo.host import cpu_flags  # noqa: E402
 from megzoo.inference import best_backend, default_threads  # noqa: E402
 from megzoo.inference.backends.openvino import BF16_FLAGS  # noqa: E402
@@ -199,7 +199,7 @@ def int8_fraction(row: dict, limit_gmacs: Optional[float], threads: int) -> Opti
     runs); None without a figure or a limit."""
     if not (row.get("images_per_s") and row.get("gmacs") and limit_gmacs):
         return None
-    return row["gmacs"] * row["images_per_s"] / (limit_gmacs * (row.get("threads") or threads) / threads)
+    return limit_fraction(row["gmacs"], row["images_per_s"], limit_gmacs, row.get("threads") or threads, threads)
 
 
 # --- the run ---

@@ -20,7 +20,6 @@ disturbed. Nothing else may run meanwhile (docs/performance.md).
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_inference import is_disturbed, spread  # noqa: E402  (one copy of the rounds' steps)
 
 VARIANTS = ("latency", "throughput_1_request", "throughput_all_requests")
 
@@ -107,8 +108,8 @@ def main() -> int:
     starts = []
     for r in range(args.rounds):
         load = os.getloadavg()[0]
-        starts.append({"round": r + 1, "load_1min": round(load, 2), "disturbed": load > 0.5})
-        print(f"round {r + 1}: load average {load:.2f}{' (disturbed)' if load > 0.5 else ''}", flush=True)
+        starts.append({"round": r + 1, "load_1min": round(load, 2), "disturbed": is_disturbed(load)})
+        print(f"round {r + 1}: load average {load:.2f}{' (disturbed)' if is_disturbed(load) else ''}", flush=True)
         for (name, batch), (lat, thr, _) in configs.items():
             x = np.random.RandomState(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
             figures[(name, batch, "latency")].append(time_one_request(lat, x, args.seconds))
@@ -120,10 +121,10 @@ def main() -> int:
         cells, row = [], {"model": name, "batch": batch, "streams": streams}
         for v in VARIANTS:
             runs = figures[(name, batch, v)]
-            med = statistics.median(runs)
-            row[v] = {"median": round(med, 2), "runs": [round(f, 2) for f in runs],
-                      "spread_pct": round(100 * (max(runs) - min(runs)) / med, 1)}
-            cells.append(f"{med:8.1f} [{min(runs):6.1f}-{max(runs):6.1f}]")
+            s = spread(runs)
+            row[v] = {"median": round(s["median"], 2), "runs": [round(f, 2) for f in runs],
+                      "spread_pct": round(s["spread_pct"], 1)}
+            cells.append(f"{s['median']:8.1f} [{s['min']:6.1f}-{s['max']:6.1f}]")
         row["throughput_1_request_vs_latency"] = round(row["throughput_1_request"]["median"]
                                                        / row["latency"]["median"], 3)
         row["throughput_all_vs_latency"] = round(row["throughput_all_requests"]["median"] / row["latency"]["median"], 3)
@@ -139,10 +140,11 @@ def main() -> int:
 
 def _cpu() -> dict:
     from megzoo.host import cpu_info
+    from megzoo.inference.backends.openvino import BF16_FLAGS
 
     info = cpu_info()
     return {"model_name": info["model_name"], "family": info["family"], "model": info.get("model"),
-            "bf16": bool({"avx512_bf16", "amx_bf16"} & set(info["flags"])),
+            "bf16": bool(set(BF16_FLAGS) & set(info["flags"])),
             "vnni": bool({"avx512_vnni", "avx_vnni"} & set(info["flags"]))}
 
 

@@ -400,6 +400,13 @@ def _mode_row(mode: BenchMode, cfg: dict, run: BenchRun) -> dict:
     return mode.plan(cfg, run) if mode.plan is not None else run.row(cfg, mode.name)
 
 
+def limit_fraction(gmacs: float, images_per_s: float, limit: float, threads: int, limit_threads: int) -> float:
+    """The share of a measured limit a row reached: ``gmacs`` x ``images_per_s`` (G MAC/s) over
+    ``limit`` (G MAC/s on ``limit_threads`` threads) scaled to the row's ``threads``. With the
+    int8 limit: the rows' ``int8_fraction``."""
+    return gmacs * images_per_s / (limit * threads / limit_threads)
+
+
 def _finish_row(row: dict, gmacs: float, machine: dict, threads: int) -> dict:
     """``row`` with its error, GMACs, GFLOP/s, peak fraction (of the fp32 limit) and, in an int8 mode
     (:data:`INT8_MODES`), int8 fraction (MAC/s of the int8 limit), reduced to :data:`RESULT_KEYS`."""
@@ -411,7 +418,7 @@ def _finish_row(row: dict, gmacs: float, machine: dict, threads: int) -> dict:
         cores = row.get("threads") or threads  # of the machine["cores"] threads the limits were measured on
         row["peak_fraction"] = row["gflops"] / (machine["peak_gflops"] * cores / machine["cores"])
         if machine.get("int8_peak_gmacs") and row.get("mode") in INT8_MODES:
-            row["int8_fraction"] = gmacs * ips / (machine["int8_peak_gmacs"] * cores / machine["cores"])
+            row["int8_fraction"] = limit_fraction(gmacs, ips, machine["int8_peak_gmacs"], cores, machine["cores"])
     return {k: row.get(k) for k in RESULT_KEYS}
 
 
