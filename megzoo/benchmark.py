@@ -93,6 +93,25 @@ def cpu_peak_gflops(threads: int) -> Dict[str, object]:
             "peak_gflops": round(threads * per_cycle * ghz, 1)}
 
 
+#: the ``main`` the C loops share: ``argv[1]`` threads each run ``work`` for ``argv[2]`` iterations,
+#: timed by the wall clock; the loop defines ``iters``, ``work``, ``RESULT_T`` and ``REPORT``
+C_THREADS_MAIN = r"""
+int main(int argc, char **argv) {
+    int threads = atoi(argv[1]);
+    iters = atol(argv[2]);
+    pthread_t *t = malloc(sizeof(pthread_t) * threads);
+    RESULT_T *out = malloc(sizeof(RESULT_T) * threads);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int i = 0; i < threads; i++) pthread_create(&t[i], NULL, work, &out[i]);
+    for (int i = 0; i < threads; i++) pthread_join(t[i], NULL);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    REPORT((t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec), out[0]);
+    return 0;
+}
+"""
+
+
 #: a register-resident FMA loop: ``threads`` threads x 12 independent vector accumulators, the
 #: widest fp32 FMA the compiler targets (``-march=native``); prints GFLOP/s
 FMA_LOOP_C = r"""
@@ -133,21 +152,10 @@ static void *work(void *out) {
     *(float *)out = SUM(s);
     return NULL;
 }
-int main(int argc, char **argv) {
-    int threads = atoi(argv[1]);
-    iters = atol(argv[2]);
-    pthread_t *t = malloc(sizeof(pthread_t) * threads);
-    float *out = malloc(sizeof(float) * threads);
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (int i = 0; i < threads; i++) pthread_create(&t[i], NULL, work, &out[i]);
-    for (int i = 0; i < threads; i++) pthread_join(t[i], NULL);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    double s = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
-    printf("%.1f %d %g\n", 2.0 * 12 * LANES * iters * threads / s / 1e9, LANES, out[0]);
-    return 0;
-}
-"""
+#define RESULT_T float
+#define REPORT(seconds, first) \
+    printf("%.1f %d %g\n", 2.0 * 12 * LANES * iters * threads / (seconds) / 1e9, LANES, first)
+""" + C_THREADS_MAIN
 
 
 def measure_fma_peak(threads: int, repeats: int = 5, compiler: Optional[str] = None) -> Dict[str, object]:
@@ -226,21 +234,9 @@ static void *work(void *out) {
     *(int *)out = SUM(s);
     return NULL;
 }
-int main(int argc, char **argv) {
-    int threads = atoi(argv[1]);
-    iters = atol(argv[2]);
-    pthread_t *t = malloc(sizeof(pthread_t) * threads);
-    int *out = malloc(sizeof(int) * threads);
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (int i = 0; i < threads; i++) pthread_create(&t[i], NULL, work, &out[i]);
-    for (int i = 0; i < threads; i++) pthread_join(t[i], NULL);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    double s = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
-    printf("%.1f %d %s\n", 12.0 * BYTES * iters * threads / s / 1e9, out[0], NAME);
-    return 0;
-}
-"""
+#define RESULT_T int
+#define REPORT(seconds, first) printf("%.1f %d %s\n", 12.0 * BYTES * iters * threads / (seconds) / 1e9, first, NAME)
+""" + C_THREADS_MAIN
 
 
 def measure_int8_peak(threads: int, repeats: int = 5, compiler: Optional[str] = None,
