@@ -31,11 +31,12 @@ def register(subparsers) -> None:
     p.set_defaults(handler=cmd_export)
 
     p = subparsers.add_parser(
-        "benchmark", help="images/s, latency, peak memory: eager vs the Lite and ONNX Runtime backends",
-        description="Measure eager MegEngine and megzoo's two compiled backends side by side: lite (the "
+        "benchmark", help="images/s, latency, peak memory: eager vs the compiled backends",
+        description="Measure eager MegEngine and megzoo's compiled backends side by side: by default lite (the "
                     "traced, fused graph run by MegEngine Lite with profiled kernels) and onnxruntime (the model "
-                    "exported to ONNX, run by ONNX Runtime inside a megzoo process). Each configuration runs in a "
-                    "fresh process; the fp32 limit of the machine is measured first with a compiled FMA loop. "
+                    "exported to ONNX, run by ONNX Runtime inside a megzoo process); --modes adds the others "
+                    "(openvino, int8 and bf16 modes). Each configuration runs in a fresh process; the machine's "
+                    "fp32 and int8 limits are measured first with compiled FMA and int8 dot-product loops. "
                     "Figures are unreliable while other work loads the machine (check `uptime`).")
     _benchmark_what_arguments(p)
     _benchmark_run_arguments(p)
