@@ -105,6 +105,39 @@ def test_megzoo_backend_of_another_file_kind_neither_measures_nor_misleads(fresh
                                "backend='openvino' runs it (or leave precision out for fp32)")
 
 
+def test_a_lone_candidate_is_measured_too_and_a_crash_keeps_it_out_for_good(fresh_records, monkeypatch):
+    class Solo(backends.Backend):  # the only backend that runs bf16 here (with OpenVINO on a BF16 CPU)
+        name = "solo"
+        precisions = ("fp32", "bf16")
+
+    calls = []
+
+    def crash(backend, timeout, precision="fp32"):
+        calls.append(backend)
+        return {"error": "exit status -8: no output", "transient": False}
+
+    backends.register_backend(Solo())
+    try:
+        monkeypatch.setattr(backends, "_measure_one", crash)
+        lone = backends._auto_candidates("bf16")
+        assert "solo" in lone
+        record = backends.backend_record_path("bf16")
+        refusal = ("no backend could run bf16 on this machine when measured: "
+                   + "; ".join(f"{name}: exit status -8: no output" for name in lone)
+                   + f" (delete {record} to measure again)")
+        with pytest.warns(RuntimeWarning, match="failed for some"):
+            with pytest.raises(backends.BackendUnavailableError) as info:
+                backends.best_backend("bf16")
+        assert str(info.value) == refusal and calls == lone  # measured in its subprocess, never in this process
+        assert json.loads(record.read_text())["errors"] == {name: "exit status -8: no output" for name in lone}
+        backends._chosen.clear()  # the next process reads the record: the same refusal, nothing measured
+        with pytest.raises(backends.BackendUnavailableError) as again:
+            backends.best_backend("bf16")
+        assert str(again.value) == refusal and calls == lone
+    finally:
+        backends.unregister_backend("solo")
+
+
 def test_a_timeout_is_not_recorded(fresh_records, monkeypatch):
     def slow_openvino(backend, timeout, precision="fp32"):
         if backend == "openvino":

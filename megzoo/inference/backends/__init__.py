@@ -234,7 +234,7 @@ def _measure_and_record(record: Path, precision: str) -> Dict[str, Any]:
         warnings.warn(f"megzoo: {busy} while the backends were measured for {precision}; using {data['backend']} "
                       "in this process, measuring again in the next (MEGZOO_BACKEND=NAME chooses for good)",
                       RuntimeWarning)
-    if data.get("transient") or not data["images_per_s"] or busy:
+    if data.get("transient") or busy or not (data["images_per_s"] or data["errors"]):
         return data
     try:
         atomic_write_text(record, json.dumps(data, indent=2) + "\n")
@@ -280,10 +280,11 @@ def _measurement(precision: str, candidates: Sequence[str]) -> Dict[str, Any]:
 
 def best_backend(precision: str = "fp32", among: Optional[Sequence[str]] = None) -> str:
     """What ``backend="auto"`` means here for a model of ``precision`` (``"fp32"``, ``"bf16"`` or
-    ``"int8"``): ``$MEGZOO_BACKEND`` if set; else the only backend that runs it here, or the
-    fastest by this machine's record for it (:func:`backend_record_path`), measured the first time
-    (:func:`measure_backends`) and then recorded. ``among``: choose only among these names (the
-    backends that load a file kind)."""
+    ``"int8"``): ``$MEGZOO_BACKEND`` if set; else the fastest by this machine's record for it
+    (:func:`backend_record_path`), measured the first time (:func:`measure_backends`, each
+    candidate in a subprocess, a lone one too) and then recorded. A candidate that crashed or
+    raised there is never chosen (BackendUnavailableError when none is left). ``among``: choose
+    only among these names (the backends that load a file kind)."""
     forced = os.environ.get("MEGZOO_BACKEND", "").strip().lower()
     if forced and forced != "auto":
         if forced not in BACKENDS:
@@ -292,12 +293,21 @@ def best_backend(precision: str = "fp32", among: Optional[Sequence[str]] = None)
             return forced
     candidates = _auto_candidates(precision)
     chosen = [c for c in candidates if among is None or c in among]
-    if len(chosen) <= 1:
-        if not chosen:
-            raise _no_candidate(precision)
-        return chosen[0]
-    figures = _measurement(precision, candidates).get("images_per_s") or {}
-    return _fastest(chosen, {c: figures[c] for c in chosen if c in figures})
+    if not chosen:
+        raise _no_candidate(precision)
+    data = _measurement(precision, candidates)  # a lone candidate too: its first run is in a subprocess
+    figures = data.get("images_per_s") or {}
+    measured = {c: figures[c] for c in chosen if c in figures}
+    if measured:
+        return _fastest(chosen, measured)
+    failed = {c: data["errors"][c] for c in chosen
+              if c in (data.get("errors") or {}) and c not in (data.get("transient") or [])}
+    if len(failed) == len(chosen):  # each one crashed or raised when measured: none is run in this process
+        raise BackendUnavailableError(
+            f"no backend could run {precision} on this machine when measured: "
+            + "; ".join(f"{name}: {why}" for name, why in failed.items())
+            + f" (delete {backend_record_path(precision)} to measure again)")
+    return chosen[0]
 
 
 def _precision_refusal(backend: Backend, precision: str) -> Optional[str]:
