@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple, Union
 
-__all__ = ["FileKind", "ONNX_FILE", "MGE_FILE", "model_file_kind", "describe_file", "accepted", "ACCEPTED", "or_list"]
+__all__ = ["FileKind", "ONNX_FILE", "MGE_FILE", "model_file_kind", "describe_file", "accepted", "ACCEPTED", "or_list",
+           "onnx_header"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -116,6 +117,14 @@ class FileKind:
 ONNX_FILE = FileKind("onnx", "an ONNX model", _sniff_onnx, (".onnx",))
 MGE_FILE = FileKind("mge", "a MegEngine Lite .mge graph", _sniff_mge, (".mge",))
 _BUILT_IN = (ONNX_FILE, MGE_FILE)
+
+
+def onnx_header(path: PathLike):
+    """The ``onnx.ModelProto`` of the ONNX model file ``path`` without external weight files: its
+    graph's inputs and outputs and its ``metadata_props``, for a file that came without its JSON."""
+    import onnx
+
+    return onnx.load(os.fspath(path), load_external_data=False)
 
 
 def or_list(words: Sequence[str]) -> str:

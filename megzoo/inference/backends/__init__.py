@@ -43,7 +43,7 @@ from ...host import atomic_write_text, machine_record, machine_tag
 from ..cache_files import read_json, record_lock
 from ..graph_onnx import DEFAULT_OPSET
 from ..layouts import probe_record_path
-from ..model_files import ONNX_FILE, model_file_kind, or_list
+from ..model_files import ONNX_FILE, model_file_kind, onnx_header, or_list
 from ..threads import require_megengine_thread
 from .base import (COMMON_OPTIONS, FLOAT_PRECISIONS, PRECISIONS, Backend, BackendUnavailableError, BenchMode,
                    CompiledModelBase, CompileInfo, check_precision_name, is_int8, read_metadata,
@@ -285,8 +285,8 @@ def best_backend(precision: str = "fp32", among: Optional[Sequence[str]] = None)
     candidate in a subprocess, a lone one too) and then recorded. A candidate that crashed or
     raised there is never chosen (BackendUnavailableError when none is left). ``among``: choose
     only among these names (the backends that load a file kind)."""
-    forced = os.environ.get("MEGZOO_BACKEND", "").strip().lower()
-    if forced and forced != "auto":
+    forced = _forced_backend()
+    if forced:
         if forced not in BACKENDS:
             raise ValueError(f"MEGZOO_BACKEND must be one of {BACKENDS}, got {forced!r}")
         if among is None or forced in among:
@@ -357,8 +357,7 @@ def _resolve(backend: str, options: Optional[Dict[str, Any]], what: str, precisi
             backend, asked_by = next(iter(asked)), f"backend={next(iter(asked))!r}"
         else:
             backend, measured = best_backend(precision), True
-            forced = os.environ.get("MEGZOO_BACKEND", "").strip().lower()
-            asked_by = f"MEGZOO_BACKEND={forced}" if forced == backend else f"backend={backend!r}"
+            asked_by = f"MEGZOO_BACKEND={backend}" if _forced_backend() == backend else f"backend={backend!r}"
     else:
         asked_by = f"backend={backend!r}"
     for owner, names in given.items():
@@ -457,26 +456,32 @@ def _fastest_loader(kind: str, loaders: Sequence[Backend], precision: str) -> Ba
     """Of the backends that load ``kind`` files, the one ``auto`` takes for ``precision``: the
     fastest measured here (:func:`best_backend`), else the kind's own (whose refusal then says why)."""
     names = [b.name for b in loaders]
-    forced = os.environ.get("MEGZOO_BACKEND", "").strip().lower()
+    forced = _forced_backend()
     if not _auto_candidates(precision, among=names):
         if any(precision in b.precisions and b.available() is None and b.precision_unavailable(precision)
                for b in loaders):
             raise _no_candidate(precision, among=names)  # e.g. bf16 on a CPU without BF16: that reason
         return backend_for_file_kind(kind)
-    if forced and forced != "auto" and forced not in names:  # $MEGZOO_BACKEND names another kind's backend
+    if forced and forced not in names:  # $MEGZOO_BACKEND names another kind's backend
         return backend_for_file_kind(kind)
     return get_backend(best_backend(precision, among=names))
 
 
-def _file_says_int8(path: Path, kind: str) -> bool:
-    """Whether a model file that travelled without its metadata JSON is int8: an ONNX model says so
-    in its own ``metadata_props`` (``int8 = "true"``, written by :func:`megzoo.inference.export`)."""
+def _metadata_in_file(path: Path, kind: str) -> Dict[str, Any]:
+    """What a model file that travelled without its metadata JSON says of itself: an ONNX model its
+    output names and, in its ``metadata_props``, whether it is int8 (``int8 = "true"``, written by
+    :func:`megzoo.inference.export`); other kinds nothing."""
     if kind != ONNX_FILE.name:
-        return False
-    import onnx
+        return {}
+    header = onnx_header(path)
+    int8 = any(p.key == "int8" and p.value == "true" for p in header.metadata_props)
+    return {"int8": int8, "output_names": [o.name for o in header.graph.output]}
 
-    return any(p.key == "int8" and p.value == "true"
-               for p in onnx.load(str(path), load_external_data=False).metadata_props)
+
+def _forced_backend() -> Optional[str]:
+    """The backend ``$MEGZOO_BACKEND`` names (lower case), None when unset or ``auto``."""
+    forced = os.environ.get("MEGZOO_BACKEND", "").strip().lower()
+    return forced if forced and forced != "auto" else None
 
 
 def load(path: PathLike, threads: Optional[int] = None, *, backend: str = "auto", algo: str = "profile",
@@ -506,8 +511,8 @@ def load(path: PathLike, threads: Optional[int] = None, *, backend: str = "auto"
     kind = model_file_kind(path, registered_file_kinds())  # ValueError for other files
     loaders = backends_loading(kind)
     meta = read_metadata(path)
-    int8 = bool(meta.get("int8")) if meta is not None else _file_says_int8(path, kind)
-    runs_in = run_precision(int8, precision)
+    facts = meta if meta is not None else _metadata_in_file(path, kind)  # one read of the file, not one per fact
+    runs_in = run_precision(bool(facts.get("int8")), precision)
     given = dict(algo=algo, profile_batch=profile_batch, cache_dir=cache_dir, split_batch=split_batch,
                  micro_batch=micro_batch, **options)
     if not any(runs_in in b.precisions for b in loaders):
@@ -526,10 +531,9 @@ def load(path: PathLike, threads: Optional[int] = None, *, backend: str = "auto"
     other_loader = any(name != backend.name and get_backend(name) in loaders for name in _requests(given))
     _resolve(backend.name, given, "pass backend='{backend}'" if other_loader else "they are for {files} files", runs_in)
     own = {k: v for k, v in given.items() if k in backend.options}
-    compiled = backend.load(path, threads, {**own, "precision": precision}, meta if meta is not None or not int8
-                            else {"int8": True})
+    compiled = backend.load(path, threads, {**own, "precision": precision}, facts or None)
     compiled.metadata = meta
-    compiled.output_names = list((meta or {}).get("output_names") or [])
+    compiled.output_names = list(facts.get("output_names") or [])
     shape = (meta or {}).get("input_shape")
     if shape:
         compiled.runner_for(tuple(shape))

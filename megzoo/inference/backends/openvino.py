@@ -27,7 +27,7 @@ import numpy as np
 
 from ...device import poller_yields
 from ...host import cpu_info
-from ..model_files import ONNX_FILE
+from ..model_files import ONNX_FILE, onnx_header
 from ..threads import require_megengine_thread
 from .base import NEW_SIZE_HINT, Backend, BenchMode, CompiledModelBase, CompileInfo, check_precision_name
 
@@ -184,9 +184,7 @@ class OpenVinoCompiledModel(CompiledModelBase):
 
 def _graph_output_names(path: Path) -> List[str]:
     """The output names of the ONNX graph in ``path``."""
-    import onnx
-
-    return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
+    return [o.name for o in onnx_header(path).graph.output]
 
 
 class OpenVinoBackend(Backend):
